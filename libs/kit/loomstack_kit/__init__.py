@@ -1,0 +1,1 @@
+"""The shared kit: one place for what every Loomstack service needs."""

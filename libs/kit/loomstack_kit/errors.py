@@ -1,0 +1,155 @@
+"""Domain errors and the ONE table that maps them to gRPC status codes and HTTP responses.
+
+Services raise these from plain domain code. The gRPC layer turns them into a status with a
+`google.rpc.ErrorInfo` detail (reason = OpenAI error code, metadata = param and line), and the
+gateway turns that status back into the same error, then into OpenAI's JSON error shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+DETAILS_KEY = "grpc-status-details-bin"
+_DOMAIN = "loomstack.dev"
+
+
+class LoomstackError(Exception):
+    """Base of every error a service reports to its callers."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None, param: str | None = None, line: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or _TABLE[type(self)].default_code
+        self.param = param
+        self.line = line
+
+
+class InvalidArgument(LoomstackError):
+    """The request or an uploaded file is malformed."""
+
+
+class NotFound(LoomstackError):
+    """The named object does not exist (or belongs to another project)."""
+
+
+class AlreadyExists(LoomstackError):
+    """The object exists already."""
+
+
+class FailedPrecondition(LoomstackError):
+    """The object is in a state that does not allow the operation."""
+
+
+class Unauthenticated(LoomstackError):
+    """No or a wrong API key."""
+
+
+class PermissionDenied(LoomstackError):
+    """The key may not do this."""
+
+
+class TooLarge(LoomstackError):
+    """A file or request is over a configured limit."""
+
+
+class Unavailable(LoomstackError):
+    """A dependency (engine, database) cannot serve now; retry later."""
+
+
+class Internal(LoomstackError):
+    """A bug or an unexpected failure."""
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    grpc_code: grpc.StatusCode
+    http_status: int
+    openai_type: str
+    default_code: str
+
+
+_TABLE: dict[type[LoomstackError], _Mapping] = {
+    InvalidArgument: _Mapping(
+        grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error", "invalid_request"
+    ),
+    NotFound: _Mapping(grpc.StatusCode.NOT_FOUND, 404, "invalid_request_error", "not_found"),
+    AlreadyExists: _Mapping(
+        grpc.StatusCode.ALREADY_EXISTS, 409, "invalid_request_error", "already_exists"
+    ),
+    FailedPrecondition: _Mapping(
+        grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error", "invalid_state"
+    ),
+    Unauthenticated: _Mapping(
+        grpc.StatusCode.UNAUTHENTICATED, 401, "invalid_request_error", "invalid_api_key"
+    ),
+    PermissionDenied: _Mapping(
+        grpc.StatusCode.PERMISSION_DENIED, 403, "invalid_request_error", "permission_denied"
+    ),
+    TooLarge: _Mapping(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, 413, "invalid_request_error", "too_large"
+    ),
+    Unavailable: _Mapping(grpc.StatusCode.UNAVAILABLE, 503, "server_error", "unavailable"),
+    Internal: _Mapping(grpc.StatusCode.INTERNAL, 500, "server_error", "internal_error"),
+}
+_BY_GRPC = {m.grpc_code: cls for cls, m in _TABLE.items()}
+
+
+def mapping(error: LoomstackError) -> _Mapping:
+    """The status codes and OpenAI error type of an error."""
+    return _TABLE[type(error)]
+
+
+def to_grpc_status(error: LoomstackError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes]]]:
+    """Code, message and trailing metadata (with an ErrorInfo detail) for a gRPC abort."""
+    m = mapping(error)
+    info = error_details_pb2.ErrorInfo(reason=error.code, domain=_DOMAIN)
+    if error.param:
+        info.metadata["param"] = error.param
+    if error.line:
+        info.metadata["line"] = str(error.line)
+    status = status_pb2.Status(code=m.grpc_code.value[0], message=error.message)
+    status.details.add().Pack(info)
+    return m.grpc_code, error.message, ((DETAILS_KEY, status.SerializeToString()),)
+
+
+def from_rpc_error(exc: grpc.RpcError) -> LoomstackError:
+    """Rebuilds the domain error a service reported (gateway side)."""
+    code = exc.code()  # type: ignore[attr-defined]
+    message = exc.details() or code.name  # type: ignore[attr-defined]
+    cls = _BY_GRPC.get(code)
+    if cls is None:
+        cls = Unavailable if code == grpc.StatusCode.DEADLINE_EXCEEDED else Internal
+    reason, param, line = None, None, 0
+    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key != DETAILS_KEY:
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason = info.reason
+                param = info.metadata.get("param")
+                line = int(info.metadata.get("line", "0"))
+    if code == grpc.StatusCode.UNAVAILABLE and reason is None:
+        message = f"service unavailable: {message}"
+    return cls(message, code=reason, param=param, line=line)
+
+
+def openai_error_body(error: LoomstackError) -> dict[str, object]:
+    """OpenAI's JSON error shape."""
+    body: dict[str, object] = {
+        "message": error.message,
+        "type": mapping(error).openai_type,
+        "param": error.param,
+        "code": error.code,
+    }
+    if error.line:
+        body["line"] = error.line
+    return {"error": body}
+
+

@@ -1,0 +1,203 @@
+"""gRPC server bootstrap: health, reflection, tracing, error mapping and graceful shutdown.
+
+A service builds a `GrpcServer` with its settings and a list of `(add_to_server, servicer,
+service_full_name)` registrations, then awaits `serve()`. Health uses grpc.health.v1 with the
+service names Kubernetes probes ask for:
+
+- `liveness`  — SERVING while the event loop answers (set at start, never changed);
+- `startup`   — SERVING once the service has finished loading (e.g. the engine is up);
+- `readiness` — SERVING while the service can take traffic (dependencies reachable); set to
+  NOT_SERVING first on SIGTERM so load balancers drain before the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from .errors import Internal, LoomstackError, to_grpc_status
+from .settings import ServiceSettings
+from .tracing import server_interceptors
+
+log = logging.getLogger(__name__)
+
+LIVENESS, READINESS, STARTUP = "liveness", "readiness", "startup"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One servicer to add to the server."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    full_name: str
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: LoomstackError) -> None:
+    code, message, trailers = to_grpc_status(error)
+    await context.abort(code, message, trailing_metadata=trailers)
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request_or_iterator, context)
+        except LoomstackError as error:
+            await _abort(context, error)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            log.exception("unhandled error in RPC")
+            await _abort(context, Internal(f"internal error: {type(exc).__name__}: {exc}"))
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in behavior(request_or_iterator, context):
+                yield item
+        except LoomstackError as error:
+            await _abort(context, error)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            log.exception("unhandled error in streaming RPC")
+            await _abort(context, Internal(f"internal error: {type(exc).__name__}: {exc}"))
+
+    return wrapper
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns domain errors raised by servicers into gRPC statuses (the one error table)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+
+class GrpcServer:
+    """A grpc.aio server with health, reflection, tracing and graceful shutdown."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        registrations: Iterable[Registration],
+        *,
+        on_shutdown: Iterable[Callable[[], Awaitable[None]]] = (),
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.settings = settings
+        self.health = HealthServicer()
+        self._registrations = list(registrations)
+        self._on_shutdown = list(on_shutdown)
+        self._stopping = asyncio.Event()
+        self.server = grpc.aio.server(
+            interceptors=[*server_interceptors(), ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        for reg in self._registrations:
+            reg.add_to_server(reg.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [r.full_name for r in self._registrations]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+
+    async def set_ready(self, ready: bool) -> None:
+        """Readiness (and the overall "" status and each service name) follow this."""
+        status = _SERVING if ready else _NOT_SERVING
+        for name in ("", READINESS, *(r.full_name for r in self._registrations)):
+            await self.health.set(name, status)
+
+    async def set_started(self) -> None:
+        """Marks startup done (the Kubernetes startupProbe passes from now on)."""
+        await self.health.set(STARTUP, _SERVING)
+
+    async def start(self) -> None:
+        """Starts serving; liveness is SERVING, startup and readiness are not yet."""
+        await self.health.set(LIVENESS, _SERVING)
+        await self.health.set(STARTUP, _NOT_SERVING)
+        await self.set_ready(False)
+        await self.server.start()
+        if self.settings.port_file:
+            self.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.settings.port_file.with_suffix(".tmp")
+            tmp.write_text(str(self.port))
+            tmp.replace(self.settings.port_file)
+        log.info("gRPC server listening", extra={"port": self.port})
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT start a graceful stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+
+    def request_stop(self) -> None:
+        """Starts a graceful stop (tests, or an internal fatal error)."""
+        self._stopping.set()
+
+    async def wait_for_stop(self) -> None:
+        """Blocks until a stop is requested, then drains and stops."""
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Readiness NOT_SERVING, shutdown hooks, then `stop(grace)` for in-flight RPCs."""
+        log.info("graceful stop: readiness NOT_SERVING")
+        await self.set_ready(False)
+        await self.health.enter_graceful_shutdown()
+        for hook in self._on_shutdown:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+        await self.server.stop(self.settings.grace_seconds)
+        log.info("gRPC server stopped")

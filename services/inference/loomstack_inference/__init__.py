@@ -1,0 +1,1 @@
+"""Loomstack inference service: files, batches, the model registry and vLLM engines."""

@@ -1,0 +1,190 @@
+"""The vLLM engine: one base model on `AsyncLLM`, driven through vLLM's own OpenAI serving layer.
+
+Every batch line and every online request goes through `OpenAIServingChat` exactly as
+`vllm run-batch` and `vllm serve` do, so the model's chat template, every sampling parameter,
+`response_format`, `n`, `stop`, `seed` and `logprobs` apply. vLLM is imported lazily: the api
+role never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .ids import new_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LineOutcome:
+    """The output-file line of one request and its token counts."""
+
+    ok: bool
+    line_json: str
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+
+
+class EngineRequestError(Exception):
+    """vLLM rejected a request (status code and OpenAI error object attached)."""
+
+    def __init__(self, status_code: int, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", "request failed"))
+        self.status_code = status_code
+        self.error = error
+
+
+def _error_line(custom_id: str, status_code: int, error: dict[str, Any]) -> str:
+    return orjson.dumps(
+        {
+            "id": new_id("batch_req_"),
+            "custom_id": custom_id,
+            "response": {
+                "status_code": status_code,
+                "request_id": new_id("req_"),
+                "body": {"error": error},
+            },
+            "error": {"code": error.get("code") or "request_failed", "message": error.get("message")},
+        }
+    ).decode()
+
+
+class VllmEngine:
+    """Owns the `AsyncLLM` client and the chat serving object."""
+
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        served_name: str,
+        max_model_len: int,
+        enforce_eager: bool,
+        extra_args: str = "",
+    ) -> None:
+        self.model_path = model_path
+        self.served_name = served_name
+        self.max_model_len = max_model_len
+        self.enforce_eager = enforce_eager
+        self.extra_args = extra_args
+        self._client_cm: Any = None
+        self.client: Any = None
+        self.chat: Any = None
+
+    async def start(self) -> None:
+        """Loads the model (tens of seconds on CPU) and builds the serving layer."""
+        from starlette.datastructures import State
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+        from vllm.entrypoints.launchers.run_batch import make_arg_parser
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        argv = [
+            "-i", "unused", "-o", "unused",
+            "--model", self.model_path,
+            "--served-model-name", self.served_name,
+            "--max-model-len", str(self.max_model_len),
+            "--disable-log-stats",
+            *(["--enforce-eager"] if self.enforce_eager else []),
+            *shlex.split(self.extra_args),
+        ]
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        self._client_cm = build_async_engine_client(
+            args, usage_context=UsageContext.OPENAI_BATCH_RUNNER
+        )
+        self.client = await self._client_cm.__aenter__()
+        state = State()
+        await init_app_state(self.client, state, args, await self.client.get_supported_tasks())
+        self.chat = state.openai_serving_chat
+        log.info("vLLM engine ready", extra={"model": self.served_name})
+
+    async def close(self) -> None:
+        """Shuts the engine (and its engine-core process) down."""
+        if self._client_cm is not None:
+            await self._client_cm.__aexit__(None, None, None)
+            self._client_cm = None
+
+    async def _respond(self, body: dict[str, Any] | str) -> Any:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+        try:
+            if isinstance(body, str):
+                request = ChatCompletionRequest.model_validate_json(body)
+            else:
+                request = ChatCompletionRequest.model_validate(body)
+            return await self.chat.create_chat_completion(request, None)
+        except Exception as exc:  # vLLM's own mapping of exceptions to OpenAI errors
+            return create_error_response(exc)
+
+    async def run_line(self, custom_id: str, body_json: str) -> LineOutcome:
+        """Runs one batch line; a rejected request becomes an error line, never an exception."""
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
+
+        response = await self._respond(body_json)
+        if isinstance(response, ChatCompletionResponse):
+            usage = response.usage
+            cached = 0
+            if usage.prompt_tokens_details is not None:
+                cached = usage.prompt_tokens_details.cached_tokens or 0
+            line = (
+                b'{"id":"' + new_id("batch_req_").encode()
+                + b'","custom_id":' + orjson.dumps(custom_id)
+                + b',"response":{"status_code":200,"request_id":"' + new_id("req_").encode()
+                + b'","body":' + response.model_dump_json().encode()
+                + b'},"error":null}'
+            )
+            return LineOutcome(
+                True, line.decode(), usage.prompt_tokens, cached, usage.completion_tokens or 0
+            )
+        status, error = self._error_of(response)
+        return LineOutcome(False, _error_line(custom_id, status, error))
+
+    @staticmethod
+    def _error_of(response: Any) -> tuple[int, dict[str, Any]]:
+        err = getattr(response, "error", None)
+        if err is None:
+            return 500, {"message": "engine returned no response", "type": "server_error",
+                         "param": None, "code": "engine_error"}
+        doc = err.model_dump()
+        status = int(doc.pop("code", 400) or 400)
+        return status, {
+            "message": doc.get("message"),
+            "type": "invalid_request_error" if status < 500 else "server_error",
+            "param": doc.get("param"),
+            "code": doc.get("type"),
+        }
+
+    async def chat_completion(self, request_json: bytes) -> bytes:
+        """One online request; raises EngineRequestError when vLLM rejects it."""
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
+
+        body = orjson.loads(request_json)
+        body["stream"] = False
+        response = await self._respond(body)
+        if isinstance(response, ChatCompletionResponse):
+            return response.model_dump_json().encode()
+        raise EngineRequestError(*self._error_of(response))
+
+    async def stream_chat_completion(self, request_json: bytes) -> AsyncIterator[bytes]:
+        """One streamed request: yields each `chat.completion.chunk` JSON document."""
+        body = orjson.loads(request_json)
+        body["stream"] = True
+        response = await self._respond(body)
+        if not hasattr(response, "__aiter__"):
+            raise EngineRequestError(*self._error_of(response))
+        async for event in response:
+            for part in event.split("\n"):
+                if not part.startswith("data: "):
+                    continue
+                data = part[6:].strip()
+                if data == "[DONE]":
+                    return
+                yield data.encode()

@@ -1,0 +1,101 @@
+"""The model registry and the engines that serve models (with their heartbeats)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from loomstack_kit.database import write_transaction
+from loomstack_kit.errors import NotFound
+
+from .tables import engines, models
+
+FRESH_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model with its live serving state."""
+
+    id: str
+    parent: str | None
+    source: str
+    owned_by: str
+    max_model_len: int
+    created_at: float
+    ready_engines: int
+    output_tokens_per_second: float
+
+
+class Registry:
+    """Models and engines in the inference database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def register_model(
+        self, model_id: str, source: str, max_model_len: int, *, parent: str | None = None,
+        owned_by: str = "system",
+    ) -> None:
+        """Adds or updates a model (idempotent)."""
+        with write_transaction(self.engine) as conn:
+            exists = conn.execute(sa.select(models.c.id).where(models.c.id == model_id)).first()
+            values = {"parent": parent, "source": source, "owned_by": owned_by,
+                      "max_model_len": max_model_len}
+            if exists:
+                conn.execute(models.update().where(models.c.id == model_id).values(**values))
+            else:
+                conn.execute(models.insert().values(id=model_id, created_at=time.time(), **values))
+
+    def heartbeat(
+        self, engine_id: str, address: str, served: list[str], *, ready: bool,
+        tokens_per_second: float = 0.0, requests_per_second: float = 0.0, started_at: float = 0.0,
+    ) -> None:
+        """Upserts this engine's row; a row older than FRESH_SECONDS counts as down."""
+        now = time.time()
+        values = {"address": address, "models_json": orjson.dumps(served).decode(),
+                  "heartbeat_at": now, "ready": ready,
+                  "output_tokens_per_second": tokens_per_second,
+                  "requests_per_second": requests_per_second}
+        with write_transaction(self.engine) as conn:
+            updated = conn.execute(
+                engines.update().where(engines.c.id == engine_id).values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(engines.insert().values(id=engine_id, started_at=started_at or now, **values))
+
+    def remove_engine(self, engine_id: str) -> None:
+        """Drops this engine's row (graceful stop)."""
+        with write_transaction(self.engine) as conn:
+            conn.execute(engines.delete().where(engines.c.id == engine_id))
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model with its ready engines and summed throughput."""
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(models).order_by(models.c.created_at)).all()
+            live = conn.execute(
+                sa.select(engines.c.models_json, engines.c.output_tokens_per_second).where(
+                    engines.c.heartbeat_at > now - FRESH_SECONDS, engines.c.ready.is_(True)
+                )
+            ).all()
+        served = [(set(orjson.loads(e.models_json)), e.output_tokens_per_second) for e in live]
+        out = []
+        for r in rows:
+            mine = [tps for names, tps in served if r.id in names]
+            out.append(
+                ModelInfo(r.id, r.parent, r.source, r.owned_by, r.max_model_len, r.created_at,
+                          len(mine), sum(mine))
+            )
+        return out
+
+    def get_model(self, model_id: str) -> ModelInfo:
+        """One model, or NotFound."""
+        for info in self.list_models():
+            if info.id == model_id:
+                return info
+        raise NotFound(f"no model {model_id!r}", param="model", code="model_not_found")

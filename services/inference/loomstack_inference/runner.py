@@ -1,0 +1,211 @@
+"""The engine role's batch runner: claims shards, keeps the engine full, commits in micro-batches.
+
+A new shard is claimed whenever the lines still to run in the held shards fall below the
+engine's concurrency, so the engine never drains at a shard boundary. Results are committed in
+micro-batches (every `flush_lines` results or `flush_seconds`), which also renews the lease and
+tells the runner whether the batch was cancelled or expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .batches import Batches
+from .engine import VllmEngine
+from .leases import Lease, LeaseQueue, PendingLine, ResultRow
+from .metrics import BATCHES_FINALIZED, INFLIGHT, INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS, THROUGHPUT
+from .registry import Registry
+from .settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _ShardRun:
+    lease: Lease
+    remaining: int
+    buffer: list[ResultRow] = field(default_factory=list)
+    flush_now: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Runner:
+    """Runs batch shards of the models this engine serves."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        queue: LeaseQueue,
+        engine: VllmEngine,
+        batches: Batches,
+        registry: Registry,
+        engine_id: str,
+        address: str,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.engine = engine
+        self.batches = batches
+        self.registry = registry
+        self.engine_id = engine_id
+        self.address = address
+        self.models = [engine.served_name]
+        self._slots = asyncio.Semaphore(settings.max_inflight)
+        self._runs: dict[int, _ShardRun] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._started_at = time.time()
+        self._done_lines = 0
+        self._done_tokens = 0
+        self.ready = False
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claims work until stopped."""
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while not self._stopping:
+                remaining = sum(r.remaining for r in self._runs.values())
+                if remaining < self.settings.max_inflight:
+                    lease = await asyncio.to_thread(self.queue.claim, self.models)
+                    if lease is not None and not self._stopping:
+                        await self._start_shard(lease)
+                        continue
+                    if lease is not None:
+                        await asyncio.to_thread(self.queue.release_all)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+        finally:
+            heartbeat.cancel()
+
+    async def _start_shard(self, lease: Lease) -> None:
+        lines = await asyncio.to_thread(self.queue.pending_lines, lease)
+        run = _ShardRun(lease, remaining=len(lines))
+        self._runs[lease.shard_id] = run
+        run.task = asyncio.create_task(self._run_shard(run, lines))
+        log.info(
+            "claimed shard",
+            extra={"batch_id": lease.batch_id, "shard": lease.seq, "lines": len(lines)},
+        )
+
+    async def _one(self, run: _ShardRun, line: PendingLine) -> None:
+        async with self._slots:
+            INFLIGHT.inc()
+            try:
+                outcome = await self.engine.run_line(line.custom_id, line.body_json)
+            finally:
+                INFLIGHT.dec()
+        run.buffer.append(
+            ResultRow(line.line_no, line.custom_id, outcome.ok, outcome.line_json,
+                      outcome.input_tokens, outcome.cached_tokens, outcome.output_tokens)
+        )
+        run.remaining -= 1
+        self._done_lines += 1
+        self._done_tokens += outcome.output_tokens
+        model = run.lease.model
+        REQUESTS.labels(model, "completed" if outcome.ok else "failed").inc()
+        OUTPUT_TOKENS.labels(model).inc(outcome.output_tokens)
+        INPUT_TOKENS.labels(model).inc(outcome.input_tokens)
+        if len(run.buffer) >= self.settings.flush_lines:
+            run.flush_now.set()
+        if run.remaining < self.settings.max_inflight:
+            self._wake.set()
+
+    async def _run_shard(self, run: _ShardRun, lines: list[PendingLine]) -> None:
+        lease = run.lease
+        tasks = [asyncio.create_task(self._one(run, line)) for line in lines]
+        all_done = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
+        outcome_state = "done"
+        try:
+            while True:
+                run.flush_now.clear()
+                waiter = asyncio.ensure_future(run.flush_now.wait())
+                await asyncio.wait(
+                    {all_done, waiter}, timeout=self.settings.flush_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+                finished = all_done.done()
+                rows, run.buffer = run.buffer, []
+                outcome = await asyncio.to_thread(self.queue.commit, lease, rows)
+                if not outcome.still_owned:
+                    outcome_state = "lost"
+                    break
+                if outcome.stop:
+                    outcome_state = "stopped"
+                    break
+                if finished:
+                    break
+        except asyncio.CancelledError:
+            outcome_state = "interrupted"
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(all_done, return_exceptions=True)
+            self._runs.pop(lease.shard_id, None)
+            self._wake.set()
+            if outcome_state != "interrupted":
+                await self._end_shard(lease, outcome_state)
+
+    async def _end_shard(self, lease: Lease, state: str) -> None:
+        log.info("shard ended", extra={"batch_id": lease.batch_id, "shard": lease.seq, "state": state})
+        if state == "done":
+            await asyncio.to_thread(self.queue.complete, lease)
+        elif state == "stopped":
+            await asyncio.to_thread(self.queue.stop, lease)
+        if state in ("done", "stopped"):
+            final = await asyncio.to_thread(self.batches.try_finalize, lease.batch_id)
+            if final:
+                BATCHES_FINALIZED.labels(final).inc()
+                log.info("batch finalized", extra={"batch_id": lease.batch_id, "status": final})
+
+    # -- heartbeat and stop --------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(1.0, self.settings.lease_seconds / 4)
+        last_t, last_lines, last_tokens = time.monotonic(), 0, 0
+        tps = rps = 0.0
+        while True:
+            now = time.monotonic()
+            dt = max(now - last_t, 1e-6)
+            if self._runs or self._done_lines != last_lines:
+                tps = (self._done_tokens - last_tokens) / dt
+                rps = (self._done_lines - last_lines) / dt
+            last_t, last_lines, last_tokens = now, self._done_lines, self._done_tokens
+            THROUGHPUT.set(tps)
+            try:
+                await asyncio.to_thread(self.queue.renew_all)
+                await asyncio.to_thread(
+                    self.registry.heartbeat, self.engine_id, self.address, self.models,
+                    ready=self.ready, tokens_per_second=tps, requests_per_second=rps,
+                    started_at=self._started_at,
+                )
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        """Graceful stop: commit what finished, cancel in-flight lines, release the leases."""
+        self._stopping = True
+        self._wake.set()
+        runs = list(self._runs.values())
+        for run in runs:
+            if run.task is not None:
+                run.task.cancel()
+        for run in runs:
+            if run.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run.task
+            if run.buffer:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.queue.commit, run.lease, run.buffer)
+        released = await asyncio.to_thread(self.queue.release_all)
+        await asyncio.to_thread(self.registry.remove_engine, self.engine_id)
+        log.info("runner stopped", extra={"released_shards": released})

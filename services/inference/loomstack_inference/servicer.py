@@ -1,0 +1,282 @@
+"""gRPC servicers: convert protos to domain calls and back, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from loomstack.common.v1 import common_pb2
+from loomstack.inference.v1 import (
+    batches_pb2,
+    batches_pb2_grpc,
+    chat_pb2,
+    chat_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable
+from loomstack_kit.identity import owner_project, project_of
+
+from .batches import Batches, BatchView
+from .engine import EngineRequestError, VllmEngine
+from .files import FileRecord, FileStore
+from .registry import ModelInfo, Registry
+
+_STATUS = {
+    "validating": batches_pb2.BATCH_STATUS_VALIDATING,
+    "failed": batches_pb2.BATCH_STATUS_FAILED,
+    "in_progress": batches_pb2.BATCH_STATUS_IN_PROGRESS,
+    "finalizing": batches_pb2.BATCH_STATUS_FINALIZING,
+    "completed": batches_pb2.BATCH_STATUS_COMPLETED,
+    "expired": batches_pb2.BATCH_STATUS_EXPIRED,
+    "cancelling": batches_pb2.BATCH_STATUS_CANCELLING,
+    "cancelled": batches_pb2.BATCH_STATUS_CANCELLED,
+}
+_TIME_FIELDS = {
+    "created_at": "create_time", "in_progress_at": "in_progress_time",
+    "expires_at": "expire_time", "finalizing_at": "finalizing_time",
+    "completed_at": "complete_time", "failed_at": "fail_time", "expired_at": "expired_time",
+    "cancelling_at": "cancelling_time", "cancelled_at": "cancelled_time",
+}
+
+
+def _ts(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def file_to_proto(rec: FileRecord) -> files_pb2.File:
+    """Domain file → proto."""
+    return files_pb2.File(
+        id=rec.id, bytes=rec.bytes, create_time=_ts(rec.created_at), filename=rec.filename,
+        purpose=rec.purpose, project=rec.project, line_count=rec.line_count, sha256=rec.sha256,
+    )
+
+
+def batch_to_proto(view: BatchView) -> batches_pb2.Batch:
+    """Domain batch → proto."""
+    msg = batches_pb2.Batch(
+        id=view.id, endpoint=view.endpoint, input_file_id=view.input_file_id,
+        completion_window=view.completion_window, status=_STATUS[view.status],
+        output_file_id=view.output_file_id or "", error_file_id=view.error_file_id or "",
+        request_counts=batches_pb2.RequestCounts(
+            total=view.total, completed=view.completed, failed=view.failed
+        ),
+        usage=batches_pb2.Usage(
+            input_tokens=view.input_tokens, cached_tokens=view.cached_tokens,
+            output_tokens=view.output_tokens, total_tokens=view.input_tokens + view.output_tokens,
+        ),
+        metadata=view.metadata, model=view.model, priority=view.priority, project=view.project,
+        queue_position=view.queue_position,
+        errors=[common_pb2.LineError(**e) for e in view.errors],  # type: ignore[arg-type]
+    )
+    for column, name in _TIME_FIELDS.items():
+        value = view.times.get(column)
+        if value is not None:
+            getattr(msg, name).CopyFrom(_ts(value))
+    if view.estimated_start_at is not None:
+        msg.estimated_start_time.CopyFrom(_ts(view.estimated_start_at))
+    if view.estimated_finish_at is not None:
+        msg.estimated_finish_time.CopyFrom(_ts(view.estimated_finish_at))
+    return msg
+
+
+def model_to_proto(info: ModelInfo) -> models_pb2.Model:
+    """Domain model → proto."""
+    return models_pb2.Model(
+        id=info.id, create_time=_ts(info.created_at), owned_by=info.owned_by,
+        parent=info.parent or "", source=info.source, max_model_len=info.max_model_len,
+        ready_engines=info.ready_engines,
+        throughput_tokens_per_second=info.output_tokens_per_second,
+    )
+
+
+class FileServicer(files_pb2_grpc.FileServiceServicer):
+    """Files over gRPC."""
+
+    def __init__(self, store: FileStore, chunk_bytes: int = 1024 * 1024) -> None:
+        self.store = store
+        self.chunk_bytes = chunk_bytes
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[files_pb2.UploadFileRequest], context: Any
+    ) -> files_pb2.File:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("metadata"):
+            raise InvalidArgument("the first upload message must carry the file metadata", param="file")
+        meta = first.metadata
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                yield msg.chunk
+
+        rec = await self.store.upload(
+            owner_project(project_of(context)), meta.filename, meta.purpose, chunks()
+        )
+        return file_to_proto(rec)
+
+    async def GetFile(self, request: files_pb2.GetFileRequest, context: Any) -> files_pb2.File:
+        rec = await asyncio.to_thread(self.store.get, project_of(context), request.file_id)
+        return file_to_proto(rec)
+
+    async def ListFiles(
+        self, request: files_pb2.ListFilesRequest, context: Any
+    ) -> files_pb2.ListFilesResponse:
+        limit = min(request.page_size or 100, 10_000)
+        page, more = await asyncio.to_thread(
+            self.store.list, project_of(context), request.purpose, limit, request.page_token
+        )
+        return files_pb2.ListFilesResponse(
+            files=[file_to_proto(r) for r in page], next_page_token=page[-1].id if more else ""
+        )
+
+    async def DeleteFile(
+        self, request: files_pb2.DeleteFileRequest, context: Any
+    ) -> files_pb2.DeleteFileResponse:
+        await asyncio.to_thread(self.store.delete, project_of(context), request.file_id)
+        return files_pb2.DeleteFileResponse(id=request.file_id, deleted=True)
+
+    async def DownloadFileContent(
+        self, request: files_pb2.DownloadFileContentRequest, context: Any
+    ) -> AsyncIterator[files_pb2.DownloadFileContentResponse]:
+        chunks = await asyncio.to_thread(self.store.read, project_of(context), request.file_id)
+        iterator = iter(chunks)
+        while True:
+            chunk = await asyncio.to_thread(next, iterator, None)
+            if chunk is None:
+                return
+            yield files_pb2.DownloadFileContentResponse(chunk=chunk)
+
+
+class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
+    """Batches over gRPC."""
+
+    def __init__(self, batches: Batches, watch_seconds: float = 0.5) -> None:
+        self.batches = batches
+        self.watch_seconds = watch_seconds
+
+    async def CreateBatch(self, request: batches_pb2.CreateBatchRequest, context: Any) -> batches_pb2.Batch:
+        view = await asyncio.to_thread(
+            self.batches.create,
+            owner_project(project_of(context)),
+            input_file_id=request.input_file_id,
+            endpoint=request.endpoint,
+            completion_window=request.completion_window,
+            metadata=dict(request.metadata),
+            priority=request.priority,
+        )
+        return batch_to_proto(view)
+
+    async def GetBatch(self, request: batches_pb2.GetBatchRequest, context: Any) -> batches_pb2.Batch:
+        view = await asyncio.to_thread(self.batches.get, project_of(context), request.batch_id)
+        return batch_to_proto(view)
+
+    async def ListBatches(
+        self, request: batches_pb2.ListBatchesRequest, context: Any
+    ) -> batches_pb2.ListBatchesResponse:
+        limit = min(request.page_size or 20, 100)
+        page, more = await asyncio.to_thread(
+            self.batches.list, project_of(context), limit, request.page_token
+        )
+        return batches_pb2.ListBatchesResponse(
+            batches=[batch_to_proto(v) for v in page], next_page_token=page[-1].id if more else ""
+        )
+
+    async def CancelBatch(self, request: batches_pb2.CancelBatchRequest, context: Any) -> batches_pb2.Batch:
+        view = await asyncio.to_thread(self.batches.cancel, project_of(context), request.batch_id)
+        return batch_to_proto(view)
+
+    async def WatchBatch(
+        self, request: batches_pb2.WatchBatchRequest, context: Any
+    ) -> AsyncIterator[batches_pb2.Batch]:
+        project = project_of(context)
+        last = None
+        while True:
+            view = await asyncio.to_thread(self.batches.get, project, request.batch_id)
+            msg = batch_to_proto(view)
+            key = (msg.status, msg.request_counts.completed, msg.request_counts.failed)
+            if key != last:
+                last = key
+                yield msg
+            if view.status in ("completed", "failed", "expired", "cancelled"):
+                return
+            await asyncio.sleep(self.watch_seconds)
+
+
+class ModelServicer(models_pb2_grpc.ModelServiceServicer):
+    """The model registry over gRPC."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def ListModels(
+        self, request: models_pb2.ListModelsRequest, context: Any
+    ) -> models_pb2.ListModelsResponse:
+        infos = await asyncio.to_thread(self.registry.list_models)
+        return models_pb2.ListModelsResponse(models=[model_to_proto(i) for i in infos])
+
+    async def GetModel(self, request: models_pb2.GetModelRequest, context: Any) -> models_pb2.Model:
+        return model_to_proto(await asyncio.to_thread(self.registry.get_model, request.model_id))
+
+
+def _engine_error(exc: EngineRequestError) -> InvalidArgument | NotFound | Unavailable:
+    err = exc.error
+    message = str(err.get("message") or "request rejected by the engine")
+    code = str(err.get("code") or "invalid_request")
+    param = err.get("param")
+    if exc.status_code == 404:
+        return NotFound(message, code=code, param=param)
+    if exc.status_code >= 500:
+        return Unavailable(message, code=code, param=param)
+    return InvalidArgument(message, code=code, param=param)
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    """Online chat on the local engine."""
+
+    def __init__(self, engine: VllmEngine | None, ready: Any) -> None:
+        self.engine = engine
+        self.ready = ready
+
+    def _engine(self, request_json: bytes) -> VllmEngine:
+        if self.engine is None or not self.ready():
+            raise Unavailable("no engine is ready for this model yet; retry shortly", code="engine_not_ready")
+        import orjson
+
+        try:
+            model = orjson.loads(request_json).get("model")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
+        if model != self.engine.served_name:
+            raise NotFound(
+                f"model {model!r} is not served here; available: {self.engine.served_name}",
+                param="model", code="model_not_found",
+            )
+        return self.engine
+
+    async def CreateChatCompletion(
+        self, request: chat_pb2.CreateChatCompletionRequest, context: Any
+    ) -> chat_pb2.CreateChatCompletionResponse:
+        engine = self._engine(request.request_json)
+        try:
+            body = await engine.chat_completion(request.request_json)
+        except EngineRequestError as exc:
+            raise _engine_error(exc) from exc
+        return chat_pb2.CreateChatCompletionResponse(response_json=body)
+
+    async def StreamChatCompletion(
+        self, request: chat_pb2.StreamChatCompletionRequest, context: Any
+    ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
+        engine = self._engine(request.request_json)
+        try:
+            async for chunk in engine.stream_chat_completion(request.request_json):
+                yield chat_pb2.StreamChatCompletionResponse(chunk_json=chunk)
+        except EngineRequestError as exc:
+            raise _engine_error(exc) from exc
+

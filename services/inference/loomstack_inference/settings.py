@@ -1,0 +1,54 @@
+"""Settings of the inference service (environment prefix `LOOMSTACK_INFERENCE_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from loomstack_kit.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    """Both roles read these; the engine role also needs `model_path`."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOMSTACK_INFERENCE_", extra="ignore")
+
+    roles: str = Field("api,engine", description="Comma-separated roles: api, engine.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite under home.")
+    blob_backend: str = Field("filesystem", description="filesystem or database.")
+    blob_dir: Path | None = Field(None, description="Filesystem blob root; default home/blobs.")
+
+    # The model this engine serves (engine role) and that the api role registers at start.
+    model_name: str = Field("SmolLM2-135M-Instruct", description="Name requests use.")
+    model_path: str = Field("", description="Local directory of the weights.")
+    max_model_len: int = Field(2048, description="Context length given to vLLM.")
+    enforce_eager: bool = Field(False, description="Skip graph compilation (faster start).")
+    engine_args: str = Field("", description="Extra vLLM engine arguments, shell-style.")
+
+    # Limits on input files.
+    max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest upload accepted.")
+    max_batch_lines: int = Field(50_000, description="Most lines in a batch input file.")
+
+    # Batch runner.
+    shard_lines: int = Field(1000, description="Lines per shard (the unit of a lease).")
+    max_inflight: int = Field(256, description="Requests in flight in the engine at once.")
+    lease_seconds: float = Field(20.0, description="A lease not renewed for this long expires.")
+    flush_seconds: float = Field(0.5, description="Longest wait before results are committed.")
+    flush_lines: int = Field(256, description="Commit results when this many are waiting.")
+    poll_seconds: float = Field(1.0, description="How often an idle runner looks for work.")
+    engine_id: str = Field("", description="Stable id of this engine; default host-pid.")
+    advertise_address: str = Field("", description="Address other services reach us on.")
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or SQLite in the home directory."""
+        return self.database_url or f"sqlite:///{self.home / 'inference.db'}"
+
+    def resolved_blob_dir(self) -> Path:
+        """The filesystem blob root."""
+        return self.blob_dir or self.home / "blobs"
+
+    def has_role(self, role: str) -> bool:
+        """Whether this process runs `role`."""
+        return role in {r.strip() for r in self.roles.split(",")}
