@@ -1,0 +1,62 @@
+"""Fixtures shared by every test: databases on SQLite and PostgreSQL, domain objects."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import MODEL_NAME, MODEL_PATH, postgres_database  # noqa: E402
+
+from loomstack_inference.__main__ import MIGRATIONS  # noqa: E402
+from loomstack_inference.batches import Batches  # noqa: E402
+from loomstack_inference.files import FileStore  # noqa: E402
+from loomstack_inference.registry import Registry  # noqa: E402
+from loomstack_kit.blobstore import FilesystemBlobStore  # noqa: E402
+from loomstack_kit.database import create_db_engine, migrate  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """One fresh PostgreSQL database for the session."""
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every domain test runs on the embedded SQLite and on PostgreSQL (a fresh database)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'inference.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@dataclass
+class Domain:
+    """The inference service's domain objects on one database."""
+
+    url: str
+    engine: object
+    files: FileStore
+    batches: Batches
+    registry: Registry
+
+
+@pytest.fixture
+def domain(db_url: str, tmp_path: Path) -> Iterator[Domain]:
+    """Migrated database + file store + batches, with the default model registered."""
+    migrate(db_url, MIGRATIONS, "alembic_version_inference")
+    engine = create_db_engine(db_url)
+    files = FileStore(engine, FilesystemBlobStore(tmp_path / "blobs"), max_bytes=10 * 1024 * 1024)
+    batches = Batches(engine, files, shard_lines=4, max_lines=100)
+    registry = Registry(engine)
+    registry.register_model(MODEL_NAME, MODEL_PATH, 2048)
+    yield Domain(db_url, engine, files, batches, registry)
+    engine.dispose()
