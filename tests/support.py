@@ -153,3 +153,60 @@ def batch_line(custom_id: str, content: str, **body: object) -> dict[str, object
         "url": "/v1/chat/completions",
         "body": {"model": MODEL_NAME, "messages": [{"role": "user", "content": content}], **body},
     }
+
+
+class InferenceClient:
+    """A small synchronous gRPC client for tests (the gateway has its own)."""
+
+    def __init__(self, address: str, project: str = "default") -> None:
+        from loomstack.inference.v1 import batches_pb2_grpc, chat_pb2_grpc, files_pb2_grpc
+
+        self.channel = grpc.insecure_channel(address)
+        self.metadata = (("x-loomstack-project", project),)
+        self.files = files_pb2_grpc.FileServiceStub(self.channel)
+        self.batches = batches_pb2_grpc.BatchServiceStub(self.channel)
+        self.chat = chat_pb2_grpc.ChatServiceStub(self.channel)
+
+    def upload(self, lines: list[dict[str, object]], purpose: str = "batch") -> str:
+        import json
+
+        from loomstack.inference.v1 import files_pb2
+
+        data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+        messages = [files_pb2.UploadFileRequest(
+            metadata=files_pb2.UploadFileMetadata(filename="in.jsonl", purpose=purpose))]
+        messages += [files_pb2.UploadFileRequest(chunk=data[i : i + 65536])
+                     for i in range(0, len(data), 65536)]
+        return self.files.UploadFile(iter(messages), metadata=self.metadata).id
+
+    def create_batch(self, lines: list[dict[str, object]], **kwargs: object):  # type: ignore[no-untyped-def]
+        from loomstack.inference.v1 import batches_pb2
+
+        file_id = self.upload(lines)
+        return self.batches.CreateBatch(
+            batches_pb2.CreateBatchRequest(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                           completion_window="24h", **kwargs),
+            metadata=self.metadata,
+        )
+
+    def get_batch(self, batch_id: str):  # type: ignore[no-untyped-def]
+        from loomstack.inference.v1 import batches_pb2
+
+        return self.batches.GetBatch(batches_pb2.GetBatchRequest(batch_id=batch_id),
+                                     metadata=self.metadata, timeout=10)
+
+    def status(self, batch_id: str) -> str:
+        from loomstack.inference.v1 import batches_pb2
+
+        return batches_pb2.BatchStatus.Name(self.get_batch(batch_id).status)
+
+    def content(self, file_id: str) -> bytes:
+        from loomstack.inference.v1 import files_pb2
+
+        return b"".join(
+            c.chunk for c in self.files.DownloadFileContent(
+                files_pb2.DownloadFileContentRequest(file_id=file_id), metadata=self.metadata)
+        )
+
+    def close(self) -> None:
+        self.channel.close()

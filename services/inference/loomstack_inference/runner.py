@@ -31,6 +31,9 @@ class _ShardRun:
     buffer: list[ResultRow] = field(default_factory=list)
     flush_now: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Set before in-flight lines are cancelled: vLLM answers a cancelled request with a
+    # "Client disconnected" error, which must not be recorded as the line's result.
+    abandoned: bool = False
 
 
 class Runner:
@@ -101,6 +104,8 @@ class Runner:
                 outcome = await self.engine.run_line(line.custom_id, line.body_json)
             finally:
                 INFLIGHT.dec()
+        if run.abandoned:
+            return
         run.buffer.append(
             ResultRow(line.line_no, line.custom_id, outcome.ok, outcome.line_json,
                       outcome.input_tokens, outcome.cached_tokens, outcome.output_tokens)
@@ -146,6 +151,7 @@ class Runner:
             outcome_state = "interrupted"
             raise
         finally:
+            run.abandoned = True
             for t in tasks:
                 t.cancel()
             await asyncio.gather(all_done, return_exceptions=True)
@@ -197,6 +203,7 @@ class Runner:
         self._wake.set()
         runs = list(self._runs.values())
         for run in runs:
+            run.abandoned = True
             if run.task is not None:
                 run.task.cancel()
         for run in runs:

@@ -1,0 +1,157 @@
+"""The stack under test: the real inference service (api role) and the real gateway, and the
+batch inputs the tests send.
+
+Both run as subprocesses on ephemeral ports with a temporary `LOOMSTACK_HOME`; the tests talk to
+the gateway with the official `openai` client (and httpx where a raw request is the point).
+No vLLM engine runs: chat is expected to answer 503.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_NAME = "SmolLM2-135M-Instruct"
+MODEL_PATH = os.environ.get(
+    "LOOMSTACK_INFERENCE_MODEL_PATH", str(REPO / ".cache" / "models" / MODEL_NAME)
+)
+KEY_A, KEY_B, KEY_PAGES, KEY_ADMIN = "sk-test-a", "sk-test-b", "sk-test-pages", "sk-test-admin"
+API_KEYS = f"{KEY_A}:team-a,{KEY_B}:team-b,{KEY_PAGES}:team-pages,{KEY_ADMIN}:*"
+UPLOAD_BUFFER_BYTES = 1024 * 1024
+START_TIMEOUT = 60.0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any LOOMSTACK_ setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOMSTACK_")}
+    env.update(extra)
+    return env
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path) -> str:
+    """The content of `path` once the process has written it."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{path} not written in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it does not stop in 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    """A port nothing listens on (for a gateway whose upstream is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A running gateway process."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def client(self, key: str = KEY_A) -> OpenAI:
+        """The official openai client, no retries (tests want the first answer)."""
+        return OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=60)
+
+    def http(self, key: str | None = KEY_A) -> httpx.Client:
+        """A raw HTTP client, with the bearer key unless `key` is None."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def start_gateway(tmp: Path, inference_address: str, name: str) -> Gateway:
+    """Starts `python -m loomstack_gateway` on a free port and waits for /healthz."""
+    port_file, log = tmp / f"{name}.port", tmp / f"{name}.log"
+    env = clean_env(
+        LOOMSTACK_GATEWAY_INFERENCE_ADDRESS=inference_address,
+        LOOMSTACK_GATEWAY_PORT="0",
+        LOOMSTACK_GATEWAY_PORT_FILE=str(port_file),
+        LOOMSTACK_GATEWAY_API_KEYS=API_KEYS,
+        LOOMSTACK_GATEWAY_UPLOAD_BUFFER_BYTES=str(UPLOAD_BUFFER_BYTES),
+        LOOMSTACK_GATEWAY_UPSTREAM_TIMEOUT_SECONDS="30",
+    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loomstack_gateway"], env=env, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{wait_for_file(port_file, proc, log)}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return Gateway(url, proc, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    stop(proc)
+    raise TimeoutError(f"gateway did not answer /healthz:\n{log.read_text()[-4000:]}")
+
+
+def request_line(custom_id: str, content: str = "What is the capital of France?") -> dict:
+    """One valid batch input line."""
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": MODEL_NAME,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 16,
+        },
+    }
+
+
+def jsonl(lines: list[dict]) -> bytes:
+    """JSONL bytes of the lines."""
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def upload_batch_input(client: OpenAI, n: int = 3, prefix: str = "req") -> str:
+    """Uploads a valid batch input file; returns its id."""
+    content = jsonl([request_line(f"{prefix}-{i}") for i in range(n)])
+    return client.files.create(file=("input.jsonl", content), purpose="batch").id
+
+
+def poll(fn, until, timeout: float = 15.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Calls `fn` until `until(result)` holds; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last result: {result!r}")
+        time.sleep(interval)
