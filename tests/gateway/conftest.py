@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -13,38 +11,21 @@ from openai import OpenAI
 
 from gateway_stack import (
     KEY_A,
-    MODEL_NAME,
-    MODEL_PATH,
     START_TIMEOUT,
     Gateway,
-    clean_env,
     free_port,
     start_gateway,
+    start_inference,
     stop,
-    wait_for_file,
 )
 
 
 @pytest.fixture(scope="session")
 def inference_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The inference service, api role only, on an ephemeral port."""
-    home = tmp_path_factory.mktemp("inference-home")
-    port_file, log = home / "inference.port", home / "inference.log"
-    env = clean_env(
-        LOOMSTACK_HOME=str(home),
-        LOOMSTACK_INFERENCE_ROLES="api",
-        LOOMSTACK_INFERENCE_MODEL_PATH=MODEL_PATH,
-        LOOMSTACK_INFERENCE_MODEL_NAME=MODEL_NAME,
-        LOOMSTACK_INFERENCE_PORT="0",
-        LOOMSTACK_INFERENCE_PORT_FILE=str(port_file),
-        LOOMSTACK_INFERENCE_LOG_JSON="false",
-    )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_inference"], env=env, stdout=out, stderr=out
-        )
+    address, proc = start_inference(tmp_path_factory.mktemp("inference-home"))
     try:
-        yield f"127.0.0.1:{wait_for_file(port_file, proc, log)}"
+        yield address
     finally:
         stop(proc)
 

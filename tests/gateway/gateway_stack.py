@@ -92,7 +92,31 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-def start_gateway(tmp: Path, inference_address: str, name: str) -> Gateway:
+def start_inference(home: Path, **extra_env: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """Starts `python -m loomstack_inference` (api role) on a free port: (address, process)."""
+    port_file, log = home / "inference.port", home / "inference.log"
+    env = clean_env(
+        LOOMSTACK_HOME=str(home),
+        LOOMSTACK_INFERENCE_ROLES="api",
+        LOOMSTACK_INFERENCE_MODEL_PATH=MODEL_PATH,
+        LOOMSTACK_INFERENCE_MODEL_NAME=MODEL_NAME,
+        LOOMSTACK_INFERENCE_PORT="0",
+        LOOMSTACK_INFERENCE_PORT_FILE=str(port_file),
+        LOOMSTACK_INFERENCE_LOG_JSON="false",
+        **extra_env,
+    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loomstack_inference"], env=env, stdout=out, stderr=out
+        )
+    try:
+        return f"127.0.0.1:{wait_for_file(port_file, proc, log)}", proc
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def start_gateway(tmp: Path, inference_address: str, name: str, **extra_env: str) -> Gateway:
     """Starts `python -m loomstack_gateway` on a free port and waits for /healthz."""
     port_file, log = tmp / f"{name}.port", tmp / f"{name}.log"
     env = clean_env(
@@ -102,6 +126,7 @@ def start_gateway(tmp: Path, inference_address: str, name: str) -> Gateway:
         LOOMSTACK_GATEWAY_API_KEYS=API_KEYS,
         LOOMSTACK_GATEWAY_UPLOAD_BUFFER_BYTES=str(UPLOAD_BUFFER_BYTES),
         LOOMSTACK_GATEWAY_UPSTREAM_TIMEOUT_SECONDS="30",
+        **extra_env,
     )
     with log.open("wb") as out:
         proc = subprocess.Popen(

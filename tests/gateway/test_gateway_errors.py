@@ -95,7 +95,8 @@ def test_request_validation_names_the_field(gateway: Gateway, client: OpenAI) ->
     resp = gateway.http().post(
         "/v1/batches", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert resp.status_code == 400 and "error" in resp.json()
+    assert resp.status_code == 400
+    assert (resp.json()["error"]["code"], resp.json()["error"]["param"]) == ("invalid_json", None)
 
 
 def test_unknown_route(gateway: Gateway) -> None:

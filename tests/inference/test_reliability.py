@@ -78,10 +78,10 @@ def test_two_runners_share_a_batch_survive_kill9_and_restart(tmp_path: Path, pg_
 
         wait_until(reclaimed, 60, 0.25, "node-b to re-claim node-a's shards")
         assert time.monotonic() - killed_at < 30, "lease re-claimed within 30 s"
-        a.start()  # the same engine id restarts and joins again
-        wait_until(lambda: client.status(batch_id) == "BATCH_STATUS_COMPLETED", 400, 1.0, "completion")
         client.close()
         client = InferenceClient(b.address)
+        a.start()  # the same engine id restarts and joins again
+        wait_until(lambda: client.status(batch_id) == "BATCH_STATUS_COMPLETED", 400, 1.0, "completion")
         _assert_exactly_once(client, batch_id, n)
         with engine.connect() as conn:
             dupes = conn.execute(sa.text(
