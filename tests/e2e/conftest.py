@@ -1,0 +1,41 @@
+"""The shared full stack: ONE inference service with a real vLLM engine and one gateway.
+
+Every end-to-end test uses this one engine, so the test run pays for a single engine start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+from support import InferenceProcess
+
+from gateway.gateway_stack import KEY_A, Gateway, start_gateway, stop
+
+
+@dataclass
+class Stack:
+    """The running stack."""
+
+    inference: InferenceProcess
+    gateway: Gateway
+
+    def client(self, key: str = KEY_A) -> OpenAI:
+        return OpenAI(base_url=self.gateway.base_url, api_key=key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Inference (api + engine roles, SQLite, local blobs) behind the gateway."""
+    home: Path = tmp_path_factory.mktemp("stack")
+    inference = InferenceProcess(home, env={"LOOMSTACK_INFERENCE_SHARD_LINES": "50"}).start()
+    gateway = start_gateway(home, inference.address, "gateway")
+    try:
+        inference.wait_ready()
+        yield Stack(inference, gateway)
+    finally:
+        stop(gateway.proc)
+        inference.terminate()
