@@ -11,14 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import MODEL_NAME, MODEL_PATH, postgres_database  # noqa: E402
+from support import MODEL_NAME, MODEL_PATH, postgres_database
 
-from loomstack_inference.__main__ import MIGRATIONS  # noqa: E402
-from loomstack_inference.batches import Batches  # noqa: E402
-from loomstack_inference.files import FileStore  # noqa: E402
-from loomstack_inference.registry import Registry  # noqa: E402
-from loomstack_kit.blobstore import FilesystemBlobStore  # noqa: E402
-from loomstack_kit.database import create_db_engine, migrate  # noqa: E402
+from loomstack_inference.__main__ import MIGRATIONS
+from loomstack_inference.batches import Batches
+from loomstack_inference.files import FileStore
+from loomstack_inference.registry import Registry
+from loomstack_kit.blobstore import FilesystemBlobStore
+from loomstack_kit.database import create_db_engine, migrate
 
 
 @pytest.fixture(scope="session")

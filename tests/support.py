@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import grpc
@@ -64,8 +64,14 @@ def health_status(address: str, service: str, timeout: float = 2.0) -> str:
 class InferenceProcess:
     """A real `python -m loomstack_inference` process in its own process group."""
 
-    def __init__(self, home: Path, *, roles: str = "api,engine", env: dict[str, str] | None = None,
-                 name: str = "inference") -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        roles: str = "api,engine",
+        env: dict[str, str] | None = None,
+        name: str = "inference",
+    ) -> None:
         self.home = home
         self.name = name
         self.port_file = home / f"{name}.port"
@@ -94,8 +100,11 @@ class InferenceProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 — kept open for the child's lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_inference"], env=self.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "loomstack_inference"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_until(lambda: self.port_file.exists() or self._died(), 60, what=f"{self.name} port")
         self._died(raise_=True)
@@ -106,14 +115,20 @@ class InferenceProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             if raise_:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             return True
         return False
 
     def wait_ready(self, timeout: float = 300) -> InferenceProcess:
         wait_until(
-            lambda: self._died(raise_=True) or health_status(self.address, "readiness") == "SERVING",
-            timeout, 0.5, f"{self.name} readiness",
+            lambda: (
+                self._died(raise_=True) or health_status(self.address, "readiness") == "SERVING"
+            ),
+            timeout,
+            0.5,
+            f"{self.name} readiness",
         )
         return self
 
@@ -138,10 +153,8 @@ class InferenceProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(30)
         # vLLM's engine-core child must not outlive the service.
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return self.proc.returncode
 
 
@@ -173,10 +186,15 @@ class InferenceClient:
         from loomstack.inference.v1 import files_pb2
 
         data = "".join(json.dumps(x) + "\n" for x in lines).encode()
-        messages = [files_pb2.UploadFileRequest(
-            metadata=files_pb2.UploadFileMetadata(filename="in.jsonl", purpose=purpose))]
-        messages += [files_pb2.UploadFileRequest(chunk=data[i : i + 65536])
-                     for i in range(0, len(data), 65536)]
+        messages = [
+            files_pb2.UploadFileRequest(
+                metadata=files_pb2.UploadFileMetadata(filename="in.jsonl", purpose=purpose)
+            )
+        ]
+        messages += [
+            files_pb2.UploadFileRequest(chunk=data[i : i + 65536])
+            for i in range(0, len(data), 65536)
+        ]
         return self.files.UploadFile(iter(messages), metadata=self.metadata).id
 
     def create_batch(self, lines: list[dict[str, object]], **kwargs: object):  # type: ignore[no-untyped-def]
@@ -184,16 +202,21 @@ class InferenceClient:
 
         file_id = self.upload(lines)
         return self.batches.CreateBatch(
-            batches_pb2.CreateBatchRequest(input_file_id=file_id, endpoint="/v1/chat/completions",
-                                           completion_window="24h", **kwargs),
+            batches_pb2.CreateBatchRequest(
+                input_file_id=file_id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                **kwargs,
+            ),
             metadata=self.metadata,
         )
 
     def get_batch(self, batch_id: str):  # type: ignore[no-untyped-def]
         from loomstack.inference.v1 import batches_pb2
 
-        return self.batches.GetBatch(batches_pb2.GetBatchRequest(batch_id=batch_id),
-                                     metadata=self.metadata, timeout=10)
+        return self.batches.GetBatch(
+            batches_pb2.GetBatchRequest(batch_id=batch_id), metadata=self.metadata, timeout=10
+        )
 
     def status(self, batch_id: str) -> str:
         from loomstack.inference.v1 import batches_pb2
@@ -204,8 +227,10 @@ class InferenceClient:
         from loomstack.inference.v1 import files_pb2
 
         return b"".join(
-            c.chunk for c in self.files.DownloadFileContent(
-                files_pb2.DownloadFileContentRequest(file_id=file_id), metadata=self.metadata)
+            c.chunk
+            for c in self.files.DownloadFileContent(
+                files_pb2.DownloadFileContentRequest(file_id=file_id), metadata=self.metadata
+            )
         )
 
     def close(self) -> None:

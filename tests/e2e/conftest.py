@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from gateway.gateway_stack import KEY_A, Gateway, start_gateway, stop
 from openai import OpenAI
 from support import InferenceProcess
-
-from gateway.gateway_stack import KEY_A, Gateway, start_gateway, stop
 
 
 @dataclass

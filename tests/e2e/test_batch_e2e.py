@@ -19,23 +19,36 @@ def _jsonl(lines: list[dict[str, object]]) -> bytes:
 
 def _run(client, lines, **kwargs):  # type: ignore[no-untyped-def]
     f = client.files.create(file=("input.jsonl", _jsonl(lines)), purpose="batch")
-    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h", **kwargs)
-    return wait_until(lambda: (b := client.batches.retrieve(batch.id)).status in TERMINAL and b,
-                      300, 0.5, "batch to finish")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", **kwargs
+    )
+    return wait_until(
+        lambda: (b := client.batches.retrieve(batch.id)).status in TERMINAL and b,
+        300,
+        0.5,
+        "batch to finish",
+    )
 
 
 def _by_id(client, file_id):  # type: ignore[no-untyped-def]
-    return {o["custom_id"]: o for o in map(json.loads, client.files.content(file_id).text.splitlines())}
+    return {
+        o["custom_id"]: o for o in map(json.loads, client.files.content(file_id).text.splitlines())
+    }
 
 
 def test_batch_with_output_and_error_files(stack) -> None:  # type: ignore[no-untyped-def]
     client = stack.client()
     system = {"role": "system", "content": "You are a helpful assistant."}
     lines = [
-        {**batch_line("paris", ""), "body": {"model": MODEL_NAME, "max_tokens": 24, "temperature": 0,
-                                             "messages": [system, {"role": "user", "content":
-                                                                   "What is the capital of France?"}]}},
+        {
+            **batch_line("paris", ""),
+            "body": {
+                "model": MODEL_NAME,
+                "max_tokens": 24,
+                "temperature": 0,
+                "messages": [system, {"role": "user", "content": "What is the capital of France?"}],
+            },
+        },
         *[batch_line(f"q{i}", f"Name a colour number {i}.", max_tokens=8) for i in range(6)],
         batch_line("too-long", "hi", max_tokens=100_000),
     ]
@@ -54,7 +67,9 @@ def test_batch_with_output_and_error_files(stack) -> None:  # type: ignore[no-un
     assert out["q0"]["response"]["status_code"] == 200 and out["q0"]["error"] is None
     assert out["q0"]["response"]["body"]["usage"]["completion_tokens"] <= 8
     usage = batch.usage
-    assert usage.output_tokens == sum(o["response"]["body"]["usage"]["completion_tokens"] for o in out.values())
+    assert usage.output_tokens == sum(
+        o["response"]["body"]["usage"]["completion_tokens"] for o in out.values()
+    )
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     errors = _by_id(client, batch.error_file_id)
     assert list(errors) == ["too-long"]
@@ -71,14 +86,29 @@ def test_every_request_parameter_reaches_vllm(stack) -> None:  # type: ignore[no
     from transformers import AutoTokenizer
 
     client = stack.client()
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-              "required": ["city", "population"], "additionalProperties": False}
-    messages = [{"role": "system", "content": "You answer in JSON."},
-                {"role": "user", "content": "Give a city and its population."}]
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    messages = [
+        {"role": "system", "content": "You answer in JSON."},
+        {"role": "user", "content": "Give a city and its population."},
+    ]
     lines = [
-        {**batch_line("json", ""), "body": {"model": MODEL_NAME, "messages": messages, "max_tokens": 60,
-                                            "response_format": {"type": "json_schema",
-                                                                "json_schema": {"name": "city", "schema": schema}}}},
+        {
+            **batch_line("json", ""),
+            "body": {
+                "model": MODEL_NAME,
+                "messages": messages,
+                "max_tokens": 60,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "city", "schema": schema},
+                },
+            },
+        },
         batch_line("n2", "Say a word.", n=2, max_tokens=5, temperature=1.0, seed=1),
         batch_line("stop", "Count from 1 to 10.", stop=["5"], max_tokens=40, temperature=0),
         batch_line("seed-a", "Tell me a story.", seed=1234, temperature=1.0, max_tokens=12),
@@ -94,27 +124,39 @@ def test_every_request_parameter_reaches_vllm(stack) -> None:  # type: ignore[no
     assert len(out["n2"]["choices"]) == 2
     stop_choice = out["stop"]["choices"][0]
     assert "5" not in stop_choice["message"]["content"] and stop_choice["finish_reason"] == "stop"
-    assert out["seed-a"]["choices"][0]["message"]["content"] == out["seed-b"]["choices"][0]["message"]["content"]
+    assert (
+        out["seed-a"]["choices"][0]["message"]["content"]
+        == out["seed-b"]["choices"][0]["message"]["content"]
+    )
     top = out["logprobs"]["choices"][0]["logprobs"]["content"]
     assert len(top) == 3 and all(len(t["top_logprobs"]) == 2 for t in top)
     # The model's own chat template is applied: the prompt is exactly the templated tokens.
     tokenizer = AutoTokenizer.from_pretrained(MODEL_PATH)
     expected = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Exactly this prompt."}], add_generation_prompt=True,
-        tokenize=True, return_dict=True,
+        [{"role": "user", "content": "Exactly this prompt."}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
     )["input_ids"]
     assert out["template"]["usage"]["prompt_tokens"] == len(expected)
 
 
 def test_online_chat_unary_and_streaming(stack) -> None:  # type: ignore[no-untyped-def]
     client = stack.client()
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "What is the capital of France?"}]
-    reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0)
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0
+    )
     text = reply.choices[0].message.content
     assert "Paris" in text and reply.usage.completion_tokens <= 24
-    chunks = list(client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=24,
-                                                 temperature=0, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0, stream=True
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text
     assert len(chunks) > 3
@@ -125,24 +167,40 @@ def test_engine_rejection_is_an_openai_error(stack) -> None:  # type: ignore[no-
 
     client = stack.client()
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=MODEL_NAME, max_tokens=100_000,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model=MODEL_NAME, max_tokens=100_000, messages=[{"role": "user", "content": "hi"}]
+        )
     assert err.value.status_code == 400
     assert "max_tokens" in str(err.value.body)
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
 
 
 def test_cancel_in_the_middle_of_a_batch(stack) -> None:  # type: ignore[no-untyped-def]
     client = stack.client()
-    lines = [batch_line(f"c{i}", f"Write about {i}.", max_tokens=64, ignore_eos=True) for i in range(400)]
+    lines = [
+        batch_line(f"c{i}", f"Write about {i}.", max_tokens=64, ignore_eos=True) for i in range(400)
+    ]
     f = client.files.create(file=("input.jsonl", _jsonl(lines)), purpose="batch")
-    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 10, 300, 0.3, "progress")
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_until(
+        lambda: client.batches.retrieve(batch.id).request_counts.completed >= 10,
+        300,
+        0.3,
+        "progress",
+    )
     cancelled_at = time.monotonic()
     assert client.batches.cancel(batch.id).status in ("cancelling", "cancelled")
-    final = wait_until(lambda: (b := client.batches.retrieve(batch.id)).status in TERMINAL and b, 60, 0.3,
-                       "cancel to finish")
+    final = wait_until(
+        lambda: (b := client.batches.retrieve(batch.id)).status in TERMINAL and b,
+        60,
+        0.3,
+        "cancel to finish",
+    )
     assert final.status == "cancelled"
     assert time.monotonic() - cancelled_at < 30, "cancel is honoured within a micro-batch"
     done = final.request_counts.completed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -22,15 +23,28 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def _batch(domain, n: int, priority: int = 0, project: str = "p1") -> str:  # type: ignore[no-untyped-def]
     data = b"".join(json.dumps(batch_line(f"c{i}", f"q{i}")).encode() + b"\n" for i in range(n))
     rec = await domain.files.upload(project, "in.jsonl", "batch", _chunks(data))
-    view = domain.batches.create(project, input_file_id=rec.id, endpoint="/v1/chat/completions",
-                                 completion_window="24h", metadata={}, priority=priority)
+    view = domain.batches.create(
+        project,
+        input_file_id=rec.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={},
+        priority=priority,
+    )
     return view.id
 
 
 def _rows(queue: LeaseQueue, lease, ok=lambda line: True) -> list[ResultRow]:  # type: ignore[no-untyped-def]
     return [
-        ResultRow(p.line_no, p.custom_id, ok(p.line_no),
-                  orjson.dumps({"custom_id": p.custom_id, "line": p.line_no}).decode(), 3, 0, 5)
+        ResultRow(
+            p.line_no,
+            p.custom_id,
+            ok(p.line_no),
+            orjson.dumps({"custom_id": p.custom_id, "line": p.line_no}).decode(),
+            3,
+            0,
+            5,
+        )
         for p in queue.pending_lines(lease)
     ]
 
@@ -95,7 +109,7 @@ async def test_recommit_after_crash_is_exactly_once(domain) -> None:  # type: ig
     lease = crashed.claim(["SmolLM2-135M-Instruct"])
     rows = _rows(crashed, lease)
     assert crashed.commit(lease, rows[:2]).still_owned  # two lines committed, then a crash
-    time.sleep(0.6)  # the lease expires (0.5 s)
+    await asyncio.sleep(0.6)  # the lease expires (0.5 s)
     survivor = LeaseQueue(domain.engine, "engine-b:1", 30)
     again = survivor.claim(["SmolLM2-135M-Instruct"])
     assert again is not None and again.shard_id == lease.shard_id
@@ -154,11 +168,15 @@ async def test_expired_batch_lists_unfinished_lines_in_error_file(domain) -> Non
     queue.commit(lease, _rows(queue, lease)[:3])
     queue.stop(lease)
     with domain.engine.begin() as conn:
-        conn.execute(batches.update().where(batches.c.id == batch_id).values(expires_at=time.time() - 1))
+        conn.execute(
+            batches.update().where(batches.c.id == batch_id).values(expires_at=time.time() - 1)
+        )
     assert domain.batches.maintain() == [(batch_id, "expired")]
     view = domain.batches.get("p1", batch_id)
     assert view.status == "expired" and view.completed == 3
-    errors = [json.loads(x) for x in b"".join(domain.files.read("p1", view.error_file_id)).splitlines()]
+    errors = [
+        json.loads(x) for x in b"".join(domain.files.read("p1", view.error_file_id)).splitlines()
+    ]
     assert [e["custom_id"] for e in errors] == ["c3", "c4", "c5"]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
 
@@ -166,8 +184,14 @@ async def test_expired_batch_lists_unfinished_lines_in_error_file(domain) -> Non
 async def test_queue_position_and_estimates(domain) -> None:  # type: ignore[no-untyped-def]
     first = await _batch(domain, 8)
     second = await _batch(domain, 4)
-    domain.registry.heartbeat("e1", "127.0.0.1:1", ["SmolLM2-135M-Instruct"], ready=True,
-                              tokens_per_second=100, requests_per_second=4)
+    domain.registry.heartbeat(
+        "e1",
+        "127.0.0.1:1",
+        ["SmolLM2-135M-Instruct"],
+        ready=True,
+        tokens_per_second=100,
+        requests_per_second=4,
+    )
     a, b = domain.batches.get("p1", first), domain.batches.get("p1", second)
     assert (a.queue_position, b.queue_position) == (0, 1)
     assert b.estimated_start_at is not None and b.estimated_finish_at is not None
@@ -179,13 +203,13 @@ async def test_queue_position_and_estimates(domain) -> None:  # type: ignore[no-
 async def test_projects_are_isolated(domain) -> None:  # type: ignore[no-untyped-def]
     mine = await _batch(domain, 1, project="p1")
     await _batch(domain, 1, project="p2")
-    assert [v.id for v in domain.batches.list("p1")[0]] == [mine]
-    assert len(domain.batches.list(None)[0]) == 2  # admin
+    assert [v.id for v in domain.batches.list_batches("p1")[0]] == [mine]
+    assert len(domain.batches.list_batches(None)[0]) == 2  # admin
 
 
 async def test_list_pagination_newest_first(domain) -> None:  # type: ignore[no-untyped-def]
     ids = [await _batch(domain, 1) for _ in range(5)]
-    page, more = domain.batches.list("p1", limit=2)
+    page, more = domain.batches.list_batches("p1", limit=2)
     assert [v.id for v in page] == ids[::-1][:2] and more
-    page2, more2 = domain.batches.list("p1", limit=10, after=page[-1].id)
+    page2, more2 = domain.batches.list_batches("p1", limit=10, after=page[-1].id)
     assert [v.id for v in page2] == ids[::-1][2:] and not more2

@@ -21,8 +21,16 @@ pytestmark = pytest.mark.engine
 
 
 def _lines(n: int, max_tokens: int) -> list[dict[str, object]]:
-    return [batch_line(f"req-{i:04d}", f"Write one sentence about the number {i}.",
-                       max_tokens=max_tokens, temperature=0, ignore_eos=True) for i in range(n)]
+    return [
+        batch_line(
+            f"req-{i:04d}",
+            f"Write one sentence about the number {i}.",
+            max_tokens=max_tokens,
+            temperature=0,
+            ignore_eos=True,
+        )
+        for i in range(n)
+    ]
 
 
 def _assert_exactly_once(client: InferenceClient, batch_id: str, n: int) -> None:
@@ -41,10 +49,18 @@ def test_two_runners_share_a_batch_survive_kill9_and_restart(tmp_path: Path, pg_
     """Two engines on one PostgreSQL share one batch's shards; one is killed with SIGKILL
     mid-batch, the other re-claims its shard when the lease expires, the killed one restarts,
     and the batch completes with exactly one output line per custom_id."""
-    env = {"LOOMSTACK_INFERENCE_DATABASE_URL": pg_url, "LOOMSTACK_INFERENCE_SHARD_LINES": "25",
-           "LOOMSTACK_INFERENCE_LEASE_SECONDS": "8", "LOOMSTACK_INFERENCE_MAX_INFLIGHT": "16"}
-    a = InferenceProcess(tmp_path / "a", env=env | {"LOOMSTACK_INFERENCE_ENGINE_ID": "node-a"}, name="a")
-    b = InferenceProcess(tmp_path / "b", env=env | {"LOOMSTACK_INFERENCE_ENGINE_ID": "node-b"}, name="b")
+    env = {
+        "LOOMSTACK_INFERENCE_DATABASE_URL": pg_url,
+        "LOOMSTACK_INFERENCE_SHARD_LINES": "25",
+        "LOOMSTACK_INFERENCE_LEASE_SECONDS": "8",
+        "LOOMSTACK_INFERENCE_MAX_INFLIGHT": "16",
+    }
+    a = InferenceProcess(
+        tmp_path / "a", env=env | {"LOOMSTACK_INFERENCE_ENGINE_ID": "node-a"}, name="a"
+    )
+    b = InferenceProcess(
+        tmp_path / "b", env=env | {"LOOMSTACK_INFERENCE_ENGINE_ID": "node-b"}, name="b"
+    )
     engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         a.start()
@@ -57,36 +73,59 @@ def test_two_runners_share_a_batch_survive_kill9_and_restart(tmp_path: Path, pg_
 
         def runners_with_results() -> set[str]:
             with engine.connect() as conn:
-                return {r.runner.split(":")[0] for r in conn.execute(
-                    sa.select(results.c.runner).where(results.c.batch_id == batch_id).distinct())}
+                return {
+                    r.runner.split(":")[0]
+                    for r in conn.execute(
+                        sa.select(results.c.runner).where(results.c.batch_id == batch_id).distinct()
+                    )
+                }
 
-        wait_until(lambda: runners_with_results() == {"node-a", "node-b"}, 240, 0.5,
-                   "both runners to commit results")
+        wait_until(
+            lambda: runners_with_results() == {"node-a", "node-b"},
+            240,
+            0.5,
+            "both runners to commit results",
+        )
         with engine.connect() as conn:
-            held = conn.execute(sa.select(shards.c.id).where(
-                shards.c.lease_owner.like("node-a:%"), shards.c.status == "leased")).scalars().all()
+            held = (
+                conn.execute(
+                    sa.select(shards.c.id).where(
+                        shards.c.lease_owner.like("node-a:%"), shards.c.status == "leased"
+                    )
+                )
+                .scalars()
+                .all()
+            )
         assert held, "node-a holds a shard when it is killed"
         a.kill9()
         killed_at = time.monotonic()
 
         def reclaimed() -> bool:
             with engine.connect() as conn:
-                owners = conn.execute(sa.select(shards.c.lease_owner, shards.c.status).where(
-                    shards.c.id.in_(held))).all()
-            return all(o.status == "done" or (o.lease_owner or "").startswith("node-b")
-                       for o in owners)
+                owners = conn.execute(
+                    sa.select(shards.c.lease_owner, shards.c.status).where(shards.c.id.in_(held))
+                ).all()
+            return all(
+                o.status == "done" or (o.lease_owner or "").startswith("node-b") for o in owners
+            )
 
         wait_until(reclaimed, 60, 0.25, "node-b to re-claim node-a's shards")
         assert time.monotonic() - killed_at < 30, "lease re-claimed within 30 s"
         client.close()
         client = InferenceClient(b.address)
         a.start()  # the same engine id restarts and joins again
-        wait_until(lambda: client.status(batch_id) == "BATCH_STATUS_COMPLETED", 400, 1.0, "completion")
+        wait_until(
+            lambda: client.status(batch_id) == "BATCH_STATUS_COMPLETED", 400, 1.0, "completion"
+        )
         _assert_exactly_once(client, batch_id, n)
         with engine.connect() as conn:
-            dupes = conn.execute(sa.text(
-                "SELECT custom_id FROM results WHERE batch_id = :b GROUP BY custom_id HAVING count(*) > 1"
-            ), {"b": batch_id}).all()
+            dupes = conn.execute(
+                sa.text(
+                    "SELECT custom_id FROM results WHERE batch_id = :b"
+                    " GROUP BY custom_id HAVING count(*) > 1"
+                ),
+                {"b": batch_id},
+            ).all()
         assert dupes == []
         assert runners_with_results() >= {"node-a", "node-b"}
         client.close()
@@ -100,13 +139,19 @@ def test_two_runners_share_a_batch_survive_kill9_and_restart(tmp_path: Path, pg_
 def test_sigterm_drains_releases_lease_and_resumes(tmp_path: Path) -> None:
     """SIGTERM mid-batch: readiness goes NOT_SERVING while the server still answers, an online
     request in flight finishes, the lease is released, and the next start resumes the batch."""
-    env = {"LOOMSTACK_INFERENCE_SHARD_LINES": "100", "LOOMSTACK_INFERENCE_ENGINE_ID": "solo",
-           "LOOMSTACK_INFERENCE_GRACE_SECONDS": "20", "LOOMSTACK_INFERENCE_MAX_INFLIGHT": "32"}
+    env = {
+        "LOOMSTACK_INFERENCE_SHARD_LINES": "100",
+        "LOOMSTACK_INFERENCE_ENGINE_ID": "solo",
+        "LOOMSTACK_INFERENCE_GRACE_SECONDS": "20",
+        "LOOMSTACK_INFERENCE_MAX_INFLIGHT": "32",
+    }
     proc = InferenceProcess(tmp_path / "s", env=env, name="s").start().wait_ready()
     client = InferenceClient(proc.address)
     n = 300
     batch_id = client.create_batch(_lines(n, 48)).id
-    wait_until(lambda: client.get_batch(batch_id).request_counts.completed >= 20, 240, 0.3, "progress")
+    wait_until(
+        lambda: client.get_batch(batch_id).request_counts.completed >= 20, 240, 0.3, "progress"
+    )
 
     seen: list[str] = []
     stop_polling = threading.Event()
@@ -123,10 +168,15 @@ def test_sigterm_drains_releases_lease_and_resumes(tmp_path: Path) -> None:
     chat_result: dict[str, object] = {}
 
     def chat() -> None:
-        body = {"model": "SmolLM2-135M-Instruct", "max_tokens": 48, "ignore_eos": True,
-                "messages": [{"role": "user", "content": "Count to twenty."}]}
+        body = {
+            "model": "SmolLM2-135M-Instruct",
+            "max_tokens": 48,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count to twenty."}],
+        }
         reply = client.chat.CreateChatCompletion(
-            chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(body).encode()), timeout=60)
+            chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(body).encode()), timeout=60
+        )
         chat_result["body"] = json.loads(reply.response_json)
 
     poller = threading.Thread(target=poll)
@@ -150,7 +200,9 @@ def test_sigterm_drains_releases_lease_and_resumes(tmp_path: Path) -> None:
 
     engine = create_db_engine(f"sqlite:///{proc.home / 'inference.db'}")
     with engine.connect() as conn:
-        leased = conn.execute(sa.select(sa.func.count()).where(shards.c.status == "leased")).scalar_one()
+        leased = conn.execute(
+            sa.select(sa.func.count()).where(shards.c.status == "leased")
+        ).scalar_one()
         done_before = conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one()
     assert leased == 0
     assert 0 < done_before < n

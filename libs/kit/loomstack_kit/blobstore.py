@@ -35,7 +35,9 @@ class BlobWriter(Protocol):
     """An open blob being written; nothing is visible until `commit`."""
 
     size: int
-    sha256: str
+
+    @property
+    def sha256(self) -> str: ...
 
     def write(self, data: bytes) -> None: ...
     def commit(self) -> None: ...

@@ -98,7 +98,10 @@ def migrate(url: str, script_location: str, version_table: str) -> None:
     try:
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": zlib.crc32(version_table.encode())})
+                conn.execute(
+                    sa.text("SELECT pg_advisory_lock(:k)"),
+                    {"k": zlib.crc32(version_table.encode())},
+                )
                 conn.commit()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

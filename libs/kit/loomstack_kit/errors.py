@@ -8,6 +8,7 @@ gateway turns that status back into the same error, then into OpenAI's JSON erro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -125,7 +126,8 @@ def from_rpc_error(exc: grpc.RpcError) -> LoomstackError:
     if cls is None:
         cls = Unavailable if code == grpc.StatusCode.DEADLINE_EXCEEDED else Internal
     reason, param, line = None, None, 0
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+    trailers: Any = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    for key, value in trailers:
         if key != DETAILS_KEY:
             continue
         status = status_pb2.Status.FromString(value)
@@ -151,5 +153,3 @@ def openai_error_body(error: LoomstackError) -> dict[str, object]:
     if error.line:
         body["line"] = error.line
     return {"error": body}
-
-

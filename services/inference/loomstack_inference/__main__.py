@@ -40,7 +40,9 @@ async def serve(settings: InferenceSettings) -> None:
     instrument_sqlalchemy(db)
     blobs = open_blob_store(settings.blob_backend, root=settings.resolved_blob_dir(), engine=db)
     files = FileStore(db, blobs, settings.max_file_bytes)
-    batches = Batches(db, files, shard_lines=settings.shard_lines, max_lines=settings.max_batch_lines)
+    batches = Batches(
+        db, files, shard_lines=settings.shard_lines, max_lines=settings.max_batch_lines
+    )
     registry = Registry(db)
     is_api, is_engine = settings.has_role("api"), settings.has_role("engine")
 
@@ -50,8 +52,10 @@ async def serve(settings: InferenceSettings) -> None:
         if not settings.model_path:
             raise SystemExit("LOOMSTACK_INFERENCE_MODEL_PATH must name the model directory")
         vllm = VllmEngine(
-            model_path=settings.model_path, served_name=settings.model_name,
-            max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager,
+            model_path=settings.model_path,
+            served_name=settings.model_name,
+            max_model_len=settings.max_model_len,
+            enforce_eager=settings.enforce_eager,
             extra_args=settings.engine_args,
         )
 
@@ -59,14 +63,26 @@ async def serve(settings: InferenceSettings) -> None:
         return runner is not None and runner.ready
 
     registrations = [
-        Registration(files_pb2_grpc.add_FileServiceServicer_to_server, FileServicer(files),
-                     "loomstack.inference.v1.FileService"),
-        Registration(batches_pb2_grpc.add_BatchServiceServicer_to_server, BatchServicer(batches),
-                     "loomstack.inference.v1.BatchService"),
-        Registration(models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(registry),
-                     "loomstack.inference.v1.ModelService"),
-        Registration(chat_pb2_grpc.add_ChatServiceServicer_to_server, ChatServicer(vllm, engine_ready),
-                     "loomstack.inference.v1.ChatService"),
+        Registration(
+            files_pb2_grpc.add_FileServiceServicer_to_server,
+            FileServicer(files),
+            "loomstack.inference.v1.FileService",
+        ),
+        Registration(
+            batches_pb2_grpc.add_BatchServiceServicer_to_server,
+            BatchServicer(batches),
+            "loomstack.inference.v1.BatchService",
+        ),
+        Registration(
+            models_pb2_grpc.add_ModelServiceServicer_to_server,
+            ModelServicer(registry),
+            "loomstack.inference.v1.ModelService",
+        ),
+        Registration(
+            chat_pb2_grpc.add_ChatServiceServicer_to_server,
+            ChatServicer(vllm, engine_ready),
+            "loomstack.inference.v1.ChatService",
+        ),
     ]
     tasks: list[asyncio.Task[None]] = []
 
@@ -86,7 +102,10 @@ async def serve(settings: InferenceSettings) -> None:
         # The api role registers the configured model, so submissions are accepted even
         # before (or without) a running engine.
         await asyncio.to_thread(
-            registry.register_model, settings.model_name, settings.model_path, settings.max_model_len
+            registry.register_model,
+            settings.model_name,
+            settings.model_path,
+            settings.max_model_len,
         )
     if is_api:
         tasks.append(asyncio.create_task(_maintenance(batches, settings.poll_seconds)))

@@ -61,8 +61,15 @@ class BatchView:
 
 
 _TIME_COLUMNS = (
-    "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at",
-    "failed_at", "expired_at", "cancelling_at", "cancelled_at",
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
 )
 _SUMS = sa.select(
     shards.c.batch_id,
@@ -79,25 +86,30 @@ def validate_metadata(metadata: dict[str, str]) -> None:
     if len(metadata) > MAX_METADATA_PAIRS:
         raise InvalidArgument(
             f"metadata has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are allowed",
-            param="metadata", code="invalid_metadata",
+            param="metadata",
+            code="invalid_metadata",
         )
     for key, value in metadata.items():
         if len(key) > MAX_KEY:
             raise InvalidArgument(
                 f"metadata key {key[:20]!r}… is {len(key)} characters; at most {MAX_KEY}",
-                param=f"metadata.{key[:20]}", code="invalid_metadata",
+                param=f"metadata.{key[:20]}",
+                code="invalid_metadata",
             )
         if len(value) > MAX_VALUE:
             raise InvalidArgument(
                 f"metadata value of {key!r} is {len(value)} characters; at most {MAX_VALUE}",
-                param=f"metadata.{key}", code="invalid_metadata",
+                param=f"metadata.{key}",
+                code="invalid_metadata",
             )
 
 
 class Batches:
     """Batch operations on the inference database."""
 
-    def __init__(self, engine: Engine, file_store: FileStore, *, shard_lines: int, max_lines: int) -> None:
+    def __init__(
+        self, engine: Engine, file_store: FileStore, *, shard_lines: int, max_lines: int
+    ) -> None:
         self.engine = engine
         self.files = file_store
         self.shard_lines = shard_lines
@@ -119,23 +131,29 @@ class Batches:
         if endpoint != "/v1/chat/completions":
             raise InvalidArgument(
                 f"endpoint {endpoint!r} is not supported; use /v1/chat/completions",
-                param="endpoint", code="invalid_endpoint",
+                param="endpoint",
+                code="invalid_endpoint",
             )
         if completion_window not in COMPLETION_WINDOWS:
             raise InvalidArgument(
                 f"completion_window must be '24h', got {completion_window!r}",
-                param="completion_window", code="invalid_completion_window",
+                param="completion_window",
+                code="invalid_completion_window",
             )
         if priority not in (-1, 0, 1):
             raise InvalidArgument(
-                f"priority must be -1, 0 or 1, got {priority}", param="priority", code="invalid_priority"
+                f"priority must be -1, 0 or 1, got {priority}",
+                param="priority",
+                code="invalid_priority",
             )
         validate_metadata(metadata)
         file = self.files.get(project, input_file_id)
         if file.purpose != "batch":
             raise InvalidArgument(
-                f"file {input_file_id!r} has purpose {file.purpose!r}; a batch input needs purpose 'batch'",
-                param="input_file_id", code="invalid_file_purpose",
+                f"file {input_file_id!r} has purpose {file.purpose!r}; "
+                "a batch input needs purpose 'batch'",
+                param="input_file_id",
+                code="invalid_file_purpose",
             )
         with self.engine.connect() as conn:
             known = {r.id for r in conn.execute(sa.select(models.c.id))}
@@ -145,15 +163,22 @@ class Batches:
         with write_transaction(self.engine) as conn:
             lines = parse_batch_input(
                 self.files.read(project, input_file_id),
-                endpoint=endpoint, known_models=known, max_lines=self.max_lines, report=report,
+                endpoint=endpoint,
+                known_models=known,
+                max_lines=self.max_lines,
+                report=report,
             )
             line_nos: list[int] = []
             pending: list[dict[str, object]] = []
             for line in lines:
                 line_nos.append(line.line_no)
                 pending.append(
-                    {"batch_id": batch_id, "line_no": line.line_no, "custom_id": line.custom_id,
-                     "body_json": line.body_json}
+                    {
+                        "batch_id": batch_id,
+                        "line_no": line.line_no,
+                        "custom_id": line.custom_id,
+                        "body_json": line.body_json,
+                    }
                 )
                 if len(pending) >= INSERT_CHUNK:
                     conn.execute(batch_requests.insert(), pending)
@@ -162,20 +187,33 @@ class Batches:
                 conn.execute(batch_requests.insert(), pending)
             conn.execute(
                 batches.insert().values(
-                    id=batch_id, project=project, input_file_id=input_file_id, endpoint=endpoint,
-                    completion_window=completion_window, model=report.model, status="in_progress",
-                    priority=priority, metadata_json=orjson.dumps(metadata).decode(),
-                    total=len(line_nos), created_at=now,
+                    id=batch_id,
+                    project=project,
+                    input_file_id=input_file_id,
+                    endpoint=endpoint,
+                    completion_window=completion_window,
+                    model=report.model,
+                    status="in_progress",
+                    priority=priority,
+                    metadata_json=orjson.dumps(metadata).decode(),
+                    total=len(line_nos),
+                    created_at=now,
                     expires_at=now + COMPLETION_WINDOWS[completion_window],
                 )
             )
             conn.execute(
                 shards.insert(),
                 [
-                    {"batch_id": batch_id, "seq": seq, "start_line": line_nos[i],
-                     "end_line": line_nos[min(i + self.shard_lines, len(line_nos)) - 1],
-                     "model": report.model, "priority": priority, "batch_created_at": now,
-                     "status": "pending"}
+                    {
+                        "batch_id": batch_id,
+                        "seq": seq,
+                        "start_line": line_nos[i],
+                        "end_line": line_nos[min(i + self.shard_lines, len(line_nos)) - 1],
+                        "model": report.model,
+                        "priority": priority,
+                        "batch_created_at": now,
+                        "status": "pending",
+                    }
                     for seq, i in enumerate(range(0, len(line_nos), self.shard_lines))
                 ],
             )
@@ -189,16 +227,26 @@ class Batches:
             query = query.where(batches.c.project == project)
         row = conn.execute(query).first()
         if row is None:
-            raise NotFound(f"no batch with id {batch_id!r}", param="batch_id", code="batch_not_found")
+            raise NotFound(
+                f"no batch with id {batch_id!r}", param="batch_id", code="batch_not_found"
+            )
         return row
 
     def _view(self, conn: sa.Connection, row: sa.Row, sums: sa.Row | None) -> BatchView:
         view = BatchView(
-            id=row.id, project=row.project, input_file_id=row.input_file_id, endpoint=row.endpoint,
-            completion_window=row.completion_window, model=row.model, status=row.status,
-            priority=row.priority, metadata=orjson.loads(row.metadata_json),
-            errors=orjson.loads(row.errors_json), total=row.total,
-            output_file_id=row.output_file_id, error_file_id=row.error_file_id,
+            id=row.id,
+            project=row.project,
+            input_file_id=row.input_file_id,
+            endpoint=row.endpoint,
+            completion_window=row.completion_window,
+            model=row.model,
+            status=row.status,
+            priority=row.priority,
+            metadata=orjson.loads(row.metadata_json),
+            errors=orjson.loads(row.errors_json),
+            total=row.total,
+            output_file_id=row.output_file_id,
+            error_file_id=row.error_file_id,
             times={c: getattr(row, c) for c in _TIME_COLUMNS},
         )
         if sums is not None:
@@ -252,7 +300,9 @@ class Batches:
             sums = conn.execute(_SUMS.where(shards.c.batch_id == batch_id)).first()
             return self._view(conn, row, sums)
 
-    def list(self, project: str | None, limit: int = 20, after: str = "") -> tuple[list[BatchView], bool]:
+    def list_batches(
+        self, project: str | None, limit: int = 20, after: str = ""
+    ) -> tuple[list[BatchView], bool]:
         """Newest first; returns (page, has_more)."""
         with self.engine.connect() as conn:
             query = sa.select(batches)
@@ -263,7 +313,9 @@ class Batches:
                 query = query.where(
                     sa.or_(
                         batches.c.created_at < anchor.created_at,
-                        sa.and_(batches.c.created_at == anchor.created_at, batches.c.id < anchor.id),
+                        sa.and_(
+                            batches.c.created_at == anchor.created_at, batches.c.id < anchor.id
+                        ),
                     )
                 )
             rows = conn.execute(
@@ -286,11 +338,13 @@ class Batches:
             elif row.status not in ("validating", "in_progress"):
                 raise FailedPrecondition(
                     f"batch {batch_id} is {row.status} and cannot be cancelled",
-                    param="batch_id", code="batch_not_cancellable",
+                    param="batch_id",
+                    code="batch_not_cancellable",
                 )
             else:
                 conn.execute(
-                    batches.update().where(batches.c.id == batch_id)
+                    batches.update()
+                    .where(batches.c.id == batch_id)
                     .values(status="cancelling", cancelling_at=now)
                 )
                 conn.execute(
@@ -305,7 +359,8 @@ class Batches:
         return int(
             conn.execute(
                 sa.select(sa.func.count()).where(
-                    shards.c.batch_id == batch_id, shards.c.status == "leased",
+                    shards.c.batch_id == batch_id,
+                    shards.c.status == "leased",
                     shards.c.lease_expires_at > now,
                 )
             ).scalar_one()
@@ -373,12 +428,21 @@ class Batches:
                 .order_by(batch_requests.c.line_no)
             )
             for r in rows:
-                yield orjson.dumps(
-                    {"id": new_id("batch_req_"), "custom_id": r.custom_id, "response": None,
-                     "error": {"code": "batch_expired",
-                               "message": "This request could not be executed before the "
-                                          "completion window expired."}}
-                ) + b"\n"
+                yield (
+                    orjson.dumps(
+                        {
+                            "id": new_id("batch_req_"),
+                            "custom_id": r.custom_id,
+                            "response": None,
+                            "error": {
+                                "code": "batch_expired",
+                                "message": "This request could not be executed before the "
+                                "completion window expired.",
+                            },
+                        }
+                    )
+                    + b"\n"
+                )
 
     def _write_file(self, project: str, name: str, parts: list[Iterator[bytes]]) -> str | None:
         file_id = new_id("file-")
@@ -396,7 +460,9 @@ class Batches:
         except BaseException:
             writer.abort()
             raise
-        self.files.record_blob(project, name, "batch_output", file_id, writer.size, lines, writer.sha256)
+        self.files.record_blob(
+            project, name, "batch_output", file_id, writer.size, lines, writer.sha256
+        )
         return file_id
 
     def _write_outputs(self, row: sa.Row, target: str) -> None:
@@ -410,8 +476,12 @@ class Batches:
         now = time.time()
         with write_transaction(self.engine) as conn:
             conn.execute(
-                batches.update().where(batches.c.id == row.id).values(
-                    status=target, output_file_id=output_id, error_file_id=error_id,
+                batches.update()
+                .where(batches.c.id == row.id)
+                .values(
+                    status=target,
+                    output_file_id=output_id,
+                    error_file_id=error_id,
                     **{f"{target}_at": now},
                 )
             )

@@ -51,7 +51,10 @@ def _error_line(custom_id: str, status_code: int, error: dict[str, Any]) -> str:
                 "request_id": new_id("req_"),
                 "body": {"error": error},
             },
-            "error": {"code": error.get("code") or "request_failed", "message": error.get("message")},
+            "error": {
+                "code": error.get("code") or "request_failed",
+                "message": error.get("message"),
+            },
         }
     ).decode()
 
@@ -87,10 +90,16 @@ class VllmEngine:
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
         argv = [
-            "-i", "unused", "-o", "unused",
-            "--model", self.model_path,
-            "--served-model-name", self.served_name,
-            "--max-model-len", str(self.max_model_len),
+            "-i",
+            "unused",
+            "-o",
+            "unused",
+            "--model",
+            self.model_path,
+            "--served-model-name",
+            self.served_name,
+            "--max-model-len",
+            str(self.max_model_len),
             "--disable-log-stats",
             *(["--enforce-eager"] if self.enforce_eager else []),
             *shlex.split(self.extra_args),
@@ -135,10 +144,14 @@ class VllmEngine:
             if usage.prompt_tokens_details is not None:
                 cached = usage.prompt_tokens_details.cached_tokens or 0
             line = (
-                b'{"id":"' + new_id("batch_req_").encode()
-                + b'","custom_id":' + orjson.dumps(custom_id)
-                + b',"response":{"status_code":200,"request_id":"' + new_id("req_").encode()
-                + b'","body":' + response.model_dump_json().encode()
+                b'{"id":"'
+                + new_id("batch_req_").encode()
+                + b'","custom_id":'
+                + orjson.dumps(custom_id)
+                + b',"response":{"status_code":200,"request_id":"'
+                + new_id("req_").encode()
+                + b'","body":'
+                + response.model_dump_json().encode()
                 + b'},"error":null}'
             )
             return LineOutcome(
@@ -151,8 +164,12 @@ class VllmEngine:
     def _error_of(response: Any) -> tuple[int, dict[str, Any]]:
         err = getattr(response, "error", None)
         if err is None:
-            return 500, {"message": "engine returned no response", "type": "server_error",
-                         "param": None, "code": "engine_error"}
+            return 500, {
+                "message": "engine returned no response",
+                "type": "server_error",
+                "param": None,
+                "code": "engine_error",
+            }
         doc = err.model_dump()
         status = int(doc.pop("code", 400) or 400)
         return status, {

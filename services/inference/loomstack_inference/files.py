@@ -88,16 +88,31 @@ class FileStore:
             raise
         if last != b"\n":
             lines += 1
-        return self.record_blob(project, filename, purpose, file_id, writer.size, lines, writer.sha256)
+        return self.record_blob(
+            project, filename, purpose, file_id, writer.size, lines, writer.sha256
+        )
 
     def record_blob(
-        self, project: str, filename: str, purpose: str, file_id: str, size: int, lines: int,
+        self,
+        project: str,
+        filename: str,
+        purpose: str,
+        file_id: str,
+        size: int,
+        lines: int,
         sha256: str,
     ) -> FileRecord:
         """Records a blob already committed under `file_id` as a file."""
         rec = FileRecord(
-            id=file_id, project=project, purpose=purpose, filename=filename[:512] or "upload",
-            bytes=size, line_count=lines, sha256=sha256, blob_id=file_id, created_at=time.time(),
+            id=file_id,
+            project=project,
+            purpose=purpose,
+            filename=filename[:512] or "upload",
+            bytes=size,
+            line_count=lines,
+            sha256=sha256,
+            blob_id=file_id,
+            created_at=time.time(),
         )
         with self.engine.begin() as conn:
             conn.execute(files.insert().values(**rec.__dict__))
@@ -106,12 +121,14 @@ class FileStore:
     def get(self, project: str | None, file_id: str) -> FileRecord:
         """One file, or NotFound."""
         with self.engine.connect() as conn:
-            row = conn.execute(_visible(sa.select(files).where(files.c.id == file_id), project)).first()
+            row = conn.execute(
+                _visible(sa.select(files).where(files.c.id == file_id), project)
+            ).first()
         if row is None:
             raise NotFound(f"no file with id {file_id!r}", param="file_id", code="file_not_found")
         return _record(row)
 
-    def list(
+    def list_files(
         self, project: str | None, purpose: str = "", limit: int = 100, after: str = ""
     ) -> tuple[list[FileRecord], bool]:
         """Newest first; returns (page, has_more)."""

@@ -97,9 +97,13 @@ class LeaseQueue:
             if row is None:
                 return None
             conn.execute(
-                shards.update().where(shards.c.id == row.id).values(
-                    status="leased", lease_owner=self.owner,
-                    lease_expires_at=now + self.lease_seconds, attempts=shards.c.attempts + 1,
+                shards.update()
+                .where(shards.c.id == row.id)
+                .values(
+                    status="leased",
+                    lease_owner=self.owner,
+                    lease_expires_at=now + self.lease_seconds,
+                    attempts=shards.c.attempts + 1,
                 )
             )
             conn.execute(
@@ -113,7 +117,9 @@ class LeaseQueue:
         """The shard's lines without a committed result (all of them on a first run)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(batch_requests.c.line_no, batch_requests.c.custom_id, batch_requests.c.body_json)
+                sa.select(
+                    batch_requests.c.line_no, batch_requests.c.custom_id, batch_requests.c.body_json
+                )
                 .where(
                     batch_requests.c.batch_id == lease.batch_id,
                     batch_requests.c.line_no.between(lease.start_line, lease.end_line),
@@ -134,10 +140,17 @@ class LeaseQueue:
                 conn.execute(
                     self._insert.on_conflict_do_nothing(),
                     [
-                        {"batch_id": lease.batch_id, "line_no": r.line_no, "custom_id": r.custom_id,
-                         "ok": r.ok, "line_json": r.line_json, "input_tokens": r.input_tokens,
-                         "cached_tokens": r.cached_tokens, "output_tokens": r.output_tokens,
-                         "runner": self.owner}
+                        {
+                            "batch_id": lease.batch_id,
+                            "line_no": r.line_no,
+                            "custom_id": r.custom_id,
+                            "ok": r.ok,
+                            "line_json": r.line_json,
+                            "input_tokens": r.input_tokens,
+                            "cached_tokens": r.cached_tokens,
+                            "output_tokens": r.output_tokens,
+                            "runner": self.owner,
+                        }
                         for r in rows
                     ],
                 )
@@ -157,16 +170,23 @@ class LeaseQueue:
             updated = conn.execute(
                 shards.update()
                 .where(
-                    shards.c.id == lease.shard_id, shards.c.lease_owner == self.owner,
+                    shards.c.id == lease.shard_id,
+                    shards.c.lease_owner == self.owner,
                     shards.c.status == "leased",
                 )
                 .values(
-                    completed=sums[0], failed=sums[1], input_tokens=sums[2], cached_tokens=sums[3],
-                    output_tokens=sums[4], lease_expires_at=now + self.lease_seconds,
+                    completed=sums[0],
+                    failed=sums[1],
+                    input_tokens=sums[2],
+                    cached_tokens=sums[3],
+                    output_tokens=sums[4],
+                    lease_expires_at=now + self.lease_seconds,
                 )
             ).rowcount
             batch = conn.execute(
-                sa.select(batches.c.status, batches.c.expires_at).where(batches.c.id == lease.batch_id)
+                sa.select(batches.c.status, batches.c.expires_at).where(
+                    batches.c.id == lease.batch_id
+                )
             ).one()
         stop = batch.status != "in_progress" or batch.expires_at <= now
         return CommitOutcome(still_owned=updated == 1, stop=stop)

@@ -38,35 +38,57 @@ class Registry:
         self.engine = engine
 
     def register_model(
-        self, model_id: str, source: str, max_model_len: int, *, parent: str | None = None,
+        self,
+        model_id: str,
+        source: str,
+        max_model_len: int,
+        *,
+        parent: str | None = None,
         owned_by: str = "system",
     ) -> None:
         """Adds or updates a model (idempotent)."""
         with write_transaction(self.engine) as conn:
             exists = conn.execute(sa.select(models.c.id).where(models.c.id == model_id)).first()
-            values = {"parent": parent, "source": source, "owned_by": owned_by,
-                      "max_model_len": max_model_len}
+            values = {
+                "parent": parent,
+                "source": source,
+                "owned_by": owned_by,
+                "max_model_len": max_model_len,
+            }
             if exists:
                 conn.execute(models.update().where(models.c.id == model_id).values(**values))
             else:
                 conn.execute(models.insert().values(id=model_id, created_at=time.time(), **values))
 
     def heartbeat(
-        self, engine_id: str, address: str, served: list[str], *, ready: bool,
-        tokens_per_second: float = 0.0, requests_per_second: float = 0.0, started_at: float = 0.0,
+        self,
+        engine_id: str,
+        address: str,
+        served: list[str],
+        *,
+        ready: bool,
+        tokens_per_second: float = 0.0,
+        requests_per_second: float = 0.0,
+        started_at: float = 0.0,
     ) -> None:
         """Upserts this engine's row; a row older than FRESH_SECONDS counts as down."""
         now = time.time()
-        values = {"address": address, "models_json": orjson.dumps(served).decode(),
-                  "heartbeat_at": now, "ready": ready,
-                  "output_tokens_per_second": tokens_per_second,
-                  "requests_per_second": requests_per_second}
+        values = {
+            "address": address,
+            "models_json": orjson.dumps(served).decode(),
+            "heartbeat_at": now,
+            "ready": ready,
+            "output_tokens_per_second": tokens_per_second,
+            "requests_per_second": requests_per_second,
+        }
         with write_transaction(self.engine) as conn:
             updated = conn.execute(
                 engines.update().where(engines.c.id == engine_id).values(**values)
             ).rowcount
             if not updated:
-                conn.execute(engines.insert().values(id=engine_id, started_at=started_at or now, **values))
+                conn.execute(
+                    engines.insert().values(id=engine_id, started_at=started_at or now, **values)
+                )
 
     def remove_engine(self, engine_id: str) -> None:
         """Drops this engine's row (graceful stop)."""
@@ -88,8 +110,16 @@ class Registry:
         for r in rows:
             mine = [tps for names, tps in served if r.id in names]
             out.append(
-                ModelInfo(r.id, r.parent, r.source, r.owned_by, r.max_model_len, r.created_at,
-                          len(mine), sum(mine))
+                ModelInfo(
+                    r.id,
+                    r.parent,
+                    r.source,
+                    r.owned_by,
+                    r.max_model_len,
+                    r.created_at,
+                    len(mine),
+                    sum(mine),
+                )
             )
         return out
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .batches import Batches
 from .engine import VllmEngine
@@ -107,8 +108,15 @@ class Runner:
         if run.abandoned:
             return
         run.buffer.append(
-            ResultRow(line.line_no, line.custom_id, outcome.ok, outcome.line_json,
-                      outcome.input_tokens, outcome.cached_tokens, outcome.output_tokens)
+            ResultRow(
+                line.line_no,
+                line.custom_id,
+                outcome.ok,
+                outcome.line_json,
+                outcome.input_tokens,
+                outcome.cached_tokens,
+                outcome.output_tokens,
+            )
         )
         run.remaining -= 1
         self._done_lines += 1
@@ -131,8 +139,10 @@ class Runner:
             while True:
                 run.flush_now.clear()
                 waiter = asyncio.ensure_future(run.flush_now.wait())
+                pending: set[asyncio.Future[Any]] = {all_done, waiter}
                 await asyncio.wait(
-                    {all_done, waiter}, timeout=self.settings.flush_seconds,
+                    pending,
+                    timeout=self.settings.flush_seconds,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 waiter.cancel()
@@ -161,7 +171,9 @@ class Runner:
                 await self._end_shard(lease, outcome_state)
 
     async def _end_shard(self, lease: Lease, state: str) -> None:
-        log.info("shard ended", extra={"batch_id": lease.batch_id, "shard": lease.seq, "state": state})
+        log.info(
+            "shard ended", extra={"batch_id": lease.batch_id, "shard": lease.seq, "state": state}
+        )
         if state == "done":
             await asyncio.to_thread(self.queue.complete, lease)
         elif state == "stopped":
@@ -189,8 +201,13 @@ class Runner:
             try:
                 await asyncio.to_thread(self.queue.renew_all)
                 await asyncio.to_thread(
-                    self.registry.heartbeat, self.engine_id, self.address, self.models,
-                    ready=self.ready, tokens_per_second=tps, requests_per_second=rps,
+                    self.registry.heartbeat,
+                    self.engine_id,
+                    self.address,
+                    self.models,
+                    ready=self.ready,
+                    tokens_per_second=tps,
+                    requests_per_second=rps,
                     started_at=self._started_at,
                 )
             except Exception:

@@ -38,10 +38,15 @@ _STATUS = {
     "cancelled": batches_pb2.BATCH_STATUS_CANCELLED,
 }
 _TIME_FIELDS = {
-    "created_at": "create_time", "in_progress_at": "in_progress_time",
-    "expires_at": "expire_time", "finalizing_at": "finalizing_time",
-    "completed_at": "complete_time", "failed_at": "fail_time", "expired_at": "expired_time",
-    "cancelling_at": "cancelling_time", "cancelled_at": "cancelled_time",
+    "created_at": "create_time",
+    "in_progress_at": "in_progress_time",
+    "expires_at": "expire_time",
+    "finalizing_at": "finalizing_time",
+    "completed_at": "complete_time",
+    "failed_at": "fail_time",
+    "expired_at": "expired_time",
+    "cancelling_at": "cancelling_time",
+    "cancelled_at": "cancelled_time",
 }
 
 
@@ -54,25 +59,40 @@ def _ts(seconds: float) -> Timestamp:
 def file_to_proto(rec: FileRecord) -> files_pb2.File:
     """Domain file → proto."""
     return files_pb2.File(
-        id=rec.id, bytes=rec.bytes, create_time=_ts(rec.created_at), filename=rec.filename,
-        purpose=rec.purpose, project=rec.project, line_count=rec.line_count, sha256=rec.sha256,
+        id=rec.id,
+        bytes=rec.bytes,
+        create_time=_ts(rec.created_at),
+        filename=rec.filename,
+        purpose=rec.purpose,
+        project=rec.project,
+        line_count=rec.line_count,
+        sha256=rec.sha256,
     )
 
 
 def batch_to_proto(view: BatchView) -> batches_pb2.Batch:
     """Domain batch → proto."""
     msg = batches_pb2.Batch(
-        id=view.id, endpoint=view.endpoint, input_file_id=view.input_file_id,
-        completion_window=view.completion_window, status=_STATUS[view.status],
-        output_file_id=view.output_file_id or "", error_file_id=view.error_file_id or "",
+        id=view.id,
+        endpoint=view.endpoint,
+        input_file_id=view.input_file_id,
+        completion_window=view.completion_window,
+        status=_STATUS[view.status],
+        output_file_id=view.output_file_id or "",
+        error_file_id=view.error_file_id or "",
         request_counts=batches_pb2.RequestCounts(
             total=view.total, completed=view.completed, failed=view.failed
         ),
         usage=batches_pb2.Usage(
-            input_tokens=view.input_tokens, cached_tokens=view.cached_tokens,
-            output_tokens=view.output_tokens, total_tokens=view.input_tokens + view.output_tokens,
+            input_tokens=view.input_tokens,
+            cached_tokens=view.cached_tokens,
+            output_tokens=view.output_tokens,
+            total_tokens=view.input_tokens + view.output_tokens,
         ),
-        metadata=view.metadata, model=view.model, priority=view.priority, project=view.project,
+        metadata=view.metadata,
+        model=view.model,
+        priority=view.priority,
+        project=view.project,
         queue_position=view.queue_position,
         errors=[common_pb2.LineError(**e) for e in view.errors],  # type: ignore[arg-type]
     )
@@ -90,8 +110,12 @@ def batch_to_proto(view: BatchView) -> batches_pb2.Batch:
 def model_to_proto(info: ModelInfo) -> models_pb2.Model:
     """Domain model → proto."""
     return models_pb2.Model(
-        id=info.id, create_time=_ts(info.created_at), owned_by=info.owned_by,
-        parent=info.parent or "", source=info.source, max_model_len=info.max_model_len,
+        id=info.id,
+        create_time=_ts(info.created_at),
+        owned_by=info.owned_by,
+        parent=info.parent or "",
+        source=info.source,
+        max_model_len=info.max_model_len,
         ready_engines=info.ready_engines,
         throughput_tokens_per_second=info.output_tokens_per_second,
     )
@@ -109,7 +133,9 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
     ) -> files_pb2.File:
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("metadata"):
-            raise InvalidArgument("the first upload message must carry the file metadata", param="file")
+            raise InvalidArgument(
+                "the first upload message must carry the file metadata", param="file"
+            )
         meta = first.metadata
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -130,7 +156,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
     ) -> files_pb2.ListFilesResponse:
         limit = min(request.page_size or 100, 10_000)
         page, more = await asyncio.to_thread(
-            self.store.list, project_of(context), request.purpose, limit, request.page_token
+            self.store.list_files, project_of(context), request.purpose, limit, request.page_token
         )
         return files_pb2.ListFilesResponse(
             files=[file_to_proto(r) for r in page], next_page_token=page[-1].id if more else ""
@@ -161,7 +187,9 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
         self.batches = batches
         self.watch_seconds = watch_seconds
 
-    async def CreateBatch(self, request: batches_pb2.CreateBatchRequest, context: Any) -> batches_pb2.Batch:
+    async def CreateBatch(
+        self, request: batches_pb2.CreateBatchRequest, context: Any
+    ) -> batches_pb2.Batch:
         view = await asyncio.to_thread(
             self.batches.create,
             owner_project(project_of(context)),
@@ -173,7 +201,9 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
         )
         return batch_to_proto(view)
 
-    async def GetBatch(self, request: batches_pb2.GetBatchRequest, context: Any) -> batches_pb2.Batch:
+    async def GetBatch(
+        self, request: batches_pb2.GetBatchRequest, context: Any
+    ) -> batches_pb2.Batch:
         view = await asyncio.to_thread(self.batches.get, project_of(context), request.batch_id)
         return batch_to_proto(view)
 
@@ -182,13 +212,15 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
     ) -> batches_pb2.ListBatchesResponse:
         limit = min(request.page_size or 20, 100)
         page, more = await asyncio.to_thread(
-            self.batches.list, project_of(context), limit, request.page_token
+            self.batches.list_batches, project_of(context), limit, request.page_token
         )
         return batches_pb2.ListBatchesResponse(
             batches=[batch_to_proto(v) for v in page], next_page_token=page[-1].id if more else ""
         )
 
-    async def CancelBatch(self, request: batches_pb2.CancelBatchRequest, context: Any) -> batches_pb2.Batch:
+    async def CancelBatch(
+        self, request: batches_pb2.CancelBatchRequest, context: Any
+    ) -> batches_pb2.Batch:
         view = await asyncio.to_thread(self.batches.cancel, project_of(context), request.batch_id)
         return batch_to_proto(view)
 
@@ -246,7 +278,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def _engine(self, request_json: bytes) -> VllmEngine:
         if self.engine is None or not self.ready():
-            raise Unavailable("no engine is ready for this model yet; retry shortly", code="engine_not_ready")
+            raise Unavailable(
+                "no engine is ready for this model yet; retry shortly", code="engine_not_ready"
+            )
         import orjson
 
         try:
@@ -256,7 +290,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if model != self.engine.served_name:
             raise NotFound(
                 f"model {model!r} is not served here; available: {self.engine.served_name}",
-                param="model", code="model_not_found",
+                param="model",
+                code="model_not_found",
             )
         return self.engine
 
@@ -279,4 +314,3 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 yield chat_pb2.StreamChatCompletionResponse(chunk_json=chunk)
         except EngineRequestError as exc:
             raise _engine_error(exc) from exc
-

@@ -111,11 +111,20 @@ def parse_batch_input(
             problem("invalid_json", line_no, f"not valid JSON: {exc}")
             continue
         if not isinstance(obj, dict):
-            problem("invalid_line", line_no, f"each line must be a JSON object, got {type(obj).__name__}")
+            problem(
+                "invalid_line",
+                line_no,
+                f"each line must be a JSON object, got {type(obj).__name__}",
+            )
             continue
         custom_id = obj.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
-            problem("missing_custom_id", line_no, "custom_id is missing or not a non-empty string", "custom_id")
+            problem(
+                "missing_custom_id",
+                line_no,
+                "custom_id is missing or not a non-empty string",
+                "custom_id",
+            )
         elif custom_id in seen:
             problem(
                 "duplicate_custom_id",
@@ -127,15 +136,22 @@ def parse_batch_input(
             seen[custom_id] = line_no
         method = obj.get("method")
         if method != "POST":
-            problem("invalid_method", line_no, f"method must be \"POST\", got {method!r}", "method")
+            problem("invalid_method", line_no, f'method must be "POST", got {method!r}', "method")
         url = obj.get("url")
         if url not in SUPPORTED_URLS:
             problem(
-                "invalid_url", line_no,
-                f"url {url!r} is not supported; use {', '.join(SUPPORTED_URLS)}", "url",
+                "invalid_url",
+                line_no,
+                f"url {url!r} is not supported; use {', '.join(SUPPORTED_URLS)}",
+                "url",
             )
         elif url != endpoint:
-            problem("mismatched_url", line_no, f"url {url!r} differs from the batch endpoint {endpoint!r}", "url")
+            problem(
+                "mismatched_url",
+                line_no,
+                f"url {url!r} differs from the batch endpoint {endpoint!r}",
+                "url",
+            )
         body = obj.get("body")
         if not isinstance(body, dict):
             problem("invalid_body", line_no, "body must be a JSON object", "body")
@@ -145,21 +161,26 @@ def parse_batch_input(
             problem("missing_model", line_no, "body.model is missing", "body.model")
         elif model not in known_models:
             problem(
-                "model_not_found", line_no,
-                f"model {model!r} is not registered; available: {', '.join(sorted(known_models)) or 'none'}",
+                "model_not_found",
+                line_no,
+                f"model {model!r} is not registered; available: "
+                f"{', '.join(sorted(known_models)) or 'none'}",
                 "body.model",
             )
         elif not report.model:
             report.model = model
         elif model != report.model:
             problem(
-                "mismatched_model", line_no,
+                "mismatched_model",
+                line_no,
                 f"body.model {model!r} differs from {report.model!r} used by earlier lines; "
                 "a batch runs one model",
                 "body.model",
             )
         if body.get("stream"):
-            problem("invalid_stream", line_no, "body.stream must not be true in a batch", "body.stream")
+            problem(
+                "invalid_stream", line_no, "body.stream must not be true in a batch", "body.stream"
+            )
         if total_problems == 0 and isinstance(custom_id, str):
             yield RequestLine(line_no, custom_id, orjson.dumps(body).decode())
     if report.lines == 0 and total_problems == 0:

@@ -25,5 +25,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 if (shared := config.attributes.get("connection")) is not None:
     _run(shared)
 else:
-    with create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool).connect() as conn:
+    with create_engine(
+        config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool
+    ).connect() as conn:
         _run(conn)
