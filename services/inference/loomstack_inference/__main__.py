@@ -148,10 +148,15 @@ async def _start_engine(server: GrpcServer, vllm: VllmEngine, runner: Runner) ->
 
 async def _maintenance(batches: Batches, interval: float) -> None:
     """Finalizes cancelled, expired and stale batches, whatever the runners are doing."""
-    from .metrics import BATCHES_FINALIZED
+    from .metrics import BATCHES_FINALIZED, QUEUE_DEPTH
 
+    seen: set[str] = set()
     while True:
         try:
+            depth = await asyncio.to_thread(batches.queue_depth)
+            seen |= depth.keys()
+            for model in seen:
+                QUEUE_DEPTH.labels(model).set(depth.get(model, 0))
             for batch_id, status in await asyncio.to_thread(batches.maintain):
                 BATCHES_FINALIZED.labels(status).inc()
                 log.info("batch finalized", extra={"batch_id": batch_id, "status": status})

@@ -486,6 +486,25 @@ class Batches:
                 )
             )
 
+    def queue_depth(self) -> dict[str, int]:
+        """Lines in unfinished shards, per model (the queue-depth gauge)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    shards.c.model,
+                    sa.func.sum(
+                        shards.c.end_line
+                        - shards.c.start_line
+                        + 1
+                        - shards.c.completed
+                        - shards.c.failed
+                    ),
+                )
+                .where(shards.c.status.in_(("pending", "leased")))
+                .group_by(shards.c.model)
+            ).all()
+        return {model: int(lines or 0) for model, lines in rows}
+
     def maintain(self) -> list[tuple[str, str]]:
         """Finalizes what is due: cancelled or expired batches, stale finalizations.
 
