@@ -213,3 +213,43 @@ def test_cancel_in_the_middle_of_a_batch(stack) -> None:  # type: ignore[no-unty
 def test_models_list_shows_the_served_model(stack) -> None:  # type: ignore[no-untyped-def]
     models = stack.client().models.list().data
     assert MODEL_NAME in [m.id for m in models]
+
+
+def test_api_only_replica_forwards_chat_to_a_registered_engine(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An api-role replica has no engine: it finds the model's engine in the registry."""
+    from support import InferenceClient, InferenceProcess
+
+    from loomstack.inference.v1 import chat_pb2
+
+    shared_db = stack.inference.home / "inference.db"
+    api = (
+        InferenceProcess(
+            tmp_path / "api-only",
+            roles="api",
+            name="api-only",
+            env={"LOOMSTACK_INFERENCE_DATABASE_URL": f"sqlite:///{shared_db}"},
+        )
+        .start()
+        .wait_ready(60)
+    )
+    client = InferenceClient(api.address)
+    try:
+        body = {
+            "model": MODEL_NAME,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "Hi"}],
+        }
+        reply = client.chat.CreateChatCompletion(
+            chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(body).encode()), timeout=60
+        )
+        assert json.loads(reply.response_json)["usage"]["completion_tokens"] <= 5
+        chunks = list(
+            client.chat.StreamChatCompletion(
+                chat_pb2.StreamChatCompletionRequest(request_json=json.dumps(body).encode()),
+                timeout=60,
+            )
+        )
+        assert json.loads(chunks[0].chunk_json)["object"] == "chat.completion.chunk"
+    finally:
+        client.close()
+        api.terminate()

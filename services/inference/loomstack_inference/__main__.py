@@ -80,7 +80,7 @@ async def serve(settings: InferenceSettings) -> None:
         ),
         Registration(
             chat_pb2_grpc.add_ChatServiceServicer_to_server,
-            ChatServicer(vllm, engine_ready),
+            ChatServicer(vllm, engine_ready, registry),
             "loomstack.inference.v1.ChatService",
         ),
     ]

@@ -123,6 +123,17 @@ class Registry:
             )
         return out
 
+    def engine_addresses(self, model_id: str) -> list[str]:
+        """Addresses of the ready engines serving `model_id` (fresh heartbeat)."""
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(engines.c.address, engines.c.models_json).where(
+                    engines.c.heartbeat_at > now - FRESH_SECONDS, engines.c.ready.is_(True)
+                )
+            ).all()
+        return [r.address for r in rows if model_id in orjson.loads(r.models_json)]
+
     def get_model(self, model_id: str) -> ModelInfo:
         """One model, or NotFound."""
         for info in self.list_models():

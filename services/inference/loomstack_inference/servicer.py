@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loomstack.common.v1 import common_pb2
@@ -19,8 +21,9 @@ from loomstack.inference.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
-from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable
+from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
 from loomstack_kit.identity import owner_project, project_of
+from loomstack_kit.tracing import client_interceptors
 
 from .batches import Batches, BatchView
 from .engine import EngineRequestError, VllmEngine
@@ -270,35 +273,65 @@ def _engine_error(exc: EngineRequestError) -> InvalidArgument | NotFound | Unava
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    """Online chat on the local engine."""
+    """Online chat: on the local engine when it serves the model, else forwarded to an engine
+    of that model found in the registry (so an api-only replica can take every request)."""
 
-    def __init__(self, engine: VllmEngine | None, ready: Any) -> None:
+    def __init__(self, engine: VllmEngine | None, ready: Any, registry: Registry) -> None:
         self.engine = engine
         self.ready = ready
+        self.registry = registry
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._next = 0
 
-    def _engine(self, request_json: bytes) -> VllmEngine:
-        if self.engine is None or not self.ready():
-            raise Unavailable(
-                "no engine is ready for this model yet; retry shortly", code="engine_not_ready"
-            )
-        import orjson
-
+    @staticmethod
+    def _model(request_json: bytes) -> str:
         try:
-            model = orjson.loads(request_json).get("model")
+            body = orjson.loads(request_json)
         except orjson.JSONDecodeError as exc:
             raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
-        if model != self.engine.served_name:
-            raise NotFound(
-                f"model {model!r} is not served here; available: {self.engine.served_name}",
-                param="model",
-                code="model_not_found",
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model:
+            raise InvalidArgument("model is required", param="model", code="missing_model")
+        return model
+
+    def _local(self, model: str) -> VllmEngine | None:
+        if self.engine is not None and self.engine.served_name == model and self.ready():
+            return self.engine
+        return None
+
+    async def _remote(self, model: str) -> chat_pb2_grpc.ChatServiceStub:
+        addresses = await asyncio.to_thread(self.registry.engine_addresses, model)
+        if self.engine is not None and self.engine.served_name == model:
+            raise Unavailable(
+                f"the engine for {model!r} is still loading; retry shortly", code="engine_not_ready"
             )
-        return self.engine
+        if not addresses:
+            await asyncio.to_thread(self.registry.get_model, model)  # NotFound if unknown
+            raise Unavailable(
+                f"no engine is serving model {model!r} right now; retry shortly",
+                code="engine_not_ready",
+            )
+        self._next += 1
+        address = addresses[self._next % len(addresses)]
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(
+                address, interceptors=client_interceptors()
+            )
+        return chat_pb2_grpc.ChatServiceStub(self._channels[address])
 
     async def CreateChatCompletion(
         self, request: chat_pb2.CreateChatCompletionRequest, context: Any
     ) -> chat_pb2.CreateChatCompletionResponse:
-        engine = self._engine(request.request_json)
+        model = self._model(request.request_json)
+        engine = self._local(model)
+        if engine is None:
+            stub = await self._remote(model)
+            try:
+                return await stub.CreateChatCompletion(  # type: ignore[misc]
+                    request, timeout=context.time_remaining()
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from exc
         try:
             body = await engine.chat_completion(request.request_json)
         except EngineRequestError as exc:
@@ -308,9 +341,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamChatCompletion(
         self, request: chat_pb2.StreamChatCompletionRequest, context: Any
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
-        engine = self._engine(request.request_json)
+        model = self._model(request.request_json)
+        engine = self._local(model)
+        if engine is None:
+            stub = await self._remote(model)
+            try:
+                async for chunk in stub.StreamChatCompletion(request):  # type: ignore[attr-defined]
+                    yield chunk
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from exc
+            return
         try:
-            async for chunk in engine.stream_chat_completion(request.request_json):
-                yield chat_pb2.StreamChatCompletionResponse(chunk_json=chunk)
+            async for piece in engine.stream_chat_completion(request.request_json):
+                yield chat_pb2.StreamChatCompletionResponse(chunk_json=piece)
         except EngineRequestError as exc:
             raise _engine_error(exc) from exc
