@@ -213,3 +213,19 @@ async def test_list_pagination_newest_first(domain) -> None:  # type: ignore[no-
     assert [v.id for v in page] == ids[::-1][:2] and more
     page2, more2 = domain.batches.list_batches("p1", limit=10, after=page[-1].id)
     assert [v.id for v in page2] == ids[::-1][2:] and not more2
+
+
+async def test_finished_batches_appear_once_in_the_event_feed(domain) -> None:  # type: ignore[no-untyped-def]
+    done = await _batch(domain, 2)
+    cancelled = await _batch(domain, 2)
+    domain.batches.cancel("p1", cancelled)
+    _run_all(domain, LeaseQueue(domain.engine, "r1", 30), "SmolLM2-135M-Instruct")
+    domain.batches.maintain()  # a second finalization attempt must not add events
+    events = domain.batches.events(0, 10)
+    assert [(kind, view.id) for _, kind, _, view in events] == [
+        ("batch.cancelled", cancelled),
+        ("batch.completed", done),
+    ]
+    assert events[1][3].completed == 2
+    assert domain.batches.events(events[0][0], 10)[0][3].id == done  # the cursor
+    assert domain.batches.events(events[1][0], 10) == []

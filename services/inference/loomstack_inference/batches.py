@@ -20,7 +20,7 @@ from loomstack_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from .files import FileStore
 from .ids import new_id
-from .tables import batch_requests, batches, engines, models, results, shards
+from .tables import batch_events, batch_requests, batches, engines, models, results, shards
 from .validation import ValidationReport, parse_batch_input
 
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
@@ -475,16 +475,43 @@ class Batches:
         error_id = self._write_file(row.project, f"{row.id}_errors.jsonl", error_parts)
         now = time.time()
         with write_transaction(self.engine) as conn:
-            conn.execute(
+            # Guarded: if a slow finalizer was overtaken by a retry, only the first one lands.
+            landed = conn.execute(
                 batches.update()
-                .where(batches.c.id == row.id)
+                .where(batches.c.id == row.id, batches.c.status.not_in(TERMINAL))
                 .values(
                     status=target,
                     output_file_id=output_id,
                     error_file_id=error_id,
                     **{f"{target}_at": now},
                 )
-            )
+            ).rowcount
+            if landed:
+                conn.execute(
+                    batch_events.insert().values(
+                        batch_id=row.id, type=f"batch.{target}", created_at=now
+                    )
+                )
+        if not landed:
+            for file_id in (output_id, error_id):
+                if file_id:
+                    self.files.delete(None, file_id)
+
+    def events(self, after: int, limit: int) -> list[tuple[int, str, float, BatchView]]:
+        """Finished-batch events after a cursor: (sequence, type, time, batch)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(batch_events)
+                .where(batch_events.c.sequence > after)
+                .order_by(batch_events.c.sequence)
+                .limit(limit)
+            ).all()
+            out = []
+            for ev in rows:
+                row = self._row(conn, None, ev.batch_id)
+                sums = conn.execute(_SUMS.where(shards.c.batch_id == ev.batch_id)).first()
+                out.append((ev.sequence, ev.type, ev.created_at, self._view(conn, row, sums)))
+            return out
 
     def queue_depth(self) -> dict[str, int]:
         """Lines in unfinished shards, per model (the queue-depth gauge)."""

@@ -227,6 +227,25 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
         view = await asyncio.to_thread(self.batches.cancel, project_of(context), request.batch_id)
         return batch_to_proto(view)
 
+    async def ListBatchEvents(
+        self, request: batches_pb2.ListBatchEventsRequest, context: Any
+    ) -> batches_pb2.ListBatchEventsResponse:
+        limit = min(request.page_size or 100, 1000)
+        deadline = asyncio.get_running_loop().time() + min(max(request.wait_seconds, 0), 30)
+        while True:
+            events = await asyncio.to_thread(self.batches.events, request.after_sequence, limit)
+            if events or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(self.watch_seconds)
+        return batches_pb2.ListBatchEventsResponse(
+            events=[
+                batches_pb2.BatchEvent(
+                    sequence=seq, type=kind, batch=batch_to_proto(view), create_time=_ts(at)
+                )
+                for seq, kind, at, view in events
+            ]
+        )
+
     async def WatchBatch(
         self, request: batches_pb2.WatchBatchRequest, context: Any
     ) -> AsyncIterator[batches_pb2.Batch]:

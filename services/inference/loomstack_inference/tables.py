@@ -106,6 +106,16 @@ results = sa.Table(
     sa.UniqueConstraint("batch_id", "custom_id", name="uq_results_batch_custom_id"),
 )
 
+# The feed of finished batches other services consume with a cursor (at-least-once).
+batch_events = sa.Table(
+    "batch_events",
+    metadata,
+    sa.Column("sequence", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 models = sa.Table(
     "models",
     metadata,

@@ -70,6 +70,98 @@ BATCH_STATUS_CANCELLED: BatchStatus.ValueType  # 8
 Global___BatchStatus: _TypeAlias = BatchStatus  # noqa: Y015
 
 @_typing.final
+class BatchEvent(_message.Message):
+    """A batch reached a final status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Monotonic position in the feed; pass it back as the cursor."""
+    type: _builtins.str
+    """`batch.completed`, `batch.failed`, `batch.cancelled` or `batch.expired`."""
+    @_builtins.property
+    def batch(self) -> Global___Batch:
+        """The batch as it was when the event was recorded."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event was recorded."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        type: _builtins.str = ...,
+        batch: Global___Batch | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "create_time", b"create_time", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchEvent: _TypeAlias = BatchEvent  # noqa: Y015
+
+@_typing.final
+class ListBatchEventsRequest(_message.Message):
+    """Request of ListBatchEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Return events with a sequence greater than this (0 = from the start)."""
+    page_size: _builtins.int
+    """Maximum number of events (default 100, at most 1,000)."""
+    wait_seconds: _builtins.int
+    """Wait up to this long for an event when none is available (0 = answer at once, at most 30)."""
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        wait_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "page_size", b"page_size", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchEventsRequest: _TypeAlias = ListBatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListBatchEventsResponse(_message.Message):
+    """Response of ListBatchEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchEvent]:
+        """Events in sequence order."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___BatchEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchEventsResponse: _TypeAlias = ListBatchEventsResponse  # noqa: Y015
+
+@_typing.final
 class RequestCounts(_message.Message):
     """Counts of a batch's requests."""
 

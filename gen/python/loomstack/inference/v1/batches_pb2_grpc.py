@@ -61,6 +61,11 @@ class BatchServiceStub:
                 request_serializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.WatchBatchRequest.SerializeToString,
                 response_deserializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.Batch.FromString,
                 _registered_method=True)
+        self.ListBatchEvents = channel.unary_unary(
+                '/loomstack.inference.v1.BatchService/ListBatchEvents',
+                request_serializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.ListBatchEventsRequest.SerializeToString,
+                response_deserializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.ListBatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class BatchServiceServicer:
@@ -105,6 +110,15 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBatchEvents(self, request, context):
+        """Reads the feed of batch lifecycle events after a cursor. Consumers (the curation service,
+        plugins) store the cursor of the last event they handled, so delivery is at-least-once and
+        a consumer that was down catches up. With `wait_seconds` the call waits for new events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +146,11 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.WatchBatch,
                     request_deserializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.WatchBatchRequest.FromString,
                     response_serializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.Batch.SerializeToString,
+            ),
+            'ListBatchEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatchEvents,
+                    request_deserializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.ListBatchEventsRequest.FromString,
+                    response_serializer=loomstack_dot_inference_dot_v1_dot_batches__pb2.ListBatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +290,33 @@ class BatchService:
             '/loomstack.inference.v1.BatchService/WatchBatch',
             loomstack_dot_inference_dot_v1_dot_batches__pb2.WatchBatchRequest.SerializeToString,
             loomstack_dot_inference_dot_v1_dot_batches__pb2.Batch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.inference.v1.BatchService/ListBatchEvents',
+            loomstack_dot_inference_dot_v1_dot_batches__pb2.ListBatchEventsRequest.SerializeToString,
+            loomstack_dot_inference_dot_v1_dot_batches__pb2.ListBatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class BatchServiceStub:
     """
     WatchBatch: _grpc.UnaryStreamMultiCallable[_batches_pb2.WatchBatchRequest, _batches_pb2.Batch]
     """Streams the batch every time its progress changes, until it is terminal."""
+    ListBatchEvents: _grpc.UnaryUnaryMultiCallable[_batches_pb2.ListBatchEventsRequest, _batches_pb2.ListBatchEventsResponse]
+    """Reads the feed of batch lifecycle events after a cursor. Consumers (the curation service,
+    plugins) store the cursor of the last event they handled, so delivery is at-least-once and
+    a consumer that was down catches up. With `wait_seconds` the call waits for new events.
+    """
 
 @_typing.type_check_only
 class BatchServiceAsyncStub(BatchServiceStub):
@@ -71,6 +76,11 @@ class BatchServiceAsyncStub(BatchServiceStub):
     """
     WatchBatch: _aio.UnaryStreamMultiCallable[_batches_pb2.WatchBatchRequest, _batches_pb2.Batch]  # type: ignore[assignment]
     """Streams the batch every time its progress changes, until it is terminal."""
+    ListBatchEvents: _aio.UnaryUnaryMultiCallable[_batches_pb2.ListBatchEventsRequest, _batches_pb2.ListBatchEventsResponse]  # type: ignore[assignment]
+    """Reads the feed of batch lifecycle events after a cursor. Consumers (the curation service,
+    plugins) store the cursor of the last event they handled, so delivery is at-least-once and
+    a consumer that was down catches up. With `wait_seconds` the call waits for new events.
+    """
 
 class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
     """OpenAI-style batch jobs over a JSONL file of requests, run by the engines
@@ -120,5 +130,16 @@ class BatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_batches_pb2.Batch], _abc.AsyncIterator[_batches_pb2.Batch]]:
         """Streams the batch every time its progress changes, until it is terminal."""
+
+    @_abc_1.abstractmethod
+    def ListBatchEvents(
+        self,
+        request: _batches_pb2.ListBatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batches_pb2.ListBatchEventsResponse, _abc.Awaitable[_batches_pb2.ListBatchEventsResponse]]:
+        """Reads the feed of batch lifecycle events after a cursor. Consumers (the curation service,
+        plugins) store the cursor of the last event they handled, so delivery is at-least-once and
+        a consumer that was down catches up. With `wait_seconds` the call waits for new events.
+        """
 
 def add_BatchServiceServicer_to_server(servicer: BatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
