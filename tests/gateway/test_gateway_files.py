@@ -4,6 +4,7 @@ delete, project isolation, and the streamed upload path (field order, bounded me
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,11 +15,13 @@ import pytest
 from openai import OpenAI
 
 from gateway_stack import (
+    KEY_A,
     KEY_ADMIN,
     KEY_B,
     UPLOAD_BUFFER_BYTES,
     Gateway,
     jsonl,
+    poll,
     request_line,
 )
 
@@ -210,3 +213,33 @@ def test_large_upload_streams_through_bounded_memory(
             digest.update(chunk)
     assert digest.hexdigest() == sha
     client.files.delete(created.id)
+
+
+def _disconnects(gateway: Gateway) -> float:
+    metrics = gateway.http(None).get("/metrics").text
+    label = 'loomstack_gateway_requests_total{method="POST",route="/v1/files",status="499"} '
+    return sum(float(line[len(label) :]) for line in metrics.splitlines() if line.startswith(label))
+
+
+def test_client_disconnect_mid_upload_stores_nothing(gateway: Gateway, client: OpenAI) -> None:
+    before = {f.id for f in client.files.list()}
+    disconnects = _disconnects(gateway)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    head = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="cut.jsonl"\r\n\r\n'
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/files HTTP/1.1\r\nHost: test\r\n"
+            + f"Authorization: Bearer {KEY_A}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+            + b"Content-Length: 50000000\r\n\r\n"
+            + head
+        )
+        for _ in range(4):
+            sock.sendall(b"y" * 1024 * 1024)
+    # The gateway notices (and counts a 499), the cancelled RPC records nothing.
+    poll(lambda: _disconnects(gateway), lambda n: n > disconnects, timeout=10)
+    assert {f.id for f in client.files.list()} == before
+    assert "Traceback" not in gateway.log.read_text()

@@ -1,0 +1,1 @@
+"""The `loomstack` command line: the local stack (up, down, status) and batches."""

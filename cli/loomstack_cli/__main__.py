@@ -1,0 +1,5 @@
+"""`python -m loomstack_cli` runs the `loomstack` command."""
+
+from loomstack_cli.app import main
+
+main()

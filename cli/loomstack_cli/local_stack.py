@@ -1,0 +1,249 @@
+"""The local stack: the inference service and the gateway as background processes of this machine.
+
+State lives under `.loomstack/` of the current directory: the inference service's database and
+blobs, `logs/<name>.log`, and `run/<name>.pid` (+ the bound ports). Each process is started in
+a session of its own, so stopping it also reaches its children (vLLM's engine-core process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+INFERENCE, GATEWAY = "inference", "gateway"
+MODULES = {INFERENCE: "loomstack_inference", GATEWAY: "loomstack_gateway"}
+DEFAULT_MODEL_PATH = Path(".cache/models/SmolLM2-135M-Instruct")
+
+
+class StackError(Exception):
+    """The stack could not be started or stopped; `log_tail` says what the processes said."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """One of the stack's processes as its pid file describes it."""
+
+    name: str
+    pid: int | None
+    running: bool
+
+
+class LocalStack:
+    """Starts, inspects and stops the stack rooted at `home`."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home.resolve()
+        self.logs = self.home / "logs"
+        self.run = self.home / "run"
+        self._started: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def pid_file(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    def port_file(self, name: str) -> Path:
+        return self.run / f"{name}.port"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    @property
+    def url_file(self) -> Path:
+        return self.run / "gateway.url"
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state(self, name: str) -> ProcessState:
+        """Whether the process named in the pid file runs (and is ours, not a reused pid)."""
+        try:
+            pid = int(self.pid_file(name).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return ProcessState(name, None, False)
+        return ProcessState(name, pid, _is_ours(pid, MODULES[name]))
+
+    def states(self) -> list[ProcessState]:
+        return [self.state(INFERENCE), self.state(GATEWAY)]
+
+    def url(self) -> str | None:
+        """The gateway's root URL recorded by `up`."""
+        with contextlib.suppress(FileNotFoundError):
+            return self.url_file.read_text().strip() or None
+        return None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        host: str,
+        port: int,
+        roles: str,
+        model_path: Path,
+        api_key: str,
+        timeout: float,
+        on_wait: Callable[[str], None] = lambda _: None,
+    ) -> str:
+        """Starts both processes and waits until the gateway's /readyz answers 200; its URL."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.run.mkdir(parents=True, exist_ok=True)
+        self._started = {}
+        for name in (INFERENCE, GATEWAY):
+            self.port_file(name).unlink(missing_ok=True)
+        deadline = time.monotonic() + timeout
+        try:
+            inference_port = self._start_inference(roles, model_path, deadline, on_wait)
+            url = self._start_gateway(host, port, inference_port, api_key, deadline, on_wait)
+            self.url_file.write_text(url)
+            on_wait("loading the model" if "engine" in roles else "waiting for readiness")
+            self._wait_ready(url, deadline)
+        except BaseException:
+            self.stop(grace=10)
+            raise
+        return url
+
+    def _spawn(self, name: str, env: dict[str, str]) -> None:
+        with self.log_file(name).open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", MODULES[name]],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file(name).write_text(str(proc.pid))
+        self._started[name] = proc
+
+    def _start_inference(
+        self, roles: str, model_path: Path, deadline: float, on_wait: Callable[[str], None]
+    ) -> int:
+        env = dict(os.environ)
+        env.update(
+            LOOMSTACK_HOME=str(self.home),
+            LOOMSTACK_INFERENCE_ROLES=roles,
+            LOOMSTACK_INFERENCE_MODEL_PATH=str(model_path.resolve()),
+            LOOMSTACK_INFERENCE_PORT="0",
+            LOOMSTACK_INFERENCE_PORT_FILE=str(self.port_file(INFERENCE)),
+        )
+        self._spawn(INFERENCE, env)
+        on_wait("starting the inference service")
+        return int(self._wait_for_port(INFERENCE, deadline))
+
+    def _start_gateway(
+        self,
+        host: str,
+        port: int,
+        inference_port: int,
+        api_key: str,
+        deadline: float,
+        on_wait: Callable[[str], None],
+    ) -> str:
+        env = dict(os.environ)
+        env.update(
+            LOOMSTACK_HOME=str(self.home),
+            LOOMSTACK_GATEWAY_HOST=host,
+            LOOMSTACK_GATEWAY_PORT=str(port),
+            LOOMSTACK_GATEWAY_PORT_FILE=str(self.port_file(GATEWAY)),
+            LOOMSTACK_GATEWAY_INFERENCE_ADDRESS=f"127.0.0.1:{inference_port}",
+            LOOMSTACK_API_KEY=api_key,
+        )
+        self._spawn(GATEWAY, env)
+        on_wait("starting the gateway")
+        bound = self._wait_for_port(GATEWAY, deadline)
+        shown_host = f"[{host}]" if ":" in host else host
+        return f"http://{shown_host}:{bound}"
+
+    def _wait_for_port(self, name: str, deadline: float) -> str:
+        path = self.port_file(name)
+        while time.monotonic() < deadline:
+            if path.exists() and (text := path.read_text().strip()):
+                return text
+            self._check_alive()
+            time.sleep(0.1)
+        raise StackError(f"the {name} did not start listening in time", self.log_tail())
+
+    def _wait_ready(self, url: str, deadline: float) -> None:
+        with httpx.Client(timeout=5) as http:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get(f"{url}/readyz").status_code == 200:
+                        return
+                self._check_alive()
+                time.sleep(0.5)
+        raise StackError("the stack did not become ready in time", self.log_tail())
+
+    def _check_alive(self) -> None:
+        for name, proc in self._started.items():
+            if proc.poll() is not None:
+                raise StackError(
+                    f"the {name} process exited with code {proc.returncode}", self.log_tail()
+                )
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The last lines of each log."""
+        parts = []
+        for name in (INFERENCE, GATEWAY):
+            path = self.log_file(name)
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"==> {path} <==\n" + "\n".join(tail))
+        return "\n\n".join(parts)
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def stop(self, grace: float = 60.0) -> list[ProcessState]:
+        """SIGTERM each running process, wait up to `grace` s, then SIGKILL its process group."""
+        running = [s for s in (self.state(GATEWAY), self.state(INFERENCE)) if s.running]
+        for state in running:
+            assert state.pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for state in running:
+            assert state.pid is not None
+            _wait_gone(state.pid, deadline)
+            # The whole group, graceful exit or not: children such as vLLM's engine core may
+            # outlive their parent.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(state.pid, signal.SIGKILL)
+        for name in (INFERENCE, GATEWAY):
+            self.pid_file(name).unlink(missing_ok=True)
+            self.port_file(name).unlink(missing_ok=True)
+        self.url_file.unlink(missing_ok=True)
+        return running
+
+
+def _is_ours(pid: int, module: str) -> bool:
+    """Whether `pid` runs `module` (and is not a later process that got the pid)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    # A process that has just been started can show an empty command line for a moment.
+    return not cmdline or module in " ".join(cmdline)
+
+
+def _wait_gone(pid: int, deadline: float) -> None:
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        pass

@@ -1,0 +1,120 @@
+"""The FastAPI app: `create_app(settings)` wires the upstream clients, routes and middleware.
+
+Middleware is pure ASGI (metrics outermost, then auth) so that the hot path pays two function
+calls, not a `BaseHTTPMiddleware` task per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
+
+from loomstack_kit.errors import Unavailable
+from loomstack_kit.tracing import configure_tracing
+
+from .auth import ApiKeys, AuthMiddleware
+from .http_errors import error_response, install_error_handlers
+from .metrics import GatewayMetrics, MetricsMiddleware
+from .responses import OrjsonResponse
+from .routes_batches import batches_router
+from .routes_chat import chat_router
+from .routes_files import files_router
+from .routes_models import models_router
+from .settings import GatewaySettings
+from .upstream import Inference
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "loomstack-gateway"
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """Builds the gateway app; the upstream channel opens when the app starts."""
+    settings = settings or GatewaySettings()
+    tracing = settings.otel_exporter != "none"
+    configure_tracing(SERVICE_NAME, settings.otel_exporter)
+    inference = Inference(settings.inference_address, max_message_bytes=settings.max_message_bytes)
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await inference.open()
+        log.info("gateway started", extra={"inference": settings.inference_address})
+        try:
+            yield
+        finally:
+            await inference.close()
+
+    app = FastAPI(
+        title="Loomstack",
+        summary="OpenAI-compatible batch inference API.",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    for router in (files_router, batches_router, models_router, chat_router):
+        app.include_router(router(inference, settings))
+
+    @app.get("/healthz", tags=["health"], summary="The process answers")
+    async def healthz() -> Response:
+        return OrjsonResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["health"], summary="The inference service is ready")
+    async def readyz() -> Response:
+        ready, why = await inference.ready(settings.ready_timeout_seconds)
+        if not ready:
+            return error_response(
+                Unavailable(f"inference service not ready: {why}", code="not_ready")
+            )
+        return OrjsonResponse({"status": "ready"})
+
+    app.add_api_route(
+        "/metrics", metrics.endpoint, methods=["GET"], tags=["health"], include_in_schema=False
+    )
+    app.add_middleware(AuthMiddleware, keys=ApiKeys.from_settings(settings))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.openapi = _openapi_with_bearer(app)  # type: ignore[method-assign]
+    if tracing:
+        _instrument(app)
+    return app
+
+
+def _openapi_with_bearer(app: FastAPI) -> Any:
+    """The generated schema plus the bearer-key scheme the auth middleware enforces."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            for path, operations in schema["paths"].items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+def _instrument(app: FastAPI) -> None:
+    try:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    except ImportError:
+        log.warning("opentelemetry-instrumentation-fastapi is not installed: no HTTP spans")
+        return
+    # No span per ASGI receive/send message: an upload would make thousands.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+    )

@@ -1,0 +1,99 @@
+"""Every failure as OpenAI's JSON error, with the HTTP status of the kit's one error table.
+
+gRPC errors go through `from_rpc_error`, so a status a service reported keeps its code, param and
+line; request validation, unknown routes and unexpected exceptions get the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from loomstack_kit.errors import (
+    Internal,
+    InvalidArgument,
+    LoomstackError,
+    NotFound,
+    Unauthenticated,
+    from_rpc_error,
+    mapping,
+    openai_error_body,
+)
+
+from .responses import OrjsonResponse
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: LoomstackError, status_code: int | None = None) -> Response:
+    """OpenAI's error JSON with the table's HTTP status (or `status_code`)."""
+    return OrjsonResponse(
+        openai_error_body(error), status_code=status_code or mapping(error).http_status
+    )
+
+
+def _param_of(loc: Sequence[object]) -> str | None:
+    # FastAPI prefixes a location with where it came from (body, query, path); OpenAI's param
+    # is the field itself.
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else []
+    return ".".join(parts) or None
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        reason = first.get("ctx", {}).get("error", "")
+        return error_response(
+            InvalidArgument(f"the request body is not valid JSON: {reason}", code="invalid_json")
+        )
+    param = _param_of(first.get("loc", ()))
+    message = str(first.get("msg", "invalid request"))
+    if param:
+        message = f"invalid '{param}': {message}"
+    return error_response(InvalidArgument(message, param=param))
+
+
+async def _rpc_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    return error_response(from_rpc_error(exc))
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LoomstackError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    error: LoomstackError
+    if exc.status_code == 404:
+        error = NotFound(f"no route {request.method} {request.url.path}", code="unknown_url")
+    elif exc.status_code == 401:
+        error = Unauthenticated(str(exc.detail))
+    else:
+        error = InvalidArgument(str(exc.detail), code=f"http_{exc.status_code}")
+    response = error_response(error, exc.status_code)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return error_response(Internal(f"internal error: {type(exc).__name__}"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Registers the handlers that give every error OpenAI's shape."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
+    app.add_exception_handler(LoomstackError, _domain_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

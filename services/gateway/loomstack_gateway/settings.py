@@ -1,0 +1,47 @@
+"""Settings of the gateway (environment prefix `LOOMSTACK_GATEWAY_`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from loomstack_kit.settings import ServiceSettings
+
+MIB = 1024 * 1024
+
+
+class GatewaySettings(ServiceSettings):
+    """What the gateway listens on, where the services are, and who may call it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOOMSTACK_GATEWAY_", extra="ignore", populate_by_name=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8080, description="HTTP port; 0 picks a free one (see `port_file`).")
+    inference_address: str = Field(
+        "127.0.0.1:50051", description="host:port of the inference service's gRPC API."
+    )
+    api_keys: str = Field(
+        "",
+        description="Comma-separated `key:project` pairs; project `*` makes an admin key.",
+    )
+    api_key: str = Field(
+        "",
+        validation_alias="LOOMSTACK_API_KEY",
+        description="One key for the default project (`LOOMSTACK_API_KEY`, as `make up` prints).",
+    )
+    upstream_timeout_seconds: float = Field(
+        60.0, description="Deadline of unary calls to the services."
+    )
+    ready_timeout_seconds: float = Field(2.0, description="Deadline of the /readyz health check.")
+    upload_chunk_bytes: int = Field(MIB, description="Size of the chunks streamed upstream.")
+    upload_buffer_bytes: int = Field(
+        16 * MIB,
+        description=(
+            "Most file bytes held while waiting for a `purpose` field sent after the file part; "
+            "a larger file must send `purpose` first (the openai client always does)."
+        ),
+    )
+    max_message_bytes: int = Field(64 * MIB, description="Largest gRPC message either way.")
+    access_log: bool = Field(False, description="Log every request (the metrics count them).")

@@ -1,0 +1,79 @@
+"""The gRPC clients of the services behind the gateway: one grpc.aio channel per upstream.
+
+Channels are opened once, in the app's lifespan (they belong to the running event loop), and
+shared by every request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from loomstack.inference.v1 import (
+    batches_pb2_grpc,
+    chat_pb2_grpc,
+    files_pb2_grpc,
+    models_pb2_grpc,
+)
+from loomstack_kit.tracing import client_interceptors
+
+if TYPE_CHECKING:
+    from loomstack.inference.v1.batches_pb2_grpc import BatchServiceAsyncStub
+    from loomstack.inference.v1.chat_pb2_grpc import ChatServiceAsyncStub
+    from loomstack.inference.v1.files_pb2_grpc import FileServiceAsyncStub
+    from loomstack.inference.v1.models_pb2_grpc import ModelServiceAsyncStub
+
+READINESS = "readiness"
+
+
+class Inference:
+    """The inference service: files, batches, models and chat stubs on one channel."""
+
+    files: FileServiceAsyncStub
+    batches: BatchServiceAsyncStub
+    models: ModelServiceAsyncStub
+    chat: ChatServiceAsyncStub
+    health: health_pb2_grpc.HealthStub
+
+    def __init__(self, address: str, *, max_message_bytes: int) -> None:
+        self.address = address
+        self.max_message_bytes = max_message_bytes
+        self._channel: grpc.aio.Channel | None = None
+
+    async def open(self) -> None:
+        """Opens the channel and builds the stubs."""
+        self._channel = grpc.aio.insecure_channel(
+            self.address,
+            interceptors=client_interceptors(),
+            options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_permit_without_calls", 0),
+            ],
+        )
+        self.files = files_pb2_grpc.FileServiceStub(self._channel)
+        self.batches = batches_pb2_grpc.BatchServiceStub(self._channel)
+        self.models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self.chat = chat_pb2_grpc.ChatServiceStub(self._channel)
+        self.health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def close(self) -> None:
+        """Closes the channel, letting in-flight calls finish for a moment."""
+        if self._channel is not None:
+            await self._channel.close(grace=1.0)
+            self._channel = None
+
+    async def ready(self, deadline_seconds: float) -> tuple[bool, str]:
+        """Whether the service's `readiness` health status is SERVING, and why not."""
+        try:
+            resp = await self.health.Check(
+                health_pb2.HealthCheckRequest(service=READINESS), timeout=deadline_seconds
+            )
+        except grpc.aio.AioRpcError as exc:
+            return False, f"{exc.code().name}: {exc.details()}"
+        if resp.status != health_pb2.HealthCheckResponse.SERVING:
+            return False, health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return True, "SERVING"
