@@ -145,7 +145,15 @@ def test_sigterm_drains_releases_lease_and_resumes(tmp_path: Path) -> None:
         "LOOMSTACK_INFERENCE_GRACE_SECONDS": "20",
         "LOOMSTACK_INFERENCE_MAX_INFLIGHT": "32",
     }
-    proc = InferenceProcess(tmp_path / "s", env=env, name="s").start().wait_ready()
+    proc = InferenceProcess(tmp_path / "s", env=env, name="s")
+    try:
+        _sigterm_scenario(proc)
+    finally:
+        proc.terminate(30)
+
+
+def _sigterm_scenario(proc: InferenceProcess) -> None:
+    proc.start().wait_ready()
     client = InferenceClient(proc.address)
     n = 300
     batch_id = client.create_batch(_lines(n, 48)).id

@@ -13,7 +13,11 @@ from opentelemetry import trace
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON line (time, level, logger, message, trace, extras)."""
 
-    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+    # Standard record attributes, and uvicorn's ANSI-coloured copy of the message.
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+        "message",
+        "color_message",
+    }
 
     def __init__(self, service: str) -> None:
         super().__init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ class FileStore:
                 param="purpose",
             )
         file_id = new_id("file-")
-        writer = self.blobs.open_writer(file_id)
+        # Blob I/O runs in worker threads: a large upload must not stall the other RPCs.
+        writer = await asyncio.to_thread(self.blobs.open_writer, file_id)
         lines, last = 0, b"\n"
         try:
             async for chunk in chunks:
@@ -79,17 +81,17 @@ class FileStore:
                         param="file",
                         code="file_too_large",
                     )
-                writer.write(chunk)
+                await asyncio.to_thread(writer.write, chunk)
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
-            writer.commit()
+            await asyncio.to_thread(writer.commit)
         except BaseException:
-            writer.abort()
+            await asyncio.to_thread(writer.abort)
             raise
         if last != b"\n":
             lines += 1
-        return self.record_blob(
-            project, filename, purpose, file_id, writer.size, lines, writer.sha256
+        return await asyncio.to_thread(
+            self.record_blob, project, filename, purpose, file_id, writer.size, lines, writer.sha256
         )
 
     def record_blob(

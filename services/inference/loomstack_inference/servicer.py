@@ -145,9 +145,16 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
             async for msg in request_iterator:
                 yield msg.chunk
 
-        rec = await self.store.upload(
-            owner_project(project_of(context)), meta.filename, meta.purpose, chunks()
-        )
+        try:
+            rec = await self.store.upload(
+                owner_project(project_of(context)), meta.filename, meta.purpose, chunks()
+            )
+        except Exception:
+            # Read the rest of the stream before failing: aborting while the client still
+            # writes makes grpc.aio replace our status with INTERNAL "Internal error from Core".
+            async for _ in request_iterator:
+                pass
+            raise
         return file_to_proto(rec)
 
     async def GetFile(self, request: files_pb2.GetFileRequest, context: Any) -> files_pb2.File:

@@ -108,7 +108,10 @@ def parse_batch_input(
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            problem("invalid_json", line_no, f"not valid JSON: {exc}")
+            # orjson counts lines and columns within this one line: keep only the column.
+            detail = str(exc).split(": line 1 column ")
+            where = f" at column {detail[1].split(' ')[0]}" if len(detail) > 1 else ""
+            problem("invalid_json", line_no, f"not valid JSON{where}: {detail[0]}")
             continue
         if not isinstance(obj, dict):
             problem(
