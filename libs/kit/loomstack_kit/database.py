@@ -30,13 +30,18 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _ensure_sqlite_dir(url: str) -> None:
+    """SQLite creates the file but not its directory."""
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if url.startswith("sqlite") and path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine with sane defaults: WAL + busy timeout on SQLite, pre-ping on PostgreSQL."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _ensure_sqlite_dir(url)
         engine = sa.create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 60},
@@ -94,6 +99,7 @@ def migrate(url: str, script_location: str, version_table: str) -> None:
     cfg.set_main_option("script_location", script_location)
     cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     cfg.attributes["version_table"] = version_table
+    _ensure_sqlite_dir(normalize_url(url))
     engine = sa.create_engine(normalize_url(url), poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:

@@ -166,9 +166,21 @@ async def _maintenance(batches: Batches, interval: float) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: `serve` (the default) or `migrate` (schema only, then exit).
+
+    `migrate` is what the Helm chart's pre-install/pre-upgrade hook Job runs.
+    """
+    import sys
+
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command not in ("serve", "migrate"):
+        raise SystemExit(f"usage: loomstack-inference [serve|migrate] (got {command!r})")
     settings = InferenceSettings()
     configure_logging("inference", settings.log_level, settings.log_json)
+    if command == "migrate":
+        migrate(settings.resolved_database_url(), MIGRATIONS, "alembic_version_inference")
+        log.info("database schema is up to date")
+        return
     configure_tracing("loomstack-inference", settings.otel_exporter)
     asyncio.run(serve(settings))
 
