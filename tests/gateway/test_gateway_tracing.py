@@ -1,5 +1,5 @@
-"""One request is one trace: the gateway's HTTP span, its gRPC client span and the inference
-service's server span share a trace id, with the service's span a child of the gateway's call."""
+"""One request is one trace: the gateway's HTTP span, its gRPC client span, the inference
+service's server span and its database queries share a trace id, each a child of the one before."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ def test_gateway_and_inference_spans_form_one_trace(
     assert http["trace_id"] == client["trace_id"] == server["trace_id"]
     assert client["parent_id"] == http["span_id"]
     assert server["parent_id"] == client["span_id"]
+    queries = [
+        s for s in spans if s["attributes"].get("db.system") and s["trace_id"] == http["trace_id"]
+    ]
+    assert queries, "the database query is part of the trace"
+    assert all(q["parent_id"] == server["span_id"] for q in queries)
 
 
 def _spans(path: Path) -> list[dict]:
