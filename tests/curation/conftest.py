@@ -1,0 +1,81 @@
+"""Curation fixtures: ONE real Label Studio server for the whole test session, and the schemas.
+
+The server runs from its own virtual environment (`make labelstudio-install`, which `make test`
+runs first). Tests that need it are skipped only when that environment does not exist; a server
+that is installed but fails to start is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from label_studio_sdk.client import LabelStudio
+
+from loomstack_curation.labelstudio_server import (
+    LabelStudioNotInstalled,
+    LabelStudioServer,
+    executable_in,
+    free_port,
+)
+from loomstack_curation.registry import TaskRegistry
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "schemas"
+_started: dict[str, float] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "labelstudio: needs the real Label Studio server")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "seconds" in _started:
+        terminalreporter.write_line(
+            f"Label Studio: healthy {_started['seconds']:.1f} s after start", bold=True
+        )
+
+
+@pytest.fixture(scope="session")
+def label_studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A real Label Studio on a free loopback port with a fresh data dir, for the session."""
+    venv = Path(os.environ.get("LOOMSTACK_LABEL_STUDIO_VENV", REPO / ".cache/labelstudio-venv"))
+    try:
+        executable = executable_in(venv)
+    except LabelStudioNotInstalled as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("labelstudio")
+    server = LabelStudioServer(
+        executable=executable,
+        data_dir=root / "data",
+        port=free_port(),
+        log_path=root / "server.log",
+    )
+    started = time.monotonic()
+    server.start(timeout=600)
+    _started["seconds"] = time.monotonic() - started
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_server: LabelStudioServer) -> LabelStudio:
+    """The SDK client, authenticated with the server's legacy API token."""
+    return LabelStudio(base_url=label_studio_server.url, api_key=label_studio_server.token)
+
+
+@pytest.fixture(scope="session")
+def schemas_dir() -> Path:
+    """The repository's `schemas/` directory."""
+    return SCHEMAS
+
+
+@pytest.fixture(scope="session")
+def registry() -> TaskRegistry:
+    """The schemas shipped in `schemas/`."""
+    return TaskRegistry.load(SCHEMAS)
