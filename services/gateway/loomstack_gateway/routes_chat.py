@@ -18,7 +18,7 @@ from loomstack_kit.errors import InvalidArgument, from_rpc_error, openai_error_b
 
 from .auth import caller_of
 from .settings import GatewaySettings
-from .upstream import Inference
+from .upstream import Inference, prefetched
 
 _DONE = b"data: [DONE]\n\n"
 _CHAT_DOC = {
@@ -73,25 +73,16 @@ def chat_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
         call = inference.chat.StreamChatCompletion(
             chat_pb2.StreamChatCompletionRequest(request_json=raw), metadata=metadata
         )
-        chunks = aiter(call)
-        try:
-            # Errors before the first token (no engine, unknown model, bad parameters) get
-            # their HTTP status; later ones can only be reported inside the stream.
-            first = await anext(chunks, None)
-        except BaseException:
-            call.cancel()
-            raise
+        # Errors before the first token get their HTTP status; later ones can only be
+        # reported inside the stream.
+        messages = await prefetched(call)
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                if first is not None:
-                    yield b"data: " + first.chunk_json + b"\n\n"
-                async for msg in chunks:
+                async for msg in messages:
                     yield b"data: " + msg.chunk_json + b"\n\n"
             except grpc.aio.AioRpcError as exc:
                 yield b"data: " + orjson.dumps(openai_error_body(from_rpc_error(exc))) + b"\n\n"
-            finally:
-                call.cancel()
             yield _DONE
 
         return StreamingResponse(

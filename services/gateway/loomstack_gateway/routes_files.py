@@ -19,7 +19,7 @@ from .multipart_stream import MultipartStream
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
 from .uploads import FileUpload
-from .upstream import Inference
+from .upstream import Inference, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +110,11 @@ def files_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
             files_pb2.DownloadFileContentRequest(file_id=file_id),
             metadata=caller_of(request).metadata,
         )
-        chunks = aiter(call)
-        try:
-            # The first chunk (or the error) before the response starts, so that an unknown
-            # file is a 404 and not a broken 200.
-            first = await anext(chunks, None)
-        except BaseException:
-            call.cancel()
-            raise
+        messages = await prefetched(call)
 
         async def body() -> AsyncIterator[bytes]:
-            try:
-                if first is not None:
-                    yield first.chunk
-                async for msg in chunks:
-                    yield msg.chunk
-            finally:
-                call.cancel()
+            async for msg in messages:
+                yield msg.chunk
 
         return StreamingResponse(body(), media_type="application/octet-stream")
 

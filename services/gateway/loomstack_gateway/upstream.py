@@ -6,7 +6,8 @@ shared by every request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -77,3 +78,29 @@ class Inference:
         if resp.status != health_pb2.HealthCheckResponse.SERVING:
             return False, health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         return True, "SERVING"
+
+
+async def prefetched(call: Any) -> AsyncIterator[Any]:
+    """A server-streaming call whose first message (or error) has already arrived.
+
+    Awaiting this before the HTTP response starts turns an upstream error (unknown file, no
+    engine, bad parameters) into a proper HTTP status instead of a broken 200. The returned
+    iterator yields every message and cancels the call when it is closed.
+    """
+    messages = aiter(call)
+    try:
+        first = await anext(messages, None)
+    except BaseException:
+        call.cancel()
+        raise
+
+    async def rest() -> AsyncIterator[Any]:
+        try:
+            if first is not None:
+                yield first
+            async for msg in messages:
+                yield msg
+        finally:
+            call.cancel()
+
+    return rest()
