@@ -22,6 +22,16 @@ async def _upload(domain, data: bytes, purpose: str = "batch"):  # type: ignore[
     return await domain.files.upload("p1", "in.jsonl", purpose, _chunks(data))
 
 
+def _create(domain, file_id: str):  # type: ignore[no-untyped-def]
+    return domain.batches.create(
+        "p1",
+        input_file_id=file_id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={},
+    )
+
+
 def _nothing_stored(domain) -> None:  # type: ignore[no-untyped-def]
     with domain.engine.connect() as conn:
         for table in (batches, batch_requests, shards):
@@ -80,13 +90,7 @@ async def test_bad_line_is_rejected_with_line_and_field(
         data += (item if isinstance(item, bytes) else json.dumps(item).encode()) + b"\n"
     rec = await _upload(domain, data)
     with pytest.raises(InvalidArgument) as err:
-        domain.batches.create(
-            "p1",
-            input_file_id=rec.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={},
-        )
+        _create(domain, rec.id)
     assert err.value.code == code
     assert err.value.line == line
     assert err.value.param == param
@@ -98,13 +102,7 @@ async def test_duplicate_custom_id_names_both_lines(domain) -> None:  # type: ig
     data = b"".join(json.dumps(x).encode() + b"\n" for x in [GOOD, batch_line("b", "x"), GOOD])
     rec = await _upload(domain, data)
     with pytest.raises(InvalidArgument, match="line 1 and line 3"):
-        domain.batches.create(
-            "p1",
-            input_file_id=rec.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={},
-        )
+        _create(domain, rec.id)
 
 
 async def test_models_that_differ_between_lines(domain) -> None:  # type: ignore[no-untyped-def]
@@ -113,13 +111,7 @@ async def test_models_that_differ_between_lines(domain) -> None:  # type: ignore
     data = b"".join(json.dumps(x).encode() + b"\n" for x in [GOOD, other])
     rec = await _upload(domain, data)
     with pytest.raises(InvalidArgument) as err:
-        domain.batches.create(
-            "p1",
-            input_file_id=rec.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={},
-        )
+        _create(domain, rec.id)
     assert err.value.code == "mismatched_model" and err.value.line == 2
     _nothing_stored(domain)
 
@@ -127,13 +119,7 @@ async def test_models_that_differ_between_lines(domain) -> None:  # type: ignore
 async def test_empty_file(domain) -> None:  # type: ignore[no-untyped-def]
     rec = await _upload(domain, b"\n\n")
     with pytest.raises(InvalidArgument, match="no requests") as err:
-        domain.batches.create(
-            "p1",
-            input_file_id=rec.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={},
-        )
+        _create(domain, rec.id)
     assert err.value.code == "empty_file"
     _nothing_stored(domain)
 
@@ -142,13 +128,7 @@ async def test_line_limit(domain) -> None:  # type: ignore[no-untyped-def]
     data = b"".join(json.dumps(batch_line(f"c{i}", "x")).encode() + b"\n" for i in range(101))
     rec = await _upload(domain, data)
     with pytest.raises(InvalidArgument, match="more than 100 requests") as err:
-        domain.batches.create(
-            "p1",
-            input_file_id=rec.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={},
-        )
+        _create(domain, rec.id)
     assert err.value.line == 101
     _nothing_stored(domain)
 
@@ -167,21 +147,9 @@ async def test_wrong_purpose_and_unknown_file(domain) -> None:  # type: ignore[n
     assert err.value.param == "purpose"
     rec = await _upload(domain, json.dumps(GOOD).encode() + b"\n", purpose="fine-tune")
     with pytest.raises(InvalidArgument, match="purpose 'batch'"):
-        domain.batches.create(
-            "p1",
-            input_file_id=rec.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={},
-        )
+        _create(domain, rec.id)
     with pytest.raises(NotFound):
-        domain.batches.create(
-            "p1",
-            input_file_id="file-nope",
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={},
-        )
+        _create(domain, "file-nope")
     # Another project's file is invisible.
     with pytest.raises(NotFound):
         domain.files.get("p2", rec.id)
