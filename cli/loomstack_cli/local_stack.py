@@ -140,6 +140,8 @@ class LocalStack:
             LOOMSTACK_INFERENCE_PORT="0",
             LOOMSTACK_INFERENCE_PORT_FILE=str(self.port_file(INFERENCE)),
         )
+        # Queue depth, lines and tokens processed, throughput: http://127.0.0.1:9464/metrics
+        env.setdefault("LOOMSTACK_INFERENCE_METRICS_PORT", "9464")
         self._spawn(INFERENCE, env)
         on_wait("starting the inference service")
         return int(self._wait_for_port(INFERENCE, deadline))

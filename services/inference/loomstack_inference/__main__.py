@@ -96,7 +96,10 @@ async def serve(settings: InferenceSettings) -> None:
     await server.start()
     server.install_signal_handlers()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host)
+        try:
+            start_http_server(settings.metrics_port, addr=settings.host)
+        except OSError as exc:  # metrics are not worth refusing to serve batches
+            log.warning("metrics server not started", extra={"error": str(exc)})
 
     if settings.model_path:
         # The api role registers the configured model, so submissions are accepted even
