@@ -23,6 +23,7 @@ export LOOMSTACK_INFERENCE_MODEL_PATH ?= $(abspath $(MODEL_DIR))
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
 include mk/labelstudio.mk
+include mk/helm.mk
 
 .PHONY: help install model proto proto-check lint test test-fast demo up down status bench clean
 
@@ -72,7 +73,7 @@ lint: $(STAMP) proto-check
 	$(BIN)/mypy
 	$(PY) scripts/buf_lint.py
 
-test: $(STAMP) model labelstudio-install lint
+test: $(STAMP) model labelstudio-install lint helm-lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) model

@@ -1,0 +1,278 @@
+{{/*
+Names, labels, images, security contexts and the pieces every workload shares.
+Every helper is prefixed `loomstack.`; helpers that need more than the root context take a
+dict with `root` (the chart's root context) and what they document.
+*/}}
+
+{{- define "loomstack.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* `<release>-<chart>`, or the release name alone when it already contains the chart name. */}}
+{{- define "loomstack.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loomstack.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of a component's objects: dict root, component (e.g. "gateway", "engine-llama"). */}}
+{{- define "loomstack.componentName" -}}
+{{- printf "%s-%s" (include "loomstack.fullname" .root | trunc 40 | trimSuffix "-") .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels: dict root, component. */}}
+{{- define "loomstack.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "loomstack.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Every label of an object: dict root, component. */}}
+{{- define "loomstack.labels" -}}
+helm.sh/chart: {{ include "loomstack.chart" .root }}
+{{ include "loomstack.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: loomstack
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
+
+{{/* Image reference: dict root, image. A digest wins over the tag. */}}
+{{- define "loomstack.image" -}}
+{{- $registry := default .root.Values.global.imageRegistry .image.registry -}}
+{{- $repo := ternary (printf "%s/%s" $registry .image.repository) .image.repository (ne $registry "") -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (required (printf "image %s needs a tag or a digest" .image.repository) .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loomstack.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod Security Standard "restricted": the pod half. */}}
+{{- define "loomstack.podSecurityContext" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  fsGroup: 10001
+  fsGroupChangePolicy: OnRootMismatch
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{/* Pod Security Standard "restricted": the container half (read-only root filesystem). */}}
+{{- define "loomstack.containerSecurityContext" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop:
+      - ALL
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{/*
+Fails unless terminationGracePeriodSeconds outlasts the preStop sleep plus the server's graceful
+stop, so Kubernetes never SIGKILLs a server that is still draining.
+dict name, settings (with preStopSleepSeconds, graceSeconds, terminationGracePeriodSeconds).
+*/}}
+{{- define "loomstack.checkGrace" -}}
+{{- $s := .settings -}}
+{{- $needed := add (int $s.preStopSleepSeconds) (int (ceil $s.graceSeconds)) -}}
+{{- if le (int $s.terminationGracePeriodSeconds) $needed -}}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%d) must be longer than preStopSleepSeconds + graceSeconds (%d)" .name (int $s.terminationGracePeriodSeconds) $needed) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod-level shutdown settings and the preStop hook: dict settings. Container half in `loomstack.preStop`. */}}
+{{- define "loomstack.preStop" -}}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ int .preStopSleepSeconds }}
+{{- end -}}
+
+{{/*
+Native gRPC probes on the grpc.health.v1 service names the kit serves: `startup` (loaded),
+`liveness` (the event loop answers), `readiness` (dependencies reachable, not draining).
+dict port, startupPeriod, startupFailures.
+*/}}
+{{- define "loomstack.grpcProbes" -}}
+startupProbe:
+  grpc:
+    port: {{ int .port }}
+    service: startup
+  periodSeconds: {{ int (default 5 .startupPeriod) }}
+  failureThreshold: {{ int (default 60 .startupFailures) }}
+  timeoutSeconds: 5
+livenessProbe:
+  grpc:
+    port: {{ int .port }}
+    service: liveness
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  grpc:
+    port: {{ int .port }}
+    service: readiness
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
+
+{{/* Writable scratch space for a read-only root filesystem: /tmp and $HOME. */}}
+{{- define "loomstack.scratchVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: home
+  emptyDir: {}
+{{- end -}}
+
+{{- define "loomstack.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: /home/loomstack
+{{- end -}}
+
+{{/* The Secret and key holding the PostgreSQL URL (bundled: generated; external: the user's). */}}
+{{- define "loomstack.databaseSecretName" -}}
+{{- if eq .Values.postgresql.mode "external" -}}
+{{- required "postgresql.external.existingSecret is required when postgresql.mode is external" .Values.postgresql.external.existingSecret -}}
+{{- else -}}
+{{- include "loomstack.componentName" (dict "root" . "component" "postgresql") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "loomstack.databaseSecretKey" -}}
+{{- ternary .Values.postgresql.external.secretKey "url" (eq .Values.postgresql.mode "external") -}}
+{{- end -}}
+
+{{/* One env var carrying the database URL: dict root, name. */}}
+{{- define "loomstack.databaseUrlEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "loomstack.databaseSecretName" .root }}
+      key: {{ include "loomstack.databaseSecretKey" .root }}
+{{- end -}}
+
+{{/* Label that lets a pod through the PostgreSQL NetworkPolicy. */}}
+{{- define "loomstack.databaseClientLabel" -}}
+loomstack.io/database-client: "true"
+{{- end -}}
+
+{{/* Service addresses (host:port) the services reach each other on. */}}
+{{- define "loomstack.inferenceAddress" -}}
+{{- printf "%s:%d" (include "loomstack.componentName" (dict "root" . "component" "inference-api")) (int .Values.inference.port) -}}
+{{- end -}}
+
+{{- define "loomstack.curationAddress" -}}
+{{- printf "%s:%d" (include "loomstack.componentName" (dict "root" . "component" "curation")) (int .Values.curation.port) -}}
+{{- end -}}
+
+{{- define "loomstack.trainingAddress" -}}
+{{- printf "%s:%d" (include "loomstack.componentName" (dict "root" . "component" "training")) (int .Values.training.port) -}}
+{{- end -}}
+
+{{- define "loomstack.labelStudioUrl" -}}
+{{- if eq .Values.labelStudio.mode "bundled" -}}
+{{- printf "http://%s:%d" (include "loomstack.componentName" (dict "root" . "component" "label-studio")) (int .Values.labelStudio.bundled.port) -}}
+{{- else -}}
+{{- .Values.labelStudio.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fills the keys a map leaves out from a defaults map, recursing into nested maps; everything
+else (lists, scalars, including false and 0) in `values` wins. Returns YAML.
+(Sprig's merge would let a default `true` or `1` win over an explicit `false` or `0`.)
+dict defaults, values.
+*/}}
+{{- define "loomstack.withDefaults" -}}
+{{- $out := dict -}}
+{{- range $key, $default := .defaults -}}
+{{- if hasKey $.values $key -}}
+{{- $value := get $.values $key -}}
+{{- if and (kindIs "map" $default) (kindIs "map" $value) -}}
+{{- $_ := set $out $key (include "loomstack.withDefaults" (dict "defaults" $default "values" $value) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $out $key $default -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $value := .values -}}
+{{- if not (hasKey $out $key) -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+Every engine: `inference.models[]` with `inference.engineDefaults` filled in, checked for what
+the schema cannot express. Returns YAML `{engines: [...]}`.
+*/}}
+{{- define "loomstack.engines" -}}
+{{- $engines := list -}}
+{{- $seen := dict -}}
+{{- range $i, $model := .Values.inference.models -}}
+{{- $e := include "loomstack.withDefaults" (dict "defaults" $.Values.inference.engineDefaults "values" $model) | fromYaml -}}
+{{- if hasKey $seen $e.name -}}
+{{- fail (printf "inference.models[%d].name %q is used twice: each model needs its own name" $i $e.name) -}}
+{{- end -}}
+{{- $_ := set $seen $e.name true -}}
+{{- if and $e.source.huggingface $e.source.path -}}
+{{- fail (printf "inference.models[%d] (%s): set source.huggingface or source.path, not both" $i $e.name) -}}
+{{- end -}}
+{{- if gt (int $e.tensorParallelSize) (max 1 (int $e.gpu.count) | int) -}}
+{{- fail (printf "inference.models[%d] (%s): tensorParallelSize %d needs at least %d GPUs, gpu.count is %d" $i $e.name (int $e.tensorParallelSize) (int $e.tensorParallelSize) (int $e.gpu.count)) -}}
+{{- end -}}
+{{- include "loomstack.checkGrace" (dict "name" (printf "inference.models[%d] (%s)" $i $e.name) "settings" $e) -}}
+{{- $engines = append $engines $e -}}
+{{- end -}}
+{{- toYaml (dict "engines" $engines) -}}
+{{- end -}}
+
+{{/* vLLM arguments an engine entry implies (LOOMSTACK_INFERENCE_ENGINE_ARGS). */}}
+{{- define "loomstack.engineArgs" -}}
+{{- $args := list -}}
+{{- if gt (int .gpu.count) 0 -}}
+{{- $args = append $args (printf "--tensor-parallel-size %d" (int .tensorParallelSize)) -}}
+{{- $args = append $args (printf "--gpu-memory-utilization %v" .gpu.memoryUtilization) -}}
+{{- end -}}
+{{- if .lora.enabled -}}
+{{- $args = append $args (printf "--enable-lora --max-loras %d --max-lora-rank %d" (int .lora.maxLoras) (int .lora.maxLoraRank)) -}}
+{{- end -}}
+{{- with .extraEngineArgs -}}
+{{- $args = append $args . -}}
+{{- end -}}
+{{- join " " $args -}}
+{{- end -}}

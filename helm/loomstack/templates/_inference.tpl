@@ -1,0 +1,49 @@
+{{/* Environment, volumes and mounts both inference roles share. */}}
+
+{{- define "loomstack.inferenceEnv" -}}
+- name: HOME
+  value: /home/loomstack
+- name: LOOMSTACK_INFERENCE_HOME
+  value: /var/lib/loomstack
+- name: LOOMSTACK_INFERENCE_HOST
+  value: {{ .Values.listenHost | quote }}
+- name: LOOMSTACK_INFERENCE_PORT
+  value: {{ .Values.inference.port | quote }}
+- name: LOOMSTACK_INFERENCE_METRICS_PORT
+  value: {{ .Values.inference.metricsPort | quote }}
+- name: LOOMSTACK_INFERENCE_LOG_LEVEL
+  value: {{ .Values.logging.level | quote }}
+- name: LOOMSTACK_INFERENCE_LOG_JSON
+  value: {{ .Values.logging.json | quote }}
+{{ include "loomstack.databaseUrlEnv" (dict "root" . "name" "LOOMSTACK_INFERENCE_DATABASE_URL") }}
+- name: LOOMSTACK_INFERENCE_BLOB_BACKEND
+  value: {{ .Values.inference.blobStore.backend | quote }}
+{{- if eq .Values.inference.blobStore.backend "filesystem" }}
+- name: LOOMSTACK_INFERENCE_BLOB_DIR
+  value: /var/lib/loomstack/blobs
+{{- end }}
+{{- with .Values.inference.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "loomstack.inferenceVolumes" -}}
+{{ include "loomstack.scratchVolumes" . }}
+- name: state
+  emptyDir: {}
+{{- if eq .Values.inference.blobStore.backend "filesystem" }}
+- name: blobs
+  persistentVolumeClaim:
+    claimName: {{ required "inference.blobStore.existingClaim (a ReadWriteMany claim) is required for the filesystem backend" .Values.inference.blobStore.existingClaim }}
+{{- end }}
+{{- end -}}
+
+{{- define "loomstack.inferenceMounts" -}}
+{{ include "loomstack.scratchMounts" . }}
+- name: state
+  mountPath: /var/lib/loomstack
+{{- if eq .Values.inference.blobStore.backend "filesystem" }}
+- name: blobs
+  mountPath: /var/lib/loomstack/blobs
+{{- end }}
+{{- end -}}
