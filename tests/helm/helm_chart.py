@@ -130,7 +130,36 @@ def render(helm: Path, values: Path | None, kube_version: str = KUBE_VERSIONS[-1
     result = helm_template(helm, values, kube_version)
     if result.returncode != 0:
         raise RuntimeError(f"helm template failed for {values}: {result.stderr.strip()}")
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return [doc for doc in yaml.load_all(result.stdout, Loader=StrictLoader) if doc]
+
+
+class StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys.
+
+    A template that trims the newline before `---` glues two objects into one mapping; a plain
+    loader keeps the last value of each key, the object silently disappears and schema
+    validation still passes.
+    """
+
+
+def _mapping_without_duplicates(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (two objects glued together?)",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
 
 
 # -- values: what the chart merges -------------------------------------------------------------
