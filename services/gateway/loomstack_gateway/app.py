@@ -22,6 +22,7 @@ from .auth import ApiKeys, AuthMiddleware
 from .http_errors import error_response, install_error_handlers
 from .metrics import GatewayMetrics, MetricsMiddleware
 from .responses import OrjsonResponse
+from .routes_admin import admin_router, open_admin
 from .routes_batches import batches_router
 from .routes_chat import chat_router
 from .routes_files import files_router
@@ -62,6 +63,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (files_router, batches_router, models_router, chat_router):
         app.include_router(router(inference, settings))
+    app.include_router(admin_router(open_admin(settings)))
 
     @app.get("/healthz", tags=["health"], summary="The process answers")
     async def healthz() -> Response:

@@ -45,3 +45,26 @@ class GatewaySettings(ServiceSettings):
     )
     max_message_bytes: int = Field(64 * MIB, description="Largest gRPC message either way.")
     access_log: bool = Field(False, description="Log every request (the metrics count them).")
+
+    # /admin/services: what the gateway reports and restarts (see routes_admin.py).
+    admin_backend: str = Field(
+        "local",
+        description=(
+            "`local`: the embedded default's processes (pid files under `home/run`); "
+            "`kubernetes`: this release's Deployments through the Kubernetes API."
+        ),
+    )
+    admin_namespace: str = Field(
+        "", description="Kubernetes namespace; empty = the pod's own (its ServiceAccount's)."
+    )
+    admin_label_selector: str = Field(
+        "app.kubernetes.io/part-of=loomstack",
+        description="Label selector of the Deployments (and their pods) /admin may see and touch.",
+    )
+    admin_kubeconfig: str = Field(
+        "", description="A kubeconfig file to use instead of the in-cluster ServiceAccount."
+    )
+    admin_events: bool = Field(
+        False, description="Also read Warning events (needs `list` on events in the Role)."
+    )
+    admin_max_replicas: int = Field(32, description="Most replicas /admin may scale a service to.")

@@ -1,0 +1,93 @@
+"""`/admin/services`: each component's replicas, restarts, failures and GPUs; restart; scale.
+
+Admin API keys only (project `*`). Two backends answer the same routes with the same shapes:
+`kubernetes` (admin_kubernetes.py: this release's Deployments through the Kubernetes API) and
+`local` (admin_local.py: the embedded default's processes). They replace the seed's
+`/admin/systemd/*` routes, which ran `sudo systemctl` without authentication.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from loomstack_kit.errors import InvalidArgument, PermissionDenied
+
+from .auth import caller_of
+from .responses import OrjsonResponse
+from .settings import GatewaySettings
+
+
+class ServiceAdmin(Protocol):
+    """What both backends do."""
+
+    backend: str
+
+    async def list_services(self) -> dict[str, Any]: ...
+
+    async def restart(self, name: str) -> dict[str, Any]: ...
+
+    async def scale(self, name: str, replicas: int) -> dict[str, Any]: ...
+
+
+def open_admin(settings: GatewaySettings) -> ServiceAdmin:
+    """The backend `admin_backend` names."""
+    if settings.admin_backend == "kubernetes":
+        from .admin_kubernetes import KubernetesAdmin
+
+        return KubernetesAdmin(settings)
+    if settings.admin_backend == "local":
+        from .admin_local import LocalAdmin
+
+        return LocalAdmin(settings)
+    raise ValueError(
+        f"LOOMSTACK_GATEWAY_ADMIN_BACKEND must be `local` or `kubernetes`, "
+        f"not {settings.admin_backend!r}"
+    )
+
+
+class ScaleRequest(BaseModel):
+    """Body of POST /admin/services/{name}/scale."""
+
+    replicas: int = Field(ge=0, description="Desired number of replicas.")
+
+
+def _require_admin(request: Request) -> None:
+    if caller_of(request).project is not None:
+        raise PermissionDenied(
+            "/admin needs an admin API key (one whose project is `*`)", code="admin_only"
+        )
+
+
+def admin_router(admin: ServiceAdmin) -> APIRouter:
+    """The /admin/services routes over one backend."""
+    router = APIRouter(prefix="/admin/services", tags=["admin"])
+
+    @router.get("", summary="Every component: replicas, restarts, failures, GPUs")
+    async def list_services(request: Request) -> Response:
+        _require_admin(request)
+        return OrjsonResponse(await admin.list_services())
+
+    @router.post("/{name}/restart", summary="Restart a component (a rollout restart)")
+    async def restart(request: Request, name: str) -> Response:
+        _require_admin(request)
+        return OrjsonResponse(await admin.restart(_checked(name)))
+
+    @router.post("/{name}/scale", summary="Set a component's number of replicas")
+    async def scale(request: Request, name: str, body: ScaleRequest) -> Response:
+        _require_admin(request)
+        return OrjsonResponse(await admin.scale(_checked(name), body.replicas))
+
+    return router
+
+
+def _checked(name: str) -> str:
+    """A Kubernetes object name (DNS subdomain rules, the strictest both backends share)."""
+    if not name or len(name) > 253 or not all(c.isalnum() or c in "-." for c in name):
+        raise InvalidArgument(f"invalid service name {name!r}", param="name")
+    if name != name.lower():
+        raise InvalidArgument(f"invalid service name {name!r}: lower case only", param="name")
+    return name
