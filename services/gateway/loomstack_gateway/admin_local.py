@@ -219,8 +219,12 @@ class LocalAdmin:
         """SIGTERM, wait for the graceful stop, then SIGKILL the process group (vLLM's children)."""
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
-            proc.wait(STOP_GRACE_SECONDS)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline and _alive(proc):
+            # A child of ours is reaped here; another's exited process stays a zombie until its
+            # parent reaps it, which counts as stopped.
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+                proc.wait(0.1)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
 
@@ -230,3 +234,10 @@ class LocalAdmin:
             "(helm/loomstack)",
             code="cannot_scale_locally",
         )
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
