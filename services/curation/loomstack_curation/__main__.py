@@ -1,0 +1,287 @@
+"""Entry point: settings → dependencies → servers. `python -m loomstack_curation`.
+
+One process serves the gRPC API, the HTTP endpoints Label Studio calls (webhook, ML backend)
+and runs three loops: the batch event feed consumer, the import queue worker and the periodic
+annotation reconcile. Without Label Studio configured the API still serves (schemas, renders,
+snapshots of what is recorded) and imports wait in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from loomstack.curation.v1 import curation_pb2_grpc
+from loomstack_kit.database import create_db_engine, migrate
+from loomstack_kit.json_logging import configure_logging
+from loomstack_kit.server import GrpcServer, Registration
+from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
+
+from .annotations import AnnotationStore
+from .catalog import SchemaCatalog
+from .feed import FeedConsumer
+from .http_app import create_app
+from .importer import BatchResults, Importer, QueuedImport, read_results, split_lines
+from .inference_client import InferenceClient
+from .ml_backend import MLBackend
+from .projects import ProjectMap, connect, unavailable_or_none
+from .reconcile import reconcile
+from .servicer import ImportServicer, SchemaServicer, SnapshotServicer, TaskServicer
+from .settings import CurationSettings
+from .snapshots import SnapshotStore
+from .tasks import TaskQueries
+from .webhook import EVENTS, SECRET_HEADER
+
+log = logging.getLogger("loomstack_curation")
+MIGRATIONS = str(Path(__file__).parent / "migrations")
+VERSION_TABLE = "alembic_version_curation"
+PACKAGE = "loomstack.curation.v1."
+
+
+async def serve(settings: CurationSettings) -> None:
+    """Runs the service until SIGTERM."""
+    url = settings.resolved_database_url()
+    await asyncio.to_thread(migrate, url, MIGRATIONS, VERSION_TABLE)
+    db = create_db_engine(url)
+    instrument_sqlalchemy(db)
+    catalog = SchemaCatalog(settings.schemas_dir)
+    for problem in catalog.registry.problems:
+        log.warning("schema file not loaded", extra={"problem": problem})
+    client = (
+        connect(
+            settings.label_studio_url, settings.label_studio_token, settings.label_studio_timeout
+        )
+        if settings.label_studio_url
+        else None
+    )
+    projects = ProjectMap(db, client, settings.label_studio_project_prefix)
+    importer = Importer(
+        db,
+        catalog,
+        projects,
+        chunk_size=settings.import_chunk,
+        retry_base=settings.retry_base_seconds,
+        retry_max=settings.retry_max_seconds,
+    )
+    annotations = AnnotationStore(db, catalog)
+    queries = TaskQueries(db, catalog, projects, annotations)
+    snapshots = SnapshotStore(db, catalog)
+    inference = InferenceClient(settings.inference_address)
+    consumer = FeedConsumer(db, importer)
+
+    def upload(project: str, filename: str, content: bytes) -> str:
+        return inference.upload(project, filename, content, purpose="fine-tune")
+
+    registrations = [
+        Registration(
+            curation_pb2_grpc.add_SchemaServiceServicer_to_server,
+            SchemaServicer(catalog, projects),
+            PACKAGE + "SchemaService",
+        ),
+        Registration(
+            curation_pb2_grpc.add_TaskServiceServicer_to_server,
+            TaskServicer(queries),
+            PACKAGE + "TaskService",
+        ),
+        Registration(
+            curation_pb2_grpc.add_ImportServiceServicer_to_server,
+            ImportServicer(db),
+            PACKAGE + "ImportService",
+        ),
+        Registration(
+            curation_pb2_grpc.add_SnapshotServiceServicer_to_server,
+            SnapshotServicer(snapshots, upload),
+            PACKAGE + "SnapshotService",
+        ),
+    ]
+    backend = MLBackend(
+        catalog,
+        projects,
+        lambda request: inference.chat_completion("default", request),
+        model=settings.model,
+        max_tokens=settings.max_tokens,
+    )
+    http = uvicorn.Server(
+        uvicorn.Config(
+            create_app(annotations, backend, settings.webhook_secret),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            lifespan="off",
+        )
+    )
+    tasks: list[asyncio.Task[None]] = []
+
+    async def stop_loops() -> None:
+        http.should_exit = True
+        for task in tasks:
+            task.cancel()
+
+    server = GrpcServer(settings, registrations, on_shutdown=[stop_loops])
+    await server.start()
+    server.install_signal_handlers()
+    tasks.append(asyncio.create_task(_serve_http(http, settings)))
+    wake = asyncio.Event()
+    tasks.append(asyncio.create_task(_follow_feed(inference, consumer, settings, wake)))
+    tasks.append(asyncio.create_task(_work_imports(importer, catalog, inference, settings, wake)))
+    if client is not None:
+        tasks.append(asyncio.create_task(_reconcile_loop(client, projects, annotations, settings)))
+        if settings.public_url and settings.webhook_secret:
+            tasks.append(asyncio.create_task(_register_webhook(client, settings)))
+    await server.set_started()
+    await server.set_ready(True)
+    try:
+        await server.wait_for_stop()
+    finally:
+        for task in tasks:
+            task.cancel()
+        inference.close()
+        db.dispose()
+
+
+async def _serve_http(http: uvicorn.Server, settings: CurationSettings) -> None:
+    config = http.config
+    if not config.loaded:
+        config.load()
+    http.lifespan = config.lifespan_class(config)
+    await http.startup()
+    if http.should_exit:
+        log.error("HTTP endpoints not started", extra={"port": settings.http_port})
+        return
+    port = http.servers[0].sockets[0].getsockname()[1]
+    if settings.http_port_file:
+        settings.http_port_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = settings.http_port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(settings.http_port_file)
+    log.info("HTTP endpoints listening", extra={"port": port})
+    try:
+        await http.main_loop()
+    finally:
+        await http.shutdown()
+
+
+async def _follow_feed(
+    inference: InferenceClient,
+    consumer: FeedConsumer,
+    settings: CurationSettings,
+    wake: asyncio.Event,
+) -> None:
+    """Long-polls the batch event feed from the stored cursor; queues imports."""
+    delay = settings.retry_base_seconds
+    while True:
+        try:
+            cursor = await asyncio.to_thread(consumer.cursor)
+            events = await asyncio.to_thread(
+                inference.batch_events, cursor, 100, settings.feed_wait_seconds
+            )
+            queued = await asyncio.to_thread(consumer.handle, events) if events else 0
+            if queued:
+                wake.set()
+            delay = settings.retry_base_seconds
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("batch event feed unavailable", extra={"error": str(exc), "delay": delay})
+            await asyncio.sleep(delay)
+            delay = min(settings.retry_max_seconds, delay * 2)
+
+
+async def _work_imports(
+    importer: Importer,
+    catalog: SchemaCatalog,
+    inference: InferenceClient,
+    settings: CurationSettings,
+    wake: asyncio.Event,
+) -> None:
+    """Runs due imports one at a time."""
+
+    def read(item: QueuedImport) -> BatchResults:
+        return read_results(
+            split_lines(inference.read_file(item.project, item.input_file_id)),
+            split_lines(inference.read_file(item.project, item.output_file_id)),
+        )
+
+    while True:
+        try:
+            await asyncio.to_thread(catalog.refresh)
+            due = await asyncio.to_thread(importer.due)
+            for item in due:
+                await asyncio.to_thread(importer.attempt, item, read)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("import pass failed")
+            due = []
+        if not due:
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), settings.poll_seconds)
+
+
+async def _reconcile_loop(
+    client: object, projects: ProjectMap, store: AnnotationStore, settings: CurationSettings
+) -> None:
+    while True:
+        await asyncio.sleep(settings.reconcile_seconds)
+        try:
+            await asyncio.to_thread(reconcile, client, projects, store)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("reconcile failed", extra={"error": str(exc)})
+
+
+async def _register_webhook(client: object, settings: CurationSettings) -> None:
+    """One organization-wide webhook to our endpoint, registered once (retried until done)."""
+    target = settings.public_url.rstrip("/") + "/labelstudio/webhook"
+    while True:
+        try:
+
+            def register() -> None:
+                hooks = client.webhooks.list()  # type: ignore[attr-defined]
+                if any(getattr(h, "url", None) == target for h in hooks):
+                    return
+                client.webhooks.create(  # type: ignore[attr-defined]
+                    url=target,
+                    actions=list(EVENTS),
+                    headers={SECRET_HEADER: settings.webhook_secret},
+                    send_payload=True,
+                    send_for_all_actions=False,
+                    is_active=True,
+                )
+
+            await asyncio.to_thread(register)
+            log.info("Label Studio webhook registered", extra={"url": target})
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if unavailable_or_none(exc) is None:
+                log.warning("webhook not registered", extra={"error": str(exc)})
+            await asyncio.sleep(settings.retry_base_seconds * 5)
+
+
+def main() -> None:
+    """Console entry point: `serve` (the default) or `migrate` (schema only, then exit)."""
+    import sys
+
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command not in ("serve", "migrate"):
+        raise SystemExit(f"usage: loomstack-curation [serve|migrate] (got {command!r})")
+    settings = CurationSettings()
+    configure_logging("curation", settings.log_level, settings.log_json)
+    if command == "migrate":
+        migrate(settings.resolved_database_url(), MIGRATIONS, VERSION_TABLE)
+        log.info("database schema is up to date")
+        return
+    configure_tracing("loomstack-curation", settings.otel_exporter)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

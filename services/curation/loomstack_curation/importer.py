@@ -1,0 +1,523 @@
+"""Batch results → Label Studio tasks with predictions: the import queue and the resumable import.
+
+A finished batch with `metadata.schema_type` is queued (feed.py). An attempt reads its input and
+output files, keeps the successful lines (failed requests are not tasks), builds each task's
+data and prediction from the schema (predictions.py), and imports them in chunks with
+`projects.import_tasks`. Exactly-once across crashes:
+
+- before a chunk is sent, its lines are recorded as `pending` (no Label Studio id yet);
+- after Label Studio answers, the ids are recorded in the same transaction as the progress;
+- an attempt that finds `pending` lines (the previous one died between the two steps) asks
+  Label Studio which of them exist (each task's data carries its batch id and custom_id) and
+  records those instead of importing them again.
+
+Label Studio down or slow → the import goes back to the queue with exponential backoff; an
+unknown schema → `failed` with the reason, retried as soon as the schema appears.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+import sqlalchemy as sa
+from label_studio_sdk.client import LabelStudio
+from sqlalchemy.engine import Engine
+
+from loomstack_kit.database import write_transaction
+from loomstack_kit.errors import LoomstackError, NotFound
+
+from . import tables
+from .catalog import SchemaCatalog
+from .predictions import build_task
+from .projects import ProjectMap, label_studio_unavailable, task_payload, unavailable_or_none
+from .task_schema import TaskSchema
+
+log = logging.getLogger(__name__)
+
+# Keys every imported task's data carries, so Label Studio's copy names its origin.
+BATCH_KEY = "loomstack_batch_id"
+CUSTOM_ID_KEY = "loomstack_custom_id"
+
+QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+PENDING, IMPORTED, ANNOTATED = "pending", "imported", "annotated"
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """One successful batch result: the request's prompt and data, and the model's answer."""
+
+    custom_id: str
+    prompt: str
+    answer: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchResults:
+    """The importable lines of a batch and how many result lines were left out."""
+
+    lines: list[ResultLine]
+    skipped: int
+
+
+@dataclass(frozen=True)
+class QueuedImport:
+    """A due import: what the worker needs to fetch the batch's files."""
+
+    batch_id: str
+    project: str
+    schema_type: str
+    model: str
+    input_file_id: str
+    output_file_id: str
+
+
+def _prompt_of(body: dict[str, Any]) -> str:
+    """The last user message's text (content parts joined)."""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def read_results(input_lines: Iterable[bytes], output_lines: Iterable[bytes]) -> BatchResults:
+    """Joins a batch's input (prompts, task data in `body.metadata`) with its output lines.
+
+    Only lines with a 200 response and no error are importable; every other output line counts
+    as skipped.
+    """
+    requests: dict[str, dict[str, Any]] = {}
+    for raw in input_lines:
+        if raw.strip():
+            line = orjson.loads(raw)
+            requests[str(line.get("custom_id"))] = line.get("body") or {}
+    lines: list[ResultLine] = []
+    skipped = 0
+    for raw in output_lines:
+        if not raw.strip():
+            continue
+        out = orjson.loads(raw)
+        response = out.get("response") or {}
+        body = response.get("body") or {}
+        choices = body.get("choices") or []
+        if out.get("error") or response.get("status_code") != 200 or not choices:
+            skipped += 1
+            continue
+        custom_id = str(out.get("custom_id"))
+        request = requests.get(custom_id, {})
+        metadata = request.get("metadata")
+        lines.append(
+            ResultLine(
+                custom_id=custom_id,
+                prompt=_prompt_of(request),
+                answer=str((choices[0].get("message") or {}).get("content") or ""),
+                data=dict(metadata) if isinstance(metadata, dict) else {},
+            )
+        )
+    return BatchResults(lines, skipped)
+
+
+def split_lines(content: bytes) -> Iterator[bytes]:
+    """The lines of a JSONL file's bytes."""
+    return iter(content.splitlines())
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Importer:
+    """The import queue and the import itself (synchronous; call it from a thread)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: SchemaCatalog,
+        projects: ProjectMap,
+        *,
+        chunk_size: int = 500,
+        retry_base: float = 2.0,
+        retry_max: float = 300.0,
+    ) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.projects = projects
+        self.chunk_size = chunk_size
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        # Called after each chunk is recorded (tests stop an import between chunks with it).
+        self.after_chunk: Callable[[int], None] | None = None
+
+    @property
+    def client(self) -> LabelStudio:
+        if self.projects.client is None:
+            raise label_studio_unavailable(
+                "Label Studio is not configured (set LOOMSTACK_CURATION_LABEL_STUDIO_URL)"
+            )
+        return self.projects.client
+
+    # ---- the queue -------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        conn: sa.Connection,
+        *,
+        batch_id: str,
+        project: str,
+        schema_type: str,
+        model: str,
+        input_file_id: str,
+        output_file_id: str,
+    ) -> bool:
+        """Queues a batch once (a repeated event changes nothing); True if it was new."""
+        exists = conn.execute(
+            sa.select(tables.imports.c.batch_id).where(tables.imports.c.batch_id == batch_id)
+        ).first()
+        if exists:
+            return False
+        now = time.time()
+        conn.execute(
+            tables.imports.insert().values(
+                batch_id=batch_id,
+                project=project,
+                schema_type=schema_type,
+                model=model,
+                input_file_id=input_file_id,
+                output_file_id=output_file_id,
+                status=QUEUED,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return True
+
+    def due(self, now: float | None = None, limit: int = 10) -> list[QueuedImport]:
+        """Imports whose attempt is due: queued ones past their time, interrupted ones, and
+        failed ones for an unknown schema that the catalog knows now."""
+        now = time.time() if now is None else now
+        c = tables.imports.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(tables.imports)
+                .where(
+                    sa.or_(
+                        sa.and_(c.status.in_((QUEUED, RUNNING)), c.next_attempt_at <= now),
+                        sa.and_(c.status == FAILED, c.error_code == "unknown_schema"),
+                    )
+                )
+                .order_by(c.next_attempt_at)
+                .limit(limit * 5)
+            ).all()
+        due: list[QueuedImport] = []
+        for row in rows:
+            if row.status == FAILED:
+                try:
+                    self.catalog.resolve(row.schema_type)
+                except NotFound:
+                    continue
+            due.append(
+                QueuedImport(
+                    row.batch_id,
+                    row.project,
+                    row.schema_type,
+                    row.model,
+                    row.input_file_id,
+                    row.output_file_id,
+                )
+            )
+        return due[:limit]
+
+    def _update(self, batch_id: str, **values: Any) -> None:
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                tables.imports.update()
+                .where(tables.imports.c.batch_id == batch_id)
+                .values(updated_at=time.time(), **values)
+            )
+
+    def retry_later(self, batch_id: str, error: str) -> float:
+        """Records a retryable failure; returns the delay before the next attempt."""
+        with self.engine.connect() as conn:
+            attempts = conn.execute(
+                sa.select(tables.imports.c.attempts).where(tables.imports.c.batch_id == batch_id)
+            ).scalar_one()
+        delay = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
+        self._update(
+            batch_id,
+            status=QUEUED,
+            error=error,
+            error_code="unavailable",
+            next_attempt_at=time.time() + delay,
+        )
+        return delay
+
+    def fail(self, batch_id: str, error: LoomstackError) -> None:
+        """Records a failure that waits for its cause to go away (no timed retry)."""
+        self._update(batch_id, status=FAILED, error=error.message, error_code=error.code)
+
+    # ---- one attempt -----------------------------------------------------------------------
+
+    def attempt(self, item: QueuedImport, read: Callable[[QueuedImport], BatchResults]) -> str:
+        """One import attempt; returns the import's status after it. `read` fetches the
+        batch's results (it may raise LoomstackError, e.g. Unavailable)."""
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                tables.imports.update()
+                .where(tables.imports.c.batch_id == item.batch_id)
+                .values(
+                    status=RUNNING,
+                    attempts=tables.imports.c.attempts + 1,
+                    updated_at=time.time(),
+                )
+            )
+        try:
+            schema = self.catalog.resolve(item.schema_type)
+        except NotFound as exc:
+            self.fail(item.batch_id, exc)
+            log.warning("import failed", extra={"batch_id": item.batch_id, "error": exc.message})
+            return FAILED
+        try:
+            results = read(item)
+            self.import_results(item.batch_id, item.project, schema, results, model=item.model)
+        except Exception as exc:
+            retryable = unavailable_or_none(exc)
+            if retryable is None:
+                log.exception("import failed", extra={"batch_id": item.batch_id})
+                message = exc.message if isinstance(exc, LoomstackError) else f"{exc}"
+                self._update(
+                    item.batch_id,
+                    status=QUEUED,
+                    error=message,
+                    error_code="error",
+                    next_attempt_at=time.time() + self.retry_max,
+                )
+                return QUEUED
+            delay = self.retry_later(item.batch_id, retryable.message)
+            log.warning(
+                "import will be retried",
+                extra={"batch_id": item.batch_id, "error": retryable.message, "delay": delay},
+            )
+            return QUEUED
+        return COMPLETED
+
+    def import_results(
+        self,
+        batch_id: str,
+        project: str,
+        schema: TaskSchema,
+        results: BatchResults,
+        *,
+        model: str = "",
+    ) -> int:
+        """Imports a batch's result lines that are not tasks yet; returns the task count.
+
+        Safe to call again after any crash: lines are never imported twice.
+        """
+        ls_project = self.projects.ensure(schema)
+        self._update(
+            batch_id,
+            ls_project_id=ls_project,
+            result_lines=len(results.lines),
+            skipped_lines=results.skipped,
+        )
+        self._resolve_pending(batch_id, ls_project)
+        with self.engine.connect() as conn:
+            done = set(
+                conn.execute(
+                    sa.select(tables.tasks.c.custom_id).where(tables.tasks.c.batch_id == batch_id)
+                ).scalars()
+            )
+        seen: set[str] = set()
+        todo = []
+        for line in results.lines:
+            if line.custom_id not in done and line.custom_id not in seen:
+                seen.add(line.custom_id)
+                todo.append(line)
+        problems = 0
+        for chunk in _chunks(todo, self.chunk_size):
+            problems += self._import_chunk(batch_id, project, schema, ls_project, chunk, model)
+            if self.after_chunk is not None:
+                self.after_chunk(len(chunk))
+        with write_transaction(self.engine) as conn:
+            count = conn.execute(
+                sa.select(sa.func.count()).where(tables.tasks.c.batch_id == batch_id)
+            ).scalar_one()
+            conn.execute(
+                tables.imports.update()
+                .where(tables.imports.c.batch_id == batch_id)
+                .values(
+                    status=COMPLETED,
+                    error="",
+                    error_code="",
+                    imported_tasks=count,
+                    prediction_problems=tables.imports.c.prediction_problems + problems,
+                    updated_at=time.time(),
+                )
+            )
+        log.info("batch imported", extra={"batch_id": batch_id, "tasks": count})
+        return int(count)
+
+    def _import_chunk(
+        self,
+        batch_id: str,
+        project: str,
+        schema: TaskSchema,
+        ls_project: int,
+        chunk: Sequence[ResultLine],
+        model: str,
+    ) -> int:
+        built = []
+        problems = 0
+        for line in chunk:
+            task = build_task(
+                schema,
+                line.data,
+                answer=line.answer,
+                prompt=line.prompt,
+                model_version=model or "loomstack",
+            )
+            task.task["data"][BATCH_KEY] = batch_id
+            task.task["data"][CUSTOM_ID_KEY] = line.custom_id
+            problems += bool(task.problems)
+            built.append(task)
+        now = time.time()
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                tables.tasks.insert(),
+                [
+                    {
+                        "project": project,
+                        "batch_id": batch_id,
+                        "custom_id": line.custom_id,
+                        "schema_id": schema.id,
+                        "schema_version": schema.version,
+                        "ls_project_id": ls_project,
+                        "ls_task_id": None,
+                        "status": PENDING,
+                        "data_json": json.dumps(task.task["data"], ensure_ascii=False),
+                        "predicted_json": json.dumps(_predicted(task.task), ensure_ascii=False),
+                        "created_at": now,
+                    }
+                    for line, task in zip(chunk, built, strict=True)
+                ],
+            )
+        try:
+            response = self.client.projects.import_tasks(
+                id=ls_project, request=cast(Any, [t.task for t in built]), return_task_ids=True
+            )
+        except Exception as exc:
+            # Nothing reached Label Studio, or we cannot tell: the next attempt resolves it.
+            raise unavailable_or_none(exc) or exc from None
+        task_ids = response.model_dump().get("task_ids") or []
+        if len(task_ids) != len(chunk):
+            raise label_studio_unavailable(
+                f"Label Studio returned {len(task_ids)} task ids for {len(chunk)} tasks"
+            )
+        with write_transaction(self.engine) as conn:
+            for line, task_id in zip(chunk, task_ids, strict=True):
+                conn.execute(
+                    tables.tasks.update()
+                    .where(
+                        tables.tasks.c.batch_id == batch_id,
+                        tables.tasks.c.custom_id == line.custom_id,
+                    )
+                    .values(ls_task_id=int(task_id), status=IMPORTED)
+                )
+            conn.execute(
+                tables.imports.update()
+                .where(tables.imports.c.batch_id == batch_id)
+                .values(
+                    imported_tasks=tables.imports.c.imported_tasks + len(chunk),
+                    updated_at=time.time(),
+                )
+            )
+        return problems
+
+    def _resolve_pending(self, batch_id: str, ls_project: int) -> None:
+        """Lines recorded as pending by an interrupted attempt: the ones Label Studio has get
+        their ids, the rest are forgotten (and imported again by this attempt)."""
+        with self.engine.connect() as conn:
+            pending = set(
+                conn.execute(
+                    sa.select(tables.tasks.c.custom_id).where(
+                        tables.tasks.c.batch_id == batch_id, tables.tasks.c.ls_task_id.is_(None)
+                    )
+                ).scalars()
+            )
+        if not pending:
+            return
+        found: dict[str, int] = {}
+        try:
+            task: Any
+            for task in self.client.tasks.list(project=ls_project, page_size=500):
+                data = task_payload(task).get("data") or {}
+                if data.get(BATCH_KEY) == batch_id and data.get(CUSTOM_ID_KEY) in pending:
+                    found[str(data[CUSTOM_ID_KEY])] = int(task.id)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise unavailable_or_none(exc) or exc from None
+        with write_transaction(self.engine) as conn:
+            for custom_id, task_id in found.items():
+                conn.execute(
+                    tables.tasks.update()
+                    .where(
+                        tables.tasks.c.batch_id == batch_id, tables.tasks.c.custom_id == custom_id
+                    )
+                    .values(ls_task_id=task_id, status=IMPORTED)
+                )
+            conn.execute(
+                tables.tasks.delete().where(
+                    tables.tasks.c.batch_id == batch_id, tables.tasks.c.ls_task_id.is_(None)
+                )
+            )
+        log.info(
+            "resolved an interrupted import",
+            extra={"batch_id": batch_id, "pending": len(pending), "found": len(found)},
+        )
+
+
+def _predicted(task: dict[str, Any]) -> dict[str, Any]:
+    """The prediction's values by control name (to tell corrections from acceptances)."""
+    predictions = task.get("predictions") or []
+    if not predictions:
+        return {}
+    return {r["from_name"]: r["value"] for r in predictions[0]["result"]}
+
+
+def list_imports(
+    engine: Engine, project: str | None, limit: int = 100, offset: int = 0
+) -> list[sa.Row]:
+    """Imports, newest first."""
+    query = sa.select(tables.imports)
+    if project is not None:
+        query = query.where(tables.imports.c.project == project)
+    query = query.order_by(tables.imports.c.created_at.desc(), tables.imports.c.batch_id)
+    with engine.connect() as conn:
+        return list(conn.execute(query.limit(limit).offset(offset)).all())
+
+
+def get_import(engine: Engine, project: str | None, batch_id: str) -> sa.Row:
+    """One batch's import; NotFound if the batch was never queued."""
+    query = sa.select(tables.imports).where(tables.imports.c.batch_id == batch_id)
+    if project is not None:
+        query = query.where(tables.imports.c.project == project)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(
+            f"no import for batch {batch_id!r} (only completed batches with "
+            "metadata.schema_type are imported)",
+            param="batch_id",
+        )
+    return row

@@ -1,0 +1,156 @@
+"""Schema version → Label Studio project, kept in the database (one project per version).
+
+`ensure` is idempotent across restarts and crashes: the mapping row is looked up first; a
+project created just before a crash (no row yet) is found again by its unique title instead
+of being created a second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from label_studio_sdk.client import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from sqlalchemy.engine import Engine
+
+from loomstack_kit.database import write_transaction
+from loomstack_kit.errors import Unavailable
+
+from . import tables
+from .label_config import label_config
+from .task_schema import TaskSchema
+
+MAX_TITLE = 50  # Label Studio refuses longer project titles
+
+
+def label_studio_unavailable(message: str) -> Unavailable:
+    """Label Studio cannot be reached or answers 5xx/429 now; the caller retries later."""
+    return Unavailable(message, code="label_studio_unavailable")
+
+
+def unavailable_or_none(exc: BaseException) -> Unavailable | None:
+    """The retryable form of an error (Label Studio or a service unreachable), or None."""
+    if isinstance(exc, Unavailable):
+        return exc
+    if isinstance(exc, httpx.TransportError):
+        return label_studio_unavailable(f"Label Studio is unreachable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, ApiError) and (
+        exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+    ):
+        return label_studio_unavailable(f"Label Studio answered {exc.status_code}: {exc.body}")
+    return None
+
+
+def project_title(schema: TaskSchema, prefix: str = "") -> str:
+    """The project's title, unique per schema version: the installation's prefix (several
+    installations can share one Label Studio), the schema key, then as much of the name as
+    fits Label Studio's 50 characters."""
+    title = f"{prefix}{schema.key}"
+    if len(title) > MAX_TITLE:
+        digest = hashlib.sha256(title.encode()).hexdigest()[:8]
+        return f"{title[: MAX_TITLE - 9]}~{digest}"
+    rest = MAX_TITLE - len(title) - 1
+    return f"{title} {schema.name[:rest]}".rstrip() if rest > 3 else title
+
+
+class ProjectMap:
+    """The schema → project mapping and the Label Studio calls that maintain it."""
+
+    def __init__(self, engine: Engine, client: LabelStudio | None, title_prefix: str = "") -> None:
+        self.engine = engine
+        self.client = client
+        self.title_prefix = title_prefix
+
+    def lookup(self, schema: TaskSchema) -> int | None:
+        """The project of a schema version, if one exists already."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(tables.projects.c.ls_project_id).where(
+                    tables.projects.c.schema_key == schema.key
+                )
+            ).scalar()
+
+    def by_project_id(self, ls_project_id: int) -> tuple[str, int] | None:
+        """(schema id, version) of a Label Studio project, if it is one of ours."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(tables.projects.c.schema_id, tables.projects.c.schema_version).where(
+                    tables.projects.c.ls_project_id == ls_project_id
+                )
+            ).first()
+        return (row.schema_id, row.schema_version) if row else None
+
+    def all(self) -> list[tuple[str, int, int]]:
+        """Every mapped (schema id, version, project id)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    tables.projects.c.schema_id,
+                    tables.projects.c.schema_version,
+                    tables.projects.c.ls_project_id,
+                ).order_by(tables.projects.c.schema_key)
+            ).all()
+        return [(r.schema_id, r.schema_version, r.ls_project_id) for r in rows]
+
+    def ensure(self, schema: TaskSchema) -> int:
+        """The schema version's project, created in Label Studio the first time."""
+        existing = self.lookup(schema)
+        if existing is not None:
+            return existing
+        client = self._client()
+        title = project_title(schema, self.title_prefix)
+        try:
+            listed: Any = client.projects.list(title=title)
+            found = [p for p in listed if p.title == title]
+            if found and found[0].id is not None:
+                project_id = int(found[0].id)
+            else:
+                created = client.projects.create(
+                    title=title, description=schema.description, label_config=label_config(schema)
+                )
+                assert created.id is not None
+                project_id = int(created.id)
+        except Exception as exc:
+            raise unavailable_or_none(exc) or exc from None
+        with write_transaction(self.engine) as conn:
+            again = conn.execute(
+                sa.select(tables.projects.c.ls_project_id).where(
+                    tables.projects.c.schema_key == schema.key
+                )
+            ).scalar()
+            if again is not None:
+                return int(again)
+            conn.execute(
+                tables.projects.insert().values(
+                    schema_key=schema.key,
+                    schema_id=schema.id,
+                    schema_version=schema.version,
+                    ls_project_id=project_id,
+                    title=title,
+                    created_at=time.time(),
+                )
+            )
+        return project_id
+
+    def _client(self) -> LabelStudio:
+        if self.client is None:
+            raise label_studio_unavailable(
+                "Label Studio is not configured (set LOOMSTACK_CURATION_LABEL_STUDIO_URL)"
+            )
+        return self.client
+
+
+def connect(url: str, token: str, timeout: float) -> LabelStudio:
+    """An SDK client for Label Studio with our timeout."""
+    return LabelStudio(base_url=url, api_key=token, timeout=timeout)
+
+
+def task_payload(task: Any) -> dict[str, Any]:
+    """A task from the SDK (pydantic model or dict) as a plain dict."""
+    if isinstance(task, dict):
+        return task
+    return task.model_dump(mode="json")

@@ -1,0 +1,342 @@
+"""gRPC servicers: convert protos to domain calls and back, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from loomstack.curation.v1 import curation_pb2, curation_pb2_grpc
+from loomstack_kit.errors import InvalidArgument
+from loomstack_kit.identity import owner_project, project_of
+
+from .catalog import SchemaCatalog
+from .importer import get_import, list_imports
+from .label_config import label_config
+from .projects import ProjectMap
+from .prompts import render_prompt, response_format, response_json_schema
+from .snapshots import FORMATS, SnapshotFilter, SnapshotRecord, SnapshotStore, Upload
+from .task_schema import TaskSchema
+from .tasks import Statistics, TaskFilter, TaskQueries
+
+_TASK_STATUS = {
+    "pending": curation_pb2.TASK_STATUS_PENDING,
+    "imported": curation_pb2.TASK_STATUS_IMPORTED,
+    "annotated": curation_pb2.TASK_STATUS_ANNOTATED,
+}
+_TASK_STATUS_NAME = {v: k for k, v in _TASK_STATUS.items()}
+_IMPORT_STATUS = {
+    "queued": curation_pb2.IMPORT_STATUS_QUEUED,
+    "running": curation_pb2.IMPORT_STATUS_RUNNING,
+    "completed": curation_pb2.IMPORT_STATUS_COMPLETED,
+    "failed": curation_pb2.IMPORT_STATUS_FAILED,
+}
+_FORMAT = {
+    "openai_chat": curation_pb2.SNAPSHOT_FORMAT_OPENAI_CHAT,
+    "alpaca": curation_pb2.SNAPSHOT_FORMAT_ALPACA,
+    "sharegpt": curation_pb2.SNAPSHOT_FORMAT_SHAREGPT,
+    "chatml": curation_pb2.SNAPSHOT_FORMAT_CHATML,
+}
+_FORMAT_NAME = {v: k for k, v in _FORMAT.items()}
+assert set(_FORMAT) == set(FORMATS)
+
+
+def _ts(seconds: float | None) -> Timestamp | None:
+    if not seconds:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _seconds(ts: Timestamp) -> float:
+    return ts.ToNanoseconds() / 1e9 if ts.seconds or ts.nanos else 0.0
+
+
+def _page(page_size: int, default: int = 100, most: int = 1000) -> int:
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative", param="page_size")
+    return min(page_size or default, most)
+
+
+def _offset(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument("invalid page_token", param="page_token")
+    return int(token)
+
+
+def schema_message(schema: TaskSchema, catalog: SchemaCatalog, projects: ProjectMap) -> Any:
+    """A schema as its proto."""
+    registry = catalog.registry
+    return curation_pb2.Schema(
+        id=schema.id,
+        version=schema.version,
+        name=schema.name,
+        description=schema.description,
+        versions=[s.version for s in registry.versions(schema.id)],
+        definition_json=schema.model_dump_json(by_alias=True),
+        source=registry.source(schema).name,
+        label_studio_project_id=projects.lookup(schema) or 0,
+    )
+
+
+class SchemaServicer(curation_pb2_grpc.SchemaServiceServicer):
+    """Schemas and their renderings."""
+
+    def __init__(self, catalog: SchemaCatalog, projects: ProjectMap) -> None:
+        self.catalog = catalog
+        self.projects = projects
+
+    def _schema(self, schema_id: str, version: int) -> TaskSchema:
+        if not schema_id:
+            raise InvalidArgument("schema_id is required", param="schema_id")
+        return self.catalog.get(schema_id, version or None)
+
+    async def ListSchemas(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await asyncio.to_thread(self.catalog.refresh)
+        limit = _page(request.page_size)
+        schemas = [s for s in self.catalog.registry.latest() if s.id > request.page_token]
+        page = schemas[:limit]
+        messages = await asyncio.to_thread(
+            lambda: [schema_message(s, self.catalog, self.projects) for s in page]
+        )
+        return curation_pb2.ListSchemasResponse(
+            schemas=messages,
+            next_page_token=page[-1].id if len(schemas) > limit else "",
+            problems=self.catalog.registry.problems,
+        )
+
+    async def GetSchema(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        schema = self._schema(request.schema_id, request.version)
+        return await asyncio.to_thread(schema_message, schema, self.catalog, self.projects)
+
+    async def RenderLabelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        schema = self._schema(request.schema_id, request.version)
+        return curation_pb2.RenderLabelConfigResponse(label_config=label_config(schema))
+
+    async def RenderPrompt(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        schema = self._schema(request.schema_id, request.version)
+        fmt = response_format(schema)
+        return curation_pb2.RenderPromptResponse(
+            system_prompt=render_prompt(schema),
+            response_format_json=json.dumps(fmt) if fmt else "",
+            json_schema_json=json.dumps(response_json_schema(schema)) if fmt else "",
+        )
+
+
+def task_message(row: sa.Row) -> Any:
+    """A task row as its proto."""
+    message = curation_pb2.Task(
+        id=row.ls_task_id or 0,
+        label_studio_project_id=row.ls_project_id,
+        schema_id=row.schema_id,
+        schema_version=row.schema_version,
+        batch_id=row.batch_id,
+        custom_id=row.custom_id,
+        status=_TASK_STATUS.get(row.status, curation_pb2.TASK_STATUS_UNSPECIFIED),
+        gold=bool(row.gold),
+        annotation_count=row.annotation_count,
+        corrected=bool(row.corrected),
+        data_json=row.data_json,
+        create_time=_ts(row.created_at),
+        annotate_time=_ts(row.annotated_at),
+    )
+    if row.agreement is not None:
+        message.agreement = row.agreement
+    if row.rating is not None:
+        message.rating = row.rating
+    return message
+
+
+def _stats_fields(s: Statistics) -> dict[str, Any]:
+    return {
+        "tasks": s.tasks,
+        "annotated": s.annotated,
+        "gold": s.gold,
+        "corrected": s.corrected,
+        "multi_annotated": s.multi_annotated,
+        "mean_agreement": s.mean_agreement,
+    }
+
+
+class TaskServicer(curation_pb2_grpc.TaskServiceServicer):
+    """Tasks, gold stars and statistics."""
+
+    def __init__(self, queries: TaskQueries) -> None:
+        self.queries = queries
+
+    async def ListTasks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit = _page(request.page_size)
+        flt = TaskFilter(
+            schema_id=request.schema_id,
+            status=_TASK_STATUS_NAME.get(request.status, ""),
+            gold_only=request.gold_only,
+            batch_id=request.batch_id,
+        )
+        rows = await asyncio.to_thread(
+            self.queries.list_tasks,
+            project_of(context),
+            flt,
+            limit + 1,
+            _offset(request.page_token),
+        )
+        page = rows[:limit]
+        return curation_pb2.ListTasksResponse(
+            tasks=[task_message(r) for r in page],
+            next_page_token=str(page[-1].id) if len(rows) > limit else "",
+        )
+
+    async def SetTasksGold(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rows = await asyncio.to_thread(
+            self.queries.set_gold, project_of(context), list(request.task_ids), request.gold
+        )
+        return curation_pb2.SetTasksGoldResponse(tasks=[task_message(r) for r in rows])
+
+    async def GetTaskStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        per_schema = await asyncio.to_thread(
+            self.queries.statistics, project_of(context), request.schema_id
+        )
+        tasks = sum(s.tasks for s in per_schema)
+        multi = sum(s.multi_annotated for s in per_schema)
+        mean = (
+            sum(s.mean_agreement * s.multi_annotated for s in per_schema) / multi if multi else 0.0
+        )
+        return curation_pb2.TaskStatistics(
+            tasks=tasks,
+            annotated=sum(s.annotated for s in per_schema),
+            gold=sum(s.gold for s in per_schema),
+            corrected=sum(s.corrected for s in per_schema),
+            multi_annotated=multi,
+            mean_agreement=mean,
+            schemas=[]
+            if request.schema_id
+            else [
+                curation_pb2.SchemaTaskStatistics(schema_id=s.schema_id, **_stats_fields(s))
+                for s in per_schema
+            ],
+        )
+
+
+def import_message(row: sa.Row) -> Any:
+    """An import row as its proto."""
+    return curation_pb2.Import(
+        batch_id=row.batch_id,
+        schema_type=row.schema_type,
+        status=_IMPORT_STATUS.get(row.status, curation_pb2.IMPORT_STATUS_UNSPECIFIED),
+        attempts=row.attempts,
+        error=row.error,
+        result_lines=row.result_lines,
+        imported_tasks=row.imported_tasks,
+        skipped_lines=row.skipped_lines,
+        prediction_problems=row.prediction_problems,
+        label_studio_project_id=row.ls_project_id or 0,
+        next_attempt_time=_ts(row.next_attempt_at) if row.status == "queued" else None,
+        create_time=_ts(row.created_at),
+        update_time=_ts(row.updated_at),
+    )
+
+
+class ImportServicer(curation_pb2_grpc.ImportServiceServicer):
+    """The import queue, read-only."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    async def ListImports(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit, offset = _page(request.page_size), _offset(request.page_token)
+        rows = await asyncio.to_thread(
+            list_imports, self.engine, project_of(context), limit + 1, offset
+        )
+        return curation_pb2.ListImportsResponse(
+            imports=[import_message(r) for r in rows[:limit]],
+            next_page_token=str(offset + limit) if len(rows) > limit else "",
+        )
+
+    async def GetImport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        row = await asyncio.to_thread(
+            get_import, self.engine, project_of(context), request.batch_id
+        )
+        return import_message(row)
+
+
+def snapshot_message(record: SnapshotRecord) -> Any:
+    """A snapshot as its proto."""
+    f = record.filter
+    return curation_pb2.Snapshot(
+        id=record.id,
+        name=record.name,
+        version=record.version,
+        format=_FORMAT[record.format],
+        filter=curation_pb2.SnapshotFilter(
+            schema_id=f.schema_id,
+            schema_version=f.schema_version,
+            gold_only=f.gold_only,
+            min_agreement=f.min_agreement,
+            min_rating=f.min_rating,
+            start_time=_ts(f.start_time),
+            end_time=_ts(f.end_time),
+            limit=f.limit,
+        ),
+        validation_fraction=record.validation_fraction,
+        training_file_id=record.training_file_id,
+        validation_file_id=record.validation_file_id or "",
+        training_examples=record.training_examples,
+        validation_examples=record.validation_examples,
+        duplicates_removed=record.duplicates_removed,
+        incomplete_skipped=record.incomplete_skipped,
+        manifest_json=json.dumps(record.manifest),
+        create_time=_ts(record.created_at),
+        project=record.project,
+    )
+
+
+class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
+    """Dataset snapshots."""
+
+    def __init__(self, store: SnapshotStore, upload: Upload) -> None:
+        self.store = store
+        self.upload = upload
+
+    async def CreateSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        f = request.filter
+        flt = SnapshotFilter(
+            schema_id=f.schema_id,
+            schema_version=f.schema_version,
+            gold_only=f.gold_only,
+            min_agreement=f.min_agreement,
+            min_rating=f.min_rating,
+            start_time=_seconds(f.start_time),
+            end_time=_seconds(f.end_time),
+            limit=f.limit,
+        )
+        fmt = _FORMAT_NAME.get(request.format, "openai_chat")
+        record = await asyncio.to_thread(
+            self.store.create,
+            owner_project(project_of(context)),
+            request.name,
+            flt,
+            fmt=fmt,
+            validation_fraction=request.validation_fraction,
+            upload=self.upload,
+        )
+        return snapshot_message(record)
+
+    async def GetSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        record = await asyncio.to_thread(self.store.get, project_of(context), request.snapshot_id)
+        return snapshot_message(record)
+
+    async def ListSnapshots(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit, offset = _page(request.page_size), _offset(request.page_token)
+        records = await asyncio.to_thread(
+            self.store.list_snapshots, project_of(context), request.name, limit + 1, offset
+        )
+        return curation_pb2.ListSnapshotsResponse(
+            snapshots=[snapshot_message(r) for r in records[:limit]],
+            next_page_token=str(offset + limit) if len(records) > limit else "",
+        )

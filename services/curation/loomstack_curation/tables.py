@@ -1,0 +1,116 @@
+"""The curation service's tables (it owns them; no other service reads them)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# Schema version → Label Studio project. Kept here, so a restart never creates a second one.
+projects = sa.Table(
+    "curation_projects",
+    metadata,
+    sa.Column("schema_key", sa.String(160), primary_key=True),
+    sa.Column("schema_id", sa.String(64), nullable=False),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("ls_project_id", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("title", sa.String(512), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# One row per imported batch result line. `ls_task_id` is NULL while the line's chunk is on its
+# way to Label Studio: a row in that state after a crash is resolved against Label Studio.
+tasks = sa.Table(
+    "curation_tasks",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("custom_id", sa.String(512), nullable=False),
+    sa.Column("schema_id", sa.String(64), nullable=False),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("ls_project_id", sa.BigInteger, nullable=False),
+    sa.Column("ls_task_id", sa.BigInteger, unique=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("data_json", sa.Text, nullable=False),
+    sa.Column("predicted_json", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("gold", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("annotation_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("agreement", sa.Float),
+    sa.Column("rating", sa.Integer),
+    sa.Column("corrected", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("annotation_id", sa.BigInteger),
+    sa.Column("result_json", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("annotated_at", sa.Float),
+    sa.UniqueConstraint("batch_id", "custom_id", name="uq_curation_tasks_batch_custom_id"),
+    sa.Index("ix_curation_tasks_project_schema", "project", "schema_id", "status"),
+)
+
+# Every annotation Label Studio told us about (webhook or reconcile).
+ls_annotations = sa.Table(
+    "curation_annotations",
+    metadata,
+    sa.Column("ls_annotation_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ls_task_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("result_json", sa.Text, nullable=False),
+    sa.Column("gold", sa.Boolean, nullable=False),
+    sa.Column("rating", sa.Integer),
+    sa.Column("was_cancelled", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+snapshots = sa.Table(
+    "curation_snapshots",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("format", sa.String(32), nullable=False),
+    sa.Column("filter_json", sa.Text, nullable=False),
+    sa.Column("validation_fraction", sa.Float, nullable=False),
+    sa.Column("training_file_id", sa.String(64), nullable=False),
+    sa.Column("validation_file_id", sa.String(64)),
+    sa.Column("training_examples", sa.BigInteger, nullable=False),
+    sa.Column("validation_examples", sa.BigInteger, nullable=False),
+    sa.Column("duplicates_removed", sa.BigInteger, nullable=False),
+    sa.Column("incomplete_skipped", sa.BigInteger, nullable=False),
+    sa.Column("manifest_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("project", "name", "version", name="uq_curation_snapshots_version"),
+)
+
+# Where each consumer of the inference service's batch event feed is.
+feed_cursors = sa.Table(
+    "curation_feed_cursors",
+    metadata,
+    sa.Column("consumer", sa.String(64), primary_key=True),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# The import queue: one row per finished batch with a schema_type.
+imports = sa.Table(
+    "curation_imports",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("schema_type", sa.String(160), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("output_file_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
+    sa.Column("error_code", sa.String(32), nullable=False, server_default=""),
+    sa.Column("result_lines", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("imported_tasks", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("skipped_lines", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("prediction_problems", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("ls_project_id", sa.BigInteger),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_curation_imports_due", "status", "next_attempt_at"),
+)

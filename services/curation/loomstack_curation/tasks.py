@@ -1,0 +1,168 @@
+"""Curation tasks as the API shows them: listing, statistics, and gold stars set from our side.
+
+A gold star given here is written to Label Studio (the annotation gets the gold region, or an
+annotation is made from the prediction when there is none), so Label Studio and our tables
+say the same; the task's fields are then recorded as the annotation webhook would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from loomstack_kit.errors import InvalidArgument, NotFound
+
+from . import tables
+from .annotations import AnnotationStore, annotation_record
+from .catalog import SchemaCatalog
+from .predictions import regions
+from .projects import ProjectMap, task_payload, unavailable_or_none
+
+MAX_GOLD_TASKS = 1000
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks to list."""
+
+    schema_id: str = ""
+    status: str = ""
+    gold_only: bool = False
+    batch_id: str = ""
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Counts over tasks."""
+
+    schema_id: str
+    tasks: int
+    annotated: int
+    gold: int
+    corrected: int
+    multi_annotated: int
+    mean_agreement: float
+
+
+class TaskQueries:
+    """Reads of the tasks table and the gold-star write."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: SchemaCatalog,
+        projects: ProjectMap,
+        annotations: AnnotationStore,
+    ) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.projects = projects
+        self.annotations = annotations
+
+    def list_tasks(
+        self, project: str | None, flt: TaskFilter, limit: int = 100, before: int = 0
+    ) -> list[sa.Row]:
+        """Confirmed tasks, newest first; `before` is the last row id of the previous page."""
+        c = tables.tasks.c
+        query = sa.select(tables.tasks).where(c.ls_task_id.is_not(None))
+        if project is not None:
+            query = query.where(c.project == project)
+        if flt.schema_id:
+            query = query.where(c.schema_id == flt.schema_id)
+        if flt.status:
+            query = query.where(c.status == flt.status)
+        if flt.gold_only:
+            query = query.where(c.gold.is_(True))
+        if flt.batch_id:
+            query = query.where(c.batch_id == flt.batch_id)
+        if before:
+            query = query.where(c.id < before)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(c.id.desc()).limit(limit)).all())
+
+    def get_many(self, project: str | None, task_ids: Iterable[int]) -> list[sa.Row]:
+        """Tasks by Label Studio id; NotFound names the first unknown one."""
+        ids = list(dict.fromkeys(int(i) for i in task_ids))
+        c = tables.tasks.c
+        query = sa.select(tables.tasks).where(c.ls_task_id.in_(ids))
+        if project is not None:
+            query = query.where(c.project == project)
+        with self.engine.connect() as conn:
+            rows = {r.ls_task_id: r for r in conn.execute(query).all()}
+        for task_id in ids:
+            if task_id not in rows:
+                raise NotFound(f"no task {task_id}", param="task_ids")
+        return [rows[i] for i in ids]
+
+    def statistics(self, project: str | None, schema_id: str = "") -> list[Statistics]:
+        """Counts per schema id."""
+        c = tables.tasks.c
+        multi = sa.case((c.annotation_count >= 2, 1), else_=0)
+        query = sa.select(
+            c.schema_id,
+            sa.func.count().label("tasks"),
+            sa.func.sum(sa.case((c.status == "annotated", 1), else_=0)).label("annotated"),
+            sa.func.sum(sa.case((c.gold.is_(True), 1), else_=0)).label("gold"),
+            sa.func.sum(sa.case((c.corrected.is_(True), 1), else_=0)).label("corrected"),
+            sa.func.sum(multi).label("multi"),
+            sa.func.avg(c.agreement).label("agreement"),
+        ).where(c.ls_task_id.is_not(None))
+        if project is not None:
+            query = query.where(c.project == project)
+        if schema_id:
+            query = query.where(c.schema_id == schema_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.group_by(c.schema_id).order_by(c.schema_id)).all()
+        return [
+            Statistics(
+                r.schema_id,
+                int(r.tasks or 0),
+                int(r.annotated or 0),
+                int(r.gold or 0),
+                int(r.corrected or 0),
+                int(r.multi or 0),
+                float(r.agreement or 0.0),
+            )
+            for r in rows
+        ]
+
+    def set_gold(self, project: str | None, task_ids: list[int], gold: bool) -> list[sa.Row]:
+        """Gives (or takes) the gold star of tasks in Label Studio and records the result."""
+        if not task_ids:
+            raise InvalidArgument("name at least one task", param="task_ids")
+        if len(task_ids) > MAX_GOLD_TASKS:
+            raise InvalidArgument(f"at most {MAX_GOLD_TASKS} tasks at once", param="task_ids")
+        rows = self.get_many(project, task_ids)
+        client = self.projects.client
+        if client is None:
+            from .projects import label_studio_unavailable
+
+            raise label_studio_unavailable("Label Studio is not configured")
+        for row in rows:
+            schema = self.catalog.get(row.schema_id, row.schema_version)
+            gold_name = schema.training.gold
+            star = regions(schema, {}, gold=True)
+            try:
+                if row.result_json is not None and row.annotation_id is not None:
+                    result = [
+                        r for r in json.loads(row.result_json) if r.get("from_name") != gold_name
+                    ]
+                    if gold:
+                        result += star
+                    saved: Any = client.annotations.update(id=row.annotation_id, result=result)
+                elif gold:
+                    task = task_payload(client.tasks.get(id=str(row.ls_task_id)))
+                    predictions = task.get("predictions") or []
+                    base = list(predictions[0].get("result") or []) if predictions else []
+                    saved = client.annotations.create(id=row.ls_task_id, result=base + star)
+                else:
+                    continue
+            except Exception as exc:
+                raise unavailable_or_none(exc) or exc from None
+            self.annotations.upsert([annotation_record(task_payload(saved), row.ls_task_id)])
+        return self.get_many(project, task_ids)

@@ -1,0 +1,68 @@
+"""Label Studio's webhook events, verified by a shared secret, recorded as annotations.
+
+Label Studio sends the secret in the header configured on the webhook (we register it as
+`X-Loomstack-Webhook-Secret`). A missing or wrong secret is refused before anything is read.
+Events: ANNOTATION_CREATED / ANNOTATION_UPDATED (one `annotation`), ANNOTATIONS_CREATED (a
+list), ANNOTATIONS_DELETED (`annotations`, by id). Other events are acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loomstack_kit.errors import InvalidArgument, Unauthenticated
+
+from .annotations import AnnotationStore, annotation_record
+
+SECRET_HEADER = "X-Loomstack-Webhook-Secret"
+UPSERT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
+DELETE_EVENTS = ("ANNOTATIONS_DELETED",)
+EVENTS = (*UPSERT_EVENTS, *DELETE_EVENTS)
+
+
+def verify_secret(expected: str, given: str | None) -> None:
+    """Unauthenticated unless `given` is the configured secret (constant-time comparison)."""
+    if not expected:
+        raise Unauthenticated("the webhook is disabled: no secret is configured")
+    if not given or not hmac.compare_digest(expected.encode(), given.encode()):
+        raise Unauthenticated(f"missing or wrong {SECRET_HEADER}")
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    """What one event did."""
+
+    action: str
+    recorded: int = 0
+    deleted: int = 0
+
+
+def _items(value: Any) -> list[Mapping[str, Any]]:
+    if isinstance(value, Mapping):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, Mapping)]
+    return []
+
+
+def handle_event(store: AnnotationStore, payload: Any) -> WebhookOutcome:
+    """Records one (already verified) webhook payload."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("action"), str):
+        raise InvalidArgument("expected a Label Studio webhook payload with an `action`")
+    action = str(payload["action"])
+    task = payload.get("task")
+    task_id = task.get("id") if isinstance(task, Mapping) else None
+    if action in UPSERT_EVENTS:
+        raw = _items(payload.get("annotation")) + _items(payload.get("annotations"))
+        try:
+            records = [annotation_record(a, task_id) for a in raw]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"{action}: malformed annotation: {exc}") from None
+        return WebhookOutcome(action, recorded=store.upsert(records))
+    if action in DELETE_EVENTS:
+        ids = [a["id"] for a in _items(payload.get("annotations")) if "id" in a]
+        return WebhookOutcome(action, deleted=store.delete(ids))
+    return WebhookOutcome(action)

@@ -1,0 +1,237 @@
+"""Helpers of the curation service tests: batch result lines, the service's domain objects on
+one database, and a real curation service process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from label_studio_sdk.client import LabelStudio
+from support import health_status, wait_until
+
+from loomstack_curation.__main__ import MIGRATIONS, VERSION_TABLE
+from loomstack_curation.annotations import AnnotationStore
+from loomstack_curation.catalog import SchemaCatalog
+from loomstack_curation.importer import BatchResults, Importer, QueuedImport, read_results
+from loomstack_curation.projects import ProjectMap
+from loomstack_curation.snapshots import SnapshotStore
+from loomstack_curation.tasks import TaskQueries
+from loomstack_kit.database import create_db_engine, migrate, write_transaction
+
+REPO = Path(__file__).resolve().parents[2]
+CATEGORIES = ["Billing", "Technical issue", "Account access", "Feature request", "Other"]
+URGENCIES = ["Low", "Medium", "High", "Critical"]
+
+
+def ticket(i: int) -> str:
+    return f"Ticket {i}: my invoice #{i} is wrong"
+
+
+def input_line(custom_id: str, prompt: str, model: str = "SmolLM2-135M-Instruct") -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": prompt}]},
+    }
+
+
+def output_line(custom_id: str, content: str | None) -> dict[str, Any]:
+    """A batch output line as the inference service writes it; None content = a failed line."""
+    if content is None:
+        return {
+            "id": f"batch_req_{custom_id}",
+            "custom_id": custom_id,
+            "response": {"status_code": 400, "request_id": f"req_{custom_id}", "body": {}},
+            "error": {"code": "invalid_request", "message": "max_tokens is too large"},
+        }
+    return {
+        "id": f"batch_req_{custom_id}",
+        "custom_id": custom_id,
+        "response": {
+            "status_code": 200,
+            "request_id": f"req_{custom_id}",
+            "body": {
+                "id": f"chatcmpl-{custom_id}",
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+            },
+        },
+        "error": None,
+    }
+
+
+def ticket_answer(i: int) -> str:
+    return json.dumps({"category": CATEGORIES[i % 5], "urgency": URGENCIES[i % 4]})
+
+
+def ticket_lines(
+    n: int, failed_every: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(input lines, output lines) of a classify_ticket batch of n lines; every
+    `failed_every`-th line failed."""
+    inputs, outputs = [], []
+    for i in range(n):
+        cid = f"t{i}"
+        inputs.append(input_line(cid, ticket(i)))
+        failed = failed_every and i % failed_every == failed_every - 1
+        outputs.append(output_line(cid, None if failed else ticket_answer(i)))
+    return inputs, outputs
+
+
+def jsonl(lines: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(x).encode() for x in lines]
+
+
+@dataclass
+class Curation:
+    """The curation service's domain objects on one database."""
+
+    url: str
+    engine: Any
+    schemas_dir: Path
+    catalog: SchemaCatalog
+    projects: ProjectMap
+    importer: Importer
+    annotations: AnnotationStore
+    queries: TaskQueries
+    snapshots: SnapshotStore
+
+    def queue(
+        self, batch_id: str, schema_type: str = "classify_ticket", project: str = "p1"
+    ) -> QueuedImport:
+        with write_transaction(self.engine) as conn:
+            self.importer.enqueue(
+                conn,
+                batch_id=batch_id,
+                project=project,
+                schema_type=schema_type,
+                model="smollm2-test",
+                input_file_id="file-in",
+                output_file_id="file-out",
+            )
+        return QueuedImport(batch_id, project, schema_type, "smollm2-test", "file-in", "file-out")
+
+    def run(self, item: QueuedImport, results: BatchResults) -> str:
+        return self.importer.attempt(item, lambda _item: results)
+
+    def import_tickets(self, batch_id: str, n: int, failed_every: int = 0) -> str:
+        inputs, outputs = ticket_lines(n, failed_every)
+        return self.run(self.queue(batch_id), read_results(jsonl(inputs), jsonl(outputs)))
+
+
+def make_curation(
+    url: str, client: LabelStudio | None, tmp_path: Path, **importer_args: Any
+) -> Curation:
+    migrate(url, MIGRATIONS, VERSION_TABLE)
+    schemas = tmp_path / "schemas"
+    if not schemas.exists():
+        shutil.copytree(REPO / "schemas", schemas)
+    engine = create_db_engine(url)
+    catalog = SchemaCatalog(schemas)
+    # A fresh title prefix per test: the session's one Label Studio serves every test.
+    projects = ProjectMap(engine, client, title_prefix=f"t-{uuid.uuid4().hex[:8]} ")
+    importer = Importer(engine, catalog, projects, **importer_args)
+    annotations = AnnotationStore(engine, catalog)
+    return Curation(
+        url,
+        engine,
+        schemas,
+        catalog,
+        projects,
+        importer,
+        annotations,
+        TaskQueries(engine, catalog, projects, annotations),
+        SnapshotStore(engine, catalog),
+    )
+
+
+def ls_tasks(client: LabelStudio, project_id: int) -> list[Any]:
+    """Every task of a project (every page)."""
+    return list(client.tasks.list(project=project_id, fields="all", page_size=1000))
+
+
+class CurationProcess:
+    """A real `python -m loomstack_curation` process."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.port_file = home / "curation.port"
+        self.http_port_file = home / "curation-http.port"
+        self.log_path = home / "curation.log"
+        self.env = {
+            **os.environ,
+            "LOOMSTACK_HOME": str(home),
+            "LOOMSTACK_CURATION_PORT_FILE": str(self.port_file),
+            "LOOMSTACK_CURATION_HTTP_PORT_FILE": str(self.http_port_file),
+            "LOOMSTACK_CURATION_SCHEMAS_DIR": str(REPO / "schemas"),
+            "LOOMSTACK_CURATION_POLL_SECONDS": "0.2",
+            "LOOMSTACK_CURATION_FEED_WAIT_SECONDS": "1",
+            "LOOMSTACK_CURATION_RETRY_BASE_SECONDS": "0.2",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = self.http_port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> CurationProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        for f in (self.port_file, self.http_port_file):
+            f.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 — kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loomstack_curation"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(
+            lambda: (self.port_file.exists() and self.http_port_file.exists()) or self._died(),
+            60,
+            what="curation ports",
+        )
+        if self._died():
+            raise RuntimeError(f"curation exited:\n{self.log_tail()}")
+        self.port = int(self.port_file.read_text())
+        self.http_port = int(self.http_port_file.read_text())
+        wait_until(lambda: health_status(self.address, "readiness") == "SERVING", 30, what="ready")
+        return self
+
+    def _died(self) -> bool:
+        assert self.proc is not None
+        return self.proc.poll() is not None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)

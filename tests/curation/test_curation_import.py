@@ -1,0 +1,248 @@
+"""Batch results → Label Studio tasks with valid predictions, against the real Label Studio, on
+SQLite and PostgreSQL: failed lines are left out, nothing is ever imported twice (a second
+import, a crash at any point of an import), an unknown schema waits for its schema, and a
+Label Studio that is down keeps the import queued and retried."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from curation_support import (
+    CATEGORIES,
+    URGENCIES,
+    Curation,
+    jsonl,
+    ls_tasks,
+    make_curation,
+    ticket,
+    ticket_lines,
+)
+from label_studio_sdk.client import LabelStudio
+from support import wait_until
+
+from loomstack_curation import tables
+from loomstack_curation.importer import read_results
+from loomstack_curation.label_config import label_config
+from loomstack_curation.predictions import label_interface
+from loomstack_curation.projects import ProjectMap
+
+pytestmark = pytest.mark.labelstudio
+
+
+@pytest.fixture
+def curation(db_url: str, label_studio: LabelStudio, tmp_path: Path) -> Curation:
+    return make_curation(db_url, label_studio, tmp_path)
+
+
+def _import(cur: Curation, batch_id: str) -> Any:
+    with cur.engine.connect() as conn:
+        return conn.execute(
+            sa.select(tables.imports).where(tables.imports.c.batch_id == batch_id)
+        ).one()
+
+
+def _task_rows(cur: Curation) -> list[Any]:
+    with cur.engine.connect() as conn:
+        return list(conn.execute(sa.select(tables.tasks)).all())
+
+
+def test_1000_results_become_1000_tasks_with_valid_predictions(
+    curation: Curation, label_studio: LabelStudio
+) -> None:
+    # 1,050 result lines, every 21st failed: exactly 1,000 are importable.
+    started = time.monotonic()
+    assert curation.import_tickets("batch_a", 1050, failed_every=21) == "completed"
+    elapsed = time.monotonic() - started
+    row = _import(curation, "batch_a")
+    assert (row.result_lines, row.skipped_lines, row.imported_tasks) == (1000, 50, 1000)
+    assert row.prediction_problems == 0
+    schema = curation.catalog.get("classify_ticket")
+    project_id = row.ls_project_id
+    tasks = ls_tasks(label_studio, project_id)
+    assert len(tasks) == 1000
+    interface = label_interface(schema)
+    by_prompt = {t.data["ticket"]: t for t in tasks}
+    for i in range(1050):
+        if i % 21 == 20:
+            assert ticket(i) not in by_prompt  # a failed line is not a task
+            continue
+        task = by_prompt[ticket(i)]
+        (prediction,) = task.predictions
+        assert prediction.model_version == "smollm2-test"
+        values = {r["from_name"]: r["value"] for r in prediction.result}
+        assert values == {
+            "category": {"choices": [CATEGORIES[i % 5]]},
+            "urgency": {"choices": [URGENCIES[i % 4]]},
+        }
+        for region in prediction.result:
+            assert interface.validate_region(region, return_errors=True) == []
+    # Our rows name the Label Studio ids, one per line.
+    rows = _task_rows(curation)
+    assert sorted(r.ls_task_id for r in rows) == sorted(t.id for t in tasks)
+    assert {r.status for r in rows} == {"imported"}
+    print(f"imported 1000 tasks in {elapsed:.1f} s")
+
+    # The same batch again (a replayed event, a retried attempt): nothing new.
+    assert curation.import_tickets("batch_a", 1050, failed_every=21) == "completed"
+    assert len(ls_tasks(label_studio, project_id)) == 1000
+    assert len(_task_rows(curation)) == 1000
+
+
+def test_project_mapping_survives_a_restart(
+    curation: Curation, label_studio: LabelStudio, db_url: str, tmp_path: Path
+) -> None:
+    schema = curation.catalog.get("classify_ticket")
+    first = curation.projects.ensure(schema)
+    # A restarted service (new objects, same database) finds the same project.
+    again = ProjectMap(curation.engine, label_studio, curation.projects.title_prefix)
+    assert again.ensure(schema) == first
+    # A crash between creating the project and recording it: found by its title.
+    with curation.engine.begin() as conn:
+        conn.execute(tables.projects.delete())
+    assert again.ensure(schema) == first
+    titles = [
+        p.title
+        for p in label_studio.projects.list()
+        if curation.projects.title_prefix in (p.title or "")
+    ]
+    assert len(titles) == 1
+    project = label_studio.projects.get(id=first)
+    assert project.label_config == label_config(schema) or 'name="category"' in project.label_config
+
+
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+class CrashingImports:
+    """The real client, except that the n-th `import_tasks` dies right after Label Studio has
+    stored the tasks (before we could record their ids)."""
+
+    def __init__(self, client: LabelStudio, crash_on: int) -> None:
+        self._client = client
+        self.calls = 0
+        self.crash_on = crash_on
+        self.projects = self
+        self.tasks = client.tasks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client.projects, name)
+
+    def import_tasks(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        response = self._client.projects.import_tasks(**kwargs)
+        if self.calls == self.crash_on:
+            raise Crash("killed after Label Studio stored the chunk")
+        return response
+
+
+def test_restart_mid_import_still_exactly_1000_tasks(
+    curation: Curation, label_studio: LabelStudio, db_url: str, tmp_path: Path
+) -> None:
+    inputs, outputs = ticket_lines(1000)
+    results = read_results(jsonl(inputs), jsonl(outputs))
+    curation.importer.chunk_size = 200
+    item = curation.queue("batch_r")
+
+    # 1) dies between chunks: after the second chunk is recorded.
+    def stop_after_two(_count: int, seen: list[int] = []) -> None:  # noqa: B006
+        seen.append(_count)
+        if len(seen) == 2:
+            raise Crash("killed between chunks")
+
+    curation.importer.after_chunk = stop_after_two
+    with pytest.raises(Crash):
+        curation.importer.import_results(
+            "batch_r", "p1", curation.catalog.get("classify_ticket"), results
+        )
+    assert len(_task_rows(curation)) == 400
+
+    # 2) restarted, dies again: Label Studio stored chunk 4, we never learnt its ids.
+    restarted = make_curation(db_url, None, tmp_path, chunk_size=200)
+    restarted.projects = ProjectMap(
+        restarted.engine, CrashingImports(label_studio, 2), curation.projects.title_prefix
+    )  # type: ignore[arg-type]
+    restarted.importer.projects = restarted.projects
+    with pytest.raises(Crash):
+        restarted.importer.import_results(
+            "batch_r", "p1", restarted.catalog.get("classify_ticket"), results
+        )
+    pending = [r for r in _task_rows(curation) if r.ls_task_id is None]
+    assert len(pending) == 200
+
+    # 3) restarted once more with a healthy Label Studio: finishes, nothing twice.
+    final = make_curation(db_url, None, tmp_path, chunk_size=200)
+    final.projects = ProjectMap(final.engine, label_studio, curation.projects.title_prefix)
+    final.importer.projects = final.projects
+    assert final.run(item, results) == "completed"
+    project_id = final.projects.ensure(final.catalog.get("classify_ticket"))
+    tasks = ls_tasks(label_studio, project_id)
+    assert len(tasks) == 1000
+    assert sorted(t.data["loomstack_custom_id"] for t in tasks) == sorted(
+        f"t{i}" for i in range(1000)
+    )
+    rows = _task_rows(curation)
+    assert len(rows) == 1000 and all(r.ls_task_id is not None for r in rows)
+    assert _import(curation, "batch_r").imported_tasks == 1000
+
+
+def test_unknown_schema_fails_clearly_and_is_retried_when_it_appears(
+    curation: Curation, label_studio: LabelStudio
+) -> None:
+    inputs, outputs = ticket_lines(30)
+    results = read_results(jsonl(inputs), jsonl(outputs))
+    item = curation.queue("batch_u", schema_type="triage_ticket")
+    assert curation.run(item, results) == "failed"
+    row = _import(curation, "batch_u")
+    assert row.status == "failed"
+    assert "unknown schema 'triage_ticket'" in row.error and "classify_ticket" in row.error
+    assert row.error_code == "unknown_schema"
+    assert curation.importer.due() == []  # nothing to retry while the schema is unknown
+    assert _task_rows(curation) == []
+
+    # The schema file appears (a copy of classify_ticket under the new id).
+    text = (curation.schemas_dir / "classify_ticket.yaml").read_text()
+    (curation.schemas_dir / "triage_ticket.yaml").write_text(
+        text.replace("id: classify_ticket", "id: triage_ticket")
+    )
+    assert curation.catalog.refresh()
+    (due,) = curation.importer.due()
+    assert due.batch_id == "batch_u"
+    assert curation.run(due, results) == "completed"
+    row = _import(curation, "batch_u")
+    assert (row.status, row.imported_tasks, row.error) == ("completed", 30, "")
+    assert len(ls_tasks(label_studio, row.ls_project_id)) == 30
+
+
+def test_label_studio_down_keeps_the_import_queued_with_backoff(
+    db_url: str, label_studio: LabelStudio, tmp_path: Path
+) -> None:
+    from label_studio_sdk.client import LabelStudio as Client
+
+    from loomstack_curation.labelstudio_server import free_port
+
+    down = Client(base_url=f"http://127.0.0.1:{free_port()}", api_key="0" * 40, timeout=2)
+    cur = make_curation(db_url, down, tmp_path, retry_base=0.2, retry_max=5)
+    inputs, outputs = ticket_lines(40)
+    results = read_results(jsonl(inputs), jsonl(outputs))
+    item = cur.queue("batch_d")
+    before = time.time()
+    assert cur.run(item, results) == "queued"
+    assert cur.run(item, results) == "queued"
+    row = _import(cur, "batch_d")
+    assert row.status == "queued" and row.attempts == 2
+    assert "unreachable" in row.error
+    assert row.next_attempt_at >= before + 0.4  # the second delay doubled the first
+    assert cur.importer.due(now=time.time()) == [] or row.next_attempt_at <= time.time()
+
+    # Label Studio is back: the next due attempt imports everything, once.
+    cur.projects.client = label_studio
+    due = wait_until(lambda: cur.importer.due(), 5, 0.05, "the retry to be due")
+    assert cur.run(due[0], results) == "completed"
+    row = _import(cur, "batch_d")
+    assert (row.status, row.attempts, row.imported_tasks) == ("completed", 3, 40)
+    assert len(ls_tasks(label_studio, row.ls_project_id)) == 40
