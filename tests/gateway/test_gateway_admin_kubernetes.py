@@ -672,3 +672,12 @@ def test_standin_kubernetes_unreachable_api_is_503(tmp_path: Path) -> None:
         resp = dead_client.get("/admin/services", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "kubernetes_unavailable"
+
+
+def test_admin_backend_none_says_why(tmp_path: Path) -> None:
+    """The chart's gateway.admin.enabled=false: the routes answer with the reason, no API calls."""
+    settings = GatewaySettings(api_keys=f"{ADMIN_KEY}:*", admin_backend="none", home=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        resp = client.get("/admin/services", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "admin_disabled"

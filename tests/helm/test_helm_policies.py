@@ -419,3 +419,24 @@ def test_migrations_run_as_a_hook_before_upgrades(objects: Objects, values: dict
     first = "pre-install" if values["postgresql"]["mode"] == "external" else "post-install"
     assert hooks == {first, "pre-upgrade"}
     assert jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+
+
+def test_gateway_admin_backend_follows_the_values(
+    rendered: dict[str, Objects], render_with: Callable[..., Objects]
+) -> None:
+    """admin on: the kubernetes backend with a token; off: `none`, no Role, no token."""
+    on = by_kind(rendered[helm_chart.DEFAULTS], "Deployment")["loomstack-gateway"]
+    env = env_of(on["spec"]["template"]["spec"]["containers"][0])
+    assert env["LOOMSTACK_GATEWAY_ADMIN_BACKEND"] == "kubernetes"
+    assert on["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+    objects = render_with({"gateway": {"admin": {"enabled": False}}})
+    off = by_kind(objects, "Deployment")["loomstack-gateway"]
+    env = env_of(off["spec"]["template"]["spec"]["containers"][0])
+    assert env["LOOMSTACK_GATEWAY_ADMIN_BACKEND"] == "none"
+    assert off["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert (
+        by_kind(objects, "ServiceAccount")["loomstack-gateway"]["automountServiceAccountToken"]
+        is False
+    )
+    assert "loomstack-gateway" not in by_kind(objects, "Role")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from loomstack_kit.errors import InvalidArgument, PermissionDenied
+from loomstack_kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
 from .auth import caller_of
 from .responses import OrjsonResponse
@@ -43,10 +43,34 @@ def open_admin(settings: GatewaySettings) -> ServiceAdmin:
         from .admin_local import LocalAdmin
 
         return LocalAdmin(settings)
+    if settings.admin_backend == "none":
+        return DisabledAdmin()
     raise ValueError(
-        f"LOOMSTACK_GATEWAY_ADMIN_BACKEND must be `local` or `kubernetes`, "
+        f"LOOMSTACK_GATEWAY_ADMIN_BACKEND must be `local`, `kubernetes` or `none`, "
         f"not {settings.admin_backend!r}"
     )
+
+
+class DisabledAdmin:
+    """`none`: the routes exist and say why they do nothing (the chart's gateway.admin.enabled)."""
+
+    backend = "none"
+
+    def _off(self) -> FailedPrecondition:
+        return FailedPrecondition(
+            "service administration is off for this gateway (LOOMSTACK_GATEWAY_ADMIN_BACKEND=none; "
+            "the chart's gateway.admin.enabled)",
+            code="admin_disabled",
+        )
+
+    async def list_services(self) -> dict[str, Any]:
+        raise self._off()
+
+    async def restart(self, name: str) -> dict[str, Any]:
+        raise self._off()
+
+    async def scale(self, name: str, replicas: int) -> dict[str, Any]:
+        raise self._off()
 
 
 class ScaleRequest(BaseModel):

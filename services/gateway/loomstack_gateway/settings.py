@@ -51,7 +51,7 @@ class GatewaySettings(ServiceSettings):
         "local",
         description=(
             "`local`: the embedded default's processes (pid files under `home/run`); "
-            "`kubernetes`: this release's Deployments through the Kubernetes API."
+            "`kubernetes`: this release's Deployments through the Kubernetes API; `none`: off."
         ),
     )
     admin_namespace: str = Field(
