@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,11 +48,12 @@ Rules = set[tuple[str, str, str]]  # (api group, resource, verb)
 def chart_gateway_rules(values: Json | None = None) -> Rules:
     """(group, resource, verb) the chart's gateway Role grants, from the real `helm template`."""
     helm = helm_chart.ensure_helm()
-    path = None
-    if values is not None:
-        path = Path(_tmp_dir()) / "values.yaml"
-        path.write_text(yaml.safe_dump(values))
-    objects = helm_chart.render(helm, path)
+    with tempfile.TemporaryDirectory(prefix="admin-values-") as tmp:
+        path = None
+        if values is not None:
+            path = Path(tmp) / "values.yaml"
+            path.write_text(yaml.safe_dump(values))
+        objects = helm_chart.render(helm, path)
     role = next(
         o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gateway")
     )
@@ -62,12 +64,6 @@ def chart_gateway_rules(values: Json | None = None) -> Rules:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-
-
-def _tmp_dir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="admin-values-")
 
 
 # -- Kubernetes objects as the API serves them -------------------------------------------------
@@ -681,3 +677,17 @@ def test_admin_backend_none_says_why(tmp_path: Path) -> None:
         resp = client.get("/admin/services", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "admin_disabled"
+
+
+def test_kubernetes_backend_outside_a_cluster_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ServiceAccount and no kubeconfig: a 503 that names both ways to configure it."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = GatewaySettings(api_keys=f"{ADMIN_KEY}:*", admin_backend="kubernetes", home=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        resp = client.get("/admin/services", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert resp.status_code == 503
+    error = resp.json()["error"]
+    assert error["code"] == "kubernetes_unconfigured"
+    assert "LOOMSTACK_GATEWAY_ADMIN_KUBECONFIG" in error["message"]
