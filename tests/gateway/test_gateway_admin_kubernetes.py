@@ -691,3 +691,98 @@ def test_kubernetes_backend_outside_a_cluster_says_so(
     error = resp.json()["error"]
     assert error["code"] == "kubernetes_unconfigured"
     assert "LOOMSTACK_GATEWAY_ADMIN_KUBECONFIG" in error["message"]
+
+
+def test_standin_kubernetes_reads_the_charts_own_deployments(tmp_path: Path) -> None:
+    """The Deployments `helm template` renders for several GPU models (MIG included) are listed
+    with the GPUs their values ask for, found by the label selector the chart gives the gateway."""
+    helm = helm_chart.ensure_helm()
+    scenario = helm_chart.scenarios()["03-multi-model-mig"]
+    objects = helm_chart.render(helm, scenario)
+    rendered = [o for o in objects if o["kind"] == "Deployment"]
+    gateway = next(d for d in rendered if d["metadata"]["name"] == "loomstack-gateway")
+    env = {
+        e["name"]: e.get("value")
+        for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    pods = []
+    for d in rendered:
+        d["metadata"]["namespace"] = NAMESPACE
+        for container in d["spec"]["template"]["spec"]["containers"]:
+            _as_api_server_serves(container)
+        replicas = d["spec"].get("replicas", 1)
+        d["status"] = {
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "updatedReplicas": replicas,
+            "availableReplicas": replicas,
+        }
+        template = d["spec"]["template"]
+        for i in range(replicas):
+            pods.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"{d['metadata']['name']}-{i}",
+                        "namespace": NAMESPACE,
+                        "labels": template["metadata"]["labels"],
+                    },
+                    "spec": {**copy.deepcopy(template["spec"]), "nodeName": f"node-{i}"},
+                    "status": {
+                        "phase": "Running",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "containerStatuses": [
+                            {
+                                "name": c["name"],
+                                "image": c["image"],
+                                "imageID": "",
+                                "ready": True,
+                                "restartCount": 0,
+                                "state": {"running": {}},
+                            }
+                            for c in template["spec"]["containers"]
+                        ],
+                    },
+                }
+            )
+    api = StandInKubernetesApi(
+        chart_gateway_rules(), {d["metadata"]["name"]: d for d in rendered}, pods
+    )
+    server, url = serve_stand_in(api)
+    try:
+        settings = GatewaySettings(
+            api_keys=f"{ADMIN_KEY}:*",
+            admin_backend=env["LOOMSTACK_GATEWAY_ADMIN_BACKEND"],
+            admin_namespace=NAMESPACE,
+            admin_label_selector=env["LOOMSTACK_GATEWAY_ADMIN_LABEL_SELECTOR"],
+            admin_kubeconfig=str(kubeconfig(tmp_path / "kubeconfig", url)),
+            home=tmp_path,
+        )
+        with TestClient(create_app(settings)) as client:
+            resp = client.get("/admin/services", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert resp.status_code == 200, resp.text
+    services = {s["name"]: s for s in resp.json()["data"]}
+    assert set(services) == {d["metadata"]["name"] for d in rendered}
+    for engine in helm_chart.engines(helm_chart.load_values(scenario)):
+        service = services[f"loomstack-engine-{engine['name']}"]
+        assert service["model"] == engine["name"]
+        per_replica = {engine["gpu"]["resourceName"]: engine["gpu"]["count"]}
+        assert service["gpus"]["per_replica"] == per_replica
+        assert service["gpus"]["allocated"] == {
+            k: v * engine["replicaCount"] for k, v in per_replica.items()
+        }
+        assert service["replicas"]["ready"] == engine["replicaCount"]
+    assert services["loomstack-gateway"]["gpus"] is None
+    assert not api.forbidden
+
+
+def _as_api_server_serves(container: Json) -> None:
+    """Quantities come back from the API server as strings (`1`, not 1), whatever was applied."""
+    for part in ("requests", "limits"):
+        values = container.get("resources", {}).get(part, {})
+        for key, value in values.items():
+            values[key] = str(value)

@@ -344,10 +344,16 @@ def _time(value: Any) -> str:
 def _api_error(what: str, namespace: str, exc: Exception) -> LoomstackError:
     """A Kubernetes API failure as the error the admin caller sees (message from the API)."""
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
-    if not isinstance(exc, ApiException):
+    if isinstance(exc, HTTPError | OSError):
         return Unavailable(
             f"the Kubernetes API did not answer ({what}): {type(exc).__name__}: {exc}",
+            code="kubernetes_unavailable",
+        )
+    if not isinstance(exc, ApiException):
+        return Unavailable(
+            f"unexpected answer from the Kubernetes API ({what}): {type(exc).__name__}: {exc}",
             code="kubernetes_unavailable",
         )
     message = _status_message(exc)
