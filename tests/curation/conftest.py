@@ -79,3 +79,16 @@ def schemas_dir() -> Path:
 def registry() -> TaskRegistry:
     """The schemas shipped in `schemas/`."""
     return TaskRegistry.load(SCHEMAS)
+
+
+@pytest.fixture(scope="session")
+def inference_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real inference service, api role only (files, batches, the event feed; no engine)."""
+    from support import InferenceProcess
+
+    home = tmp_path_factory.mktemp("inference-api")
+    process = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
+    try:
+        yield process
+    finally:
+        process.terminate()

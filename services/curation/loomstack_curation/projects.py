@@ -153,4 +153,4 @@ def task_payload(task: Any) -> dict[str, Any]:
     """A task from the SDK (pydantic model or dict) as a plain dict."""
     if isinstance(task, dict):
         return task
-    return task.model_dump(mode="json")
+    return task.model_dump(mode="json", warnings=False)
