@@ -146,8 +146,14 @@ class LocalAdmin:
         }
 
     def _restarts(self, name: str) -> int:
+        """Restarts through /admin since `loomstack up` started the service.
+
+        The file holds `<count> <pid>`; a pid other than the running one means the stack was
+        started afresh since, so the count starts again at 0.
+        """
         try:
-            return int((self.run_dir / f"{name}.restarts").read_text().strip())
+            count, pid = (self.run_dir / f"{name}.restarts").read_text().split()
+            return int(count) if int(pid) == self._pid(name) else 0
         except (FileNotFoundError, ValueError):
             return 0
 
@@ -200,8 +206,9 @@ class LocalAdmin:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        restarts = self._restarts(name) + 1
         (self.run_dir / f"{name}.pid").write_text(str(started.pid))
-        (self.run_dir / f"{name}.restarts").write_text(str(self._restarts(name) + 1))
+        (self.run_dir / f"{name}.restarts").write_text(f"{restarts} {started.pid}")
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if started.poll() is not None:
