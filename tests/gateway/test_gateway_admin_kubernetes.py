@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import sys
 import tempfile
 import threading
@@ -314,7 +315,8 @@ class StandInKubernetesApi:
         url = urlparse(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.requests.append((method, url.path, headers.get("Content-Type", "")))
-        if headers.get("Authorization") != f"Bearer {TOKEN}":
+        scheme, _, token = (headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or token != TOKEN:  # the scheme is case-insensitive
             return 401, _status(401, "Unauthorized", "Unauthorized")
         parts = url.path.strip("/").split("/")
         # /apis/apps/v1/namespaces/{ns}/deployments[/{name}] | /api/v1/namespaces/{ns}/{pods,events}
@@ -391,7 +393,11 @@ def _merge(target: Json, patch: Json) -> None:
             target[key] = value
 
 
-def serve_stand_in(api: StandInKubernetesApi) -> tuple[ThreadingHTTPServer, str]:
+def serve_stand_in(
+    api: StandInKubernetesApi, tls: ssl.SSLContext | None = None
+) -> tuple[ThreadingHTTPServer, str]:
+    """Serves the stand-in on a loopback port (HTTPS with `tls`, as a real API server does)."""
+
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -418,8 +424,11 @@ def serve_stand_in(api: StandInKubernetesApi) -> tuple[ThreadingHTTPServer, str]
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    scheme = "https" if tls else "http"
+    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
 
 
 def kubeconfig(path: Path, server: str) -> Path:
@@ -786,3 +795,108 @@ def _as_api_server_serves(container: Json) -> None:
         values = container.get("resources", {}).get(part, {})
         for key, value in values.items():
             values[key] = str(value)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA (the cluster CA of the stand-in)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stand-in-kubernetes-api")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "ca.crt", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_standin_kubernetes_in_cluster_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path a pod takes: KUBERNETES_SERVICE_HOST/PORT, the mounted token, CA and namespace.
+
+    The stand-in serves HTTPS with its own CA, as the cluster's API server does; the gateway
+    finds its namespace in the ServiceAccount mount (no LOOMSTACK_GATEWAY_ADMIN_NAMESPACE).
+    """
+    from kubernetes.config import incluster_config
+
+    from loomstack_gateway import admin_kubernetes
+
+    cert, key = self_signed_certificate(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    deployments, pods, events = cluster_objects()
+    api = StandInKubernetesApi(
+        chart_gateway_rules(), {d["metadata"]["name"]: d for d in deployments}, pods, events
+    )
+    server, url = serve_stand_in(api, tls)
+    token, namespace = tmp_path / "token", tmp_path / "namespace"
+    token.write_text(TOKEN)
+    namespace.write_text(NAMESPACE)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.server_address[1]))
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(cert))
+    monkeypatch.setattr(admin_kubernetes, "SERVICE_ACCOUNT_NAMESPACE", namespace)
+    settings = GatewaySettings(
+        api_keys=f"{ADMIN_KEY}:*",
+        admin_backend="kubernetes",
+        admin_label_selector=SELECTOR,
+        home=tmp_path,
+    )
+    try:
+        with TestClient(create_app(settings)) as client:
+            headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            listed = client.get("/admin/services", headers=headers)
+            restarted = client.post("/admin/services/loomstack-gateway/restart", headers=headers)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert url.startswith("https://")
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["namespace"] == NAMESPACE
+    assert len(listed.json()["data"]) == 3
+    assert restarted.status_code == 200, restarted.text
+    assert not api.forbidden
