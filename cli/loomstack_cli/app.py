@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .batch_commands import batch_app
+from .curation_commands import curation_app
 from .gateway_client import CliError, api_key, client, describe, root_url
 from .local_stack import DEFAULT_MODEL_PATH, LocalStack, StackError
 
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(batch_app, name="batch")
+app.add_typer(curation_app, name="curation")
 console = Console()
 err_console = Console(stderr=True)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from label_studio_sdk.client import LabelStudio
@@ -28,6 +30,14 @@ SCHEMAS = REPO / "schemas"
 _started: dict[str, float] = {}
 
 
+@dataclass(frozen=True)
+class RunningLabelStudio:
+    """A Label Studio someone else started: what the tests need of a LabelStudioServer."""
+
+    url: str
+    token: str
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "labelstudio: needs the real Label Studio server")
 
@@ -41,7 +51,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def label_studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    """A real Label Studio on a free loopback port with a fresh data dir, for the session."""
+    """A real Label Studio on a free loopback port with a fresh data dir, for the session.
+
+    With LOOMSTACK_TEST_LABEL_STUDIO_URL and _TOKEN set, a Label Studio that is running already
+    (`make labelstudio`) is used instead: the same server, without a minute of start-up.
+    """
+    url = os.environ.get("LOOMSTACK_TEST_LABEL_STUDIO_URL")
+    if url:
+        yield cast(
+            LabelStudioServer,
+            RunningLabelStudio(url.rstrip("/"), os.environ["LOOMSTACK_TEST_LABEL_STUDIO_TOKEN"]),
+        )
+        return
     venv = Path(os.environ.get("LOOMSTACK_LABEL_STUDIO_VENV", REPO / ".cache/labelstudio-venv"))
     try:
         executable = executable_in(venv)

@@ -28,13 +28,12 @@ from .http_app import create_app
 from .importer import BatchResults, Importer, QueuedImport, read_results, split_lines
 from .inference_client import InferenceClient
 from .ml_backend import MLBackend
-from .projects import ProjectMap, connect, unavailable_or_none
+from .projects import ProjectMap, connect
 from .reconcile import reconcile
 from .servicer import ImportServicer, SchemaServicer, SnapshotServicer, TaskServicer
 from .settings import CurationSettings
 from .snapshots import SnapshotStore
 from .tasks import TaskQueries
-from .webhook import EVENTS, SECRET_HEADER
 
 log = logging.getLogger("loomstack_curation")
 MIGRATIONS = str(Path(__file__).parent / "migrations")
@@ -58,7 +57,15 @@ async def serve(settings: CurationSettings) -> None:
         if settings.label_studio_url
         else None
     )
-    projects = ProjectMap(db, client, settings.label_studio_project_prefix)
+    projects = ProjectMap(
+        db,
+        client,
+        settings.label_studio_project_prefix,
+        webhook_url=settings.public_url.rstrip("/") + "/labelstudio/webhook"
+        if settings.public_url
+        else "",
+        webhook_secret=settings.webhook_secret,
+    )
     importer = Importer(
         db,
         catalog,
@@ -131,7 +138,7 @@ async def serve(settings: CurationSettings) -> None:
     if client is not None:
         tasks.append(asyncio.create_task(_reconcile_loop(client, projects, annotations, settings)))
         if settings.public_url and settings.webhook_secret:
-            tasks.append(asyncio.create_task(_register_webhook(client, settings)))
+            tasks.append(asyncio.create_task(_register_webhooks(projects, settings)))
     await server.set_started()
     await server.set_ready(True)
     try:
@@ -236,33 +243,17 @@ async def _reconcile_loop(
             log.warning("reconcile failed", extra={"error": str(exc)})
 
 
-async def _register_webhook(client: object, settings: CurationSettings) -> None:
-    """One organization-wide webhook to our endpoint, registered once (retried until done)."""
-    target = settings.public_url.rstrip("/") + "/labelstudio/webhook"
+async def _register_webhooks(projects: ProjectMap, settings: CurationSettings) -> None:
+    """Our webhook on every mapped project (new projects get it when they are created)."""
     while True:
         try:
-
-            def register() -> None:
-                hooks = client.webhooks.list()  # type: ignore[attr-defined]
-                if any(getattr(h, "url", None) == target for h in hooks):
-                    return
-                client.webhooks.create(  # type: ignore[attr-defined]
-                    url=target,
-                    actions=list(EVENTS),
-                    headers={SECRET_HEADER: settings.webhook_secret},
-                    send_payload=True,
-                    send_for_all_actions=False,
-                    is_active=True,
-                )
-
-            await asyncio.to_thread(register)
-            log.info("Label Studio webhook registered", extra={"url": target})
+            for _schema_id, _version, project_id in await asyncio.to_thread(projects.all):
+                await asyncio.to_thread(projects.ensure_webhook, project_id)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if unavailable_or_none(exc) is None:
-                log.warning("webhook not registered", extra={"error": str(exc)})
+            log.warning("webhooks not registered yet", extra={"error": str(exc)})
             await asyncio.sleep(settings.retry_base_seconds * 5)
 
 

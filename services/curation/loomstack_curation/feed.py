@@ -35,6 +35,7 @@ class BatchEvent:
     model: str
     input_file_id: str
     output_file_id: str
+    failed_lines: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -82,6 +83,7 @@ class FeedConsumer:
                         model=event.model,
                         input_file_id=event.input_file_id,
                         output_file_id=event.output_file_id,
+                        failed_lines=event.failed_lines,
                     )
                 position = event.sequence
             values = {"sequence": position, "updated_at": time.time()}

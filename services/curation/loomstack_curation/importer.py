@@ -179,6 +179,7 @@ class Importer:
         model: str,
         input_file_id: str,
         output_file_id: str,
+        failed_lines: int = 0,
     ) -> bool:
         """Queues a batch once (a repeated event changes nothing); True if it was new."""
         exists = conn.execute(
@@ -195,6 +196,8 @@ class Importer:
                 model=model,
                 input_file_id=input_file_id,
                 output_file_id=output_file_id,
+                failed_lines=failed_lines,
+                skipped_lines=failed_lines,
                 status=QUEUED,
                 next_attempt_at=now,
                 created_at=now,
@@ -330,7 +333,7 @@ class Importer:
             batch_id,
             ls_project_id=ls_project,
             result_lines=len(results.lines),
-            skipped_lines=results.skipped,
+            skipped_lines=tables.imports.c.failed_lines + results.skipped,
         )
         self._resolve_pending(batch_id, ls_project)
         with self.engine.connect() as conn:

@@ -107,6 +107,7 @@ class InferenceClient:
                 model=e.batch.model,
                 input_file_id=e.batch.input_file_id,
                 output_file_id=e.batch.output_file_id,
+                failed_lines=e.batch.request_counts.failed,
                 metadata=dict(e.batch.metadata),
             )
             for e in reply.events

@@ -146,6 +146,9 @@ class LabelStudioServer:
                 "SENTRY_DSN": "",
                 "FRONTEND_SENTRY_DSN": "",
                 "PYTHONUNBUFFERED": "1",
+                # This server and the curation service share the loopback interface: let its
+                # webhooks and ML backend calls reach 127.0.0.1 (blocked by default as SSRF).
+                "SSRF_PROTECTION_ENABLED": "false",
             }
         )
         return env

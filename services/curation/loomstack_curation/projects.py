@@ -60,10 +60,45 @@ def project_title(schema: TaskSchema, prefix: str = "") -> str:
 class ProjectMap:
     """The schema → project mapping and the Label Studio calls that maintain it."""
 
-    def __init__(self, engine: Engine, client: LabelStudio | None, title_prefix: str = "") -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        client: LabelStudio | None,
+        title_prefix: str = "",
+        *,
+        webhook_url: str = "",
+        webhook_secret: str = "",
+    ) -> None:
         self.engine = engine
         self.client = client
         self.title_prefix = title_prefix
+        # Where Label Studio sends each project's annotation events (empty: no webhook).
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
+
+    def ensure_webhook(self, project_id: int) -> bool:
+        """Registers our webhook on a project once (Label Studio's webhooks are per project);
+        False when no webhook is configured."""
+        if not (self.webhook_url and self.webhook_secret):
+            return False
+        from .webhook import EVENTS, SECRET_HEADER
+
+        client = self._client()
+        try:
+            hooks = client.webhooks.list(project=str(project_id))
+            if not any(h.url == self.webhook_url for h in hooks):
+                client.webhooks.create(
+                    project=project_id,
+                    url=self.webhook_url,
+                    actions=list(EVENTS),
+                    headers={SECRET_HEADER: self.webhook_secret},
+                    send_payload=True,
+                    send_for_all_actions=False,
+                    is_active=True,
+                )
+        except Exception as exc:
+            raise unavailable_or_none(exc) or exc from None
+        return True
 
     def lookup(self, schema: TaskSchema) -> int | None:
         """The project of a schema version, if one exists already."""
@@ -116,6 +151,7 @@ class ProjectMap:
                 project_id = int(created.id)
         except Exception as exc:
             raise unavailable_or_none(exc) or exc from None
+        self.ensure_webhook(project_id)
         with write_transaction(self.engine) as conn:
             again = conn.execute(
                 sa.select(tables.projects.c.ls_project_id).where(

@@ -106,6 +106,8 @@ imports = sa.Table(
     sa.Column("error_code", sa.String(32), nullable=False, server_default=""),
     sa.Column("result_lines", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("imported_tasks", sa.BigInteger, nullable=False, server_default="0"),
+    # Lines of the batch that failed (its error file); never imported.
+    sa.Column("failed_lines", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("skipped_lines", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("prediction_problems", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("ls_project_id", sa.BigInteger),

@@ -25,10 +25,11 @@ from .responses import OrjsonResponse
 from .routes_admin import admin_router, open_admin
 from .routes_batches import batches_router
 from .routes_chat import chat_router
+from .routes_curation import curation_router
 from .routes_files import files_router
 from .routes_models import models_router
 from .settings import GatewaySettings
-from .upstream import Inference
+from .upstream import Curation, Inference
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     tracing = settings.otel_exporter != "none"
     configure_tracing(SERVICE_NAME, settings.otel_exporter)
     inference = Inference(settings.inference_address, max_message_bytes=settings.max_message_bytes)
+    curation = Curation(settings.curation_address)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await inference.open()
+        await curation.open()
         log.info("gateway started", extra={"inference": settings.inference_address})
         try:
             yield
         finally:
+            await curation.close()
             await inference.close()
 
     app = FastAPI(
@@ -63,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (files_router, batches_router, models_router, chat_router):
         app.include_router(router(inference, settings))
+    app.include_router(curation_router(inference, curation, settings))
     app.include_router(admin_router(open_admin(settings)))
 
     @app.get("/healthz", tags=["health"], summary="The process answers")

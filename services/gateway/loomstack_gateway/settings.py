@@ -22,6 +22,9 @@ class GatewaySettings(ServiceSettings):
     inference_address: str = Field(
         "127.0.0.1:50051", description="host:port of the inference service's gRPC API."
     )
+    curation_address: str = Field(
+        "127.0.0.1:50052", description="host:port of the curation service's gRPC API."
+    )
     api_keys: str = Field(
         "",
         description="Comma-separated `key:project` pairs; project `*` makes an admin key.",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from loomstack.curation.v1 import curation_pb2_grpc
 from loomstack.inference.v1 import (
     batches_pb2_grpc,
     chat_pb2_grpc,
@@ -21,6 +22,12 @@ from loomstack.inference.v1 import (
 from loomstack_kit.tracing import client_interceptors
 
 if TYPE_CHECKING:
+    from loomstack.curation.v1.curation_pb2_grpc import (
+        ImportServiceAsyncStub,
+        SchemaServiceAsyncStub,
+        SnapshotServiceAsyncStub,
+        TaskServiceAsyncStub,
+    )
     from loomstack.inference.v1.batches_pb2_grpc import BatchServiceAsyncStub
     from loomstack.inference.v1.chat_pb2_grpc import ChatServiceAsyncStub
     from loomstack.inference.v1.files_pb2_grpc import FileServiceAsyncStub
@@ -78,6 +85,33 @@ class Inference:
         if resp.status != health_pb2.HealthCheckResponse.SERVING:
             return False, health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         return True, "SERVING"
+
+
+class Curation:
+    """The curation service: schemas, tasks, imports and snapshots stubs on one channel."""
+
+    schemas: SchemaServiceAsyncStub
+    tasks: TaskServiceAsyncStub
+    imports: ImportServiceAsyncStub
+    snapshots: SnapshotServiceAsyncStub
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+
+    async def open(self) -> None:
+        """Opens the channel and builds the stubs."""
+        self._channel = grpc.aio.insecure_channel(self.address, interceptors=client_interceptors())
+        self.schemas = curation_pb2_grpc.SchemaServiceStub(self._channel)
+        self.tasks = curation_pb2_grpc.TaskServiceStub(self._channel)
+        self.imports = curation_pb2_grpc.ImportServiceStub(self._channel)
+        self.snapshots = curation_pb2_grpc.SnapshotServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        if self._channel is not None:
+            await self._channel.close(grace=1.0)
+            self._channel = None
 
 
 async def prefetched(call: Any) -> AsyncIterator[Any]:

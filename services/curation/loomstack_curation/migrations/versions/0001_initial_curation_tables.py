@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("error_code", sa.String(length=32), server_default="", nullable=False),
         sa.Column("result_lines", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("imported_tasks", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("failed_lines", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("skipped_lines", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("prediction_problems", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("ls_project_id", sa.BigInteger(), nullable=True),

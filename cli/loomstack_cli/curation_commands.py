@@ -1,0 +1,269 @@
+"""`loomstack curation …`: task schemas, curation tasks, gold stars, statistics, imports and
+dataset snapshots, over the gateway's `/v1/curation` routes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .gateway_client import CliError, api_key, base_url
+
+curation_app = typer.Typer(
+    help="Curation: schemas, Label Studio tasks, gold stars, dataset snapshots.",
+    no_args_is_help=True,
+)
+snapshot_app = typer.Typer(help="Immutable, versioned training data sets.", no_args_is_help=True)
+curation_app.add_typer(snapshot_app, name="snapshot")
+console = Console()
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the JSON response.")]
+
+
+def request(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One gateway call; an error response becomes a CliError with the service's message."""
+    try:
+        response = httpx.request(
+            method,
+            f"{base_url()}/curation{path}",
+            headers={"Authorization": f"Bearer {api_key()}"},
+            timeout=300,
+            **kwargs,
+        )
+    except httpx.TransportError:
+        raise CliError(
+            f"cannot reach the gateway at {base_url()} (is `loomstack up` running?)"
+        ) from None
+    if response.status_code >= 400:
+        try:
+            error = response.json().get("error", {})
+        except ValueError:
+            error = {"message": response.text or f"HTTP {response.status_code}"}
+        param = f" (param: {error['param']})" if error.get("param") else ""
+        raise CliError(f"{error.get('message')}{param}")
+    return response
+
+
+def _print_json(body: Any) -> None:
+    print(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+def _when(value: str | None) -> str:
+    return value.replace("T", " ")[:19] if value else "-"
+
+
+@curation_app.command("schemas")
+def schemas(as_json: JsonOption = False) -> None:
+    """List the task schemas (latest version of each)."""
+    body = request("GET", "/schemas").json()
+    if as_json:
+        return _print_json(body)
+    table = Table("id", "version", "name", "Label Studio project")
+    for s in body["data"]:
+        table.add_row(
+            s["id"], str(s["version"]), s["name"], str(s["label_studio_project_id"] or "-")
+        )
+    console.print(table)
+    for problem in body.get("problems") or []:
+        console.print(f"[yellow]not loaded:[/yellow] {problem}", highlight=False)
+
+
+@curation_app.command("schema")
+def schema(
+    schema_id: str,
+    version: Annotated[int, typer.Option(help="Version; 0 for the latest.")] = 0,
+    label_config: Annotated[bool, typer.Option(help="Print the Label Studio config.")] = False,
+    prompt: Annotated[bool, typer.Option(help="Print the prompt and JSON schema.")] = False,
+) -> None:
+    """Show one schema, its Label Studio config or its prompt."""
+    params = {"version": version}
+    if label_config:
+        print(
+            request(
+                "GET", f"/schemas/{schema_id}/label_config", params={**params, "format": "xml"}
+            ).text
+        )
+    elif prompt:
+        _print_json(request("GET", f"/schemas/{schema_id}/prompt", params=params).json())
+    else:
+        _print_json(request("GET", f"/schemas/{schema_id}", params=params).json())
+
+
+@curation_app.command("tasks")
+def tasks(
+    schema_id: Annotated[str, typer.Option("--schema", help="Only this schema id.")] = "",
+    status: Annotated[str, typer.Option(help="pending, imported or annotated.")] = "",
+    gold: Annotated[bool, typer.Option("--gold", help="Only gold tasks.")] = False,
+    batch_id: Annotated[str, typer.Option("--batch", help="Only this batch's tasks.")] = "",
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List curation tasks, newest first."""
+    params = {"schema_id": schema_id, "status": status, "gold_only": gold, "batch_id": batch_id}
+    body = request("GET", "/tasks", params={**params, "limit": limit}).json()
+    if as_json:
+        return _print_json(body)
+    table = Table("task", "schema", "batch", "custom_id", "status", "gold", "annotations")
+    for t in body["data"]:
+        table.add_row(
+            str(t["id"]),
+            f"{t['schema_id']}@{t['schema_version']}",
+            t["batch_id"],
+            t["custom_id"],
+            t["status"],
+            "★" if t["gold"] else "",
+            str(t["annotation_count"]),
+        )
+    console.print(table)
+
+
+@curation_app.command("gold")
+def gold(
+    task_ids: Annotated[list[int], typer.Argument(help="Label Studio task ids.")],
+    remove: Annotated[bool, typer.Option("--remove", help="Take the gold star away.")] = False,
+) -> None:
+    """Gold-star tasks (in Label Studio too), or take the star away."""
+    body = request("POST", "/tasks/gold", json={"task_ids": task_ids, "gold": not remove}).json()
+    for t in body["data"]:
+        console.print(f"task {t['id']}: {'gold' if t['gold'] else 'not gold'}")
+
+
+@curation_app.command("stats")
+def stats(
+    schema_id: Annotated[str, typer.Option("--schema", help="Only this schema id.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Tasks, annotated, gold, corrected and agreement, per schema."""
+    body = request("GET", "/stats", params={"schema_id": schema_id}).json()
+    if as_json:
+        return _print_json(body)
+    table = Table("schema", "tasks", "annotated", "gold", "corrected", "agreement (n)")
+    rows = body.get("schemas") or [{"schema_id": schema_id or "all", **body}]
+    for s in rows:
+        table.add_row(
+            s["schema_id"],
+            str(s["tasks"]),
+            str(s["annotated"]),
+            str(s["gold"]),
+            str(s["corrected"]),
+            f"{s['mean_agreement']:.2f} ({s['multi_annotated']})" if s["multi_annotated"] else "-",
+        )
+    console.print(table)
+
+
+@curation_app.command("imports")
+def imports(as_json: JsonOption = False) -> None:
+    """Batch imports into Label Studio and their status."""
+    body = request("GET", "/imports").json()
+    if as_json:
+        return _print_json(body)
+    table = Table("batch", "schema_type", "status", "tasks", "skipped", "attempts", "error")
+    for i in body["data"]:
+        table.add_row(
+            i["batch_id"],
+            i["schema_type"],
+            i["status"],
+            f"{i['imported_tasks']}/{i['result_lines']}",
+            str(i["skipped_lines"]),
+            str(i["attempts"]),
+            i["error"][:60],
+        )
+    console.print(table)
+
+
+def _print_snapshot(s: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{s['id']}[/bold]  {s['name']} v{s['version']}  format {s['format']}  "
+        f"train {s['training_examples']} / validation {s['validation_examples']}  "
+        f"(duplicates {s['duplicates_removed']}, incomplete {s['incomplete_skipped']})",
+        highlight=False,
+    )
+    console.print(f"  training file:   {s['training_file_id']}", highlight=False)
+    if s.get("validation_file_id"):
+        console.print(f"  validation file: {s['validation_file_id']}", highlight=False)
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    name: str,
+    schema_id: Annotated[str, typer.Option("--schema", help="Only this schema id.")] = "",
+    gold_only: Annotated[bool, typer.Option("--gold-only", help="Only gold tasks.")] = False,
+    min_agreement: Annotated[float, typer.Option(help="Minimum agreement, 0-1.")] = 0.0,
+    min_rating: Annotated[int, typer.Option(help="Minimum rating.")] = 0,
+    since: Annotated[datetime | None, typer.Option(help="Annotated at or after.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Annotated before.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many examples.")] = 0,
+    fmt: Annotated[
+        str, typer.Option("--format", help="openai_chat, alpaca, sharegpt, chatml.")
+    ] = "openai_chat",
+    validation_fraction: Annotated[float, typer.Option(help="Share for validation.")] = 0.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Build the next version of a dataset from annotated tasks."""
+    body = {
+        "name": name,
+        "format": fmt,
+        "validation_fraction": validation_fraction,
+        "filter": {
+            "schema_id": schema_id,
+            "gold_only": gold_only,
+            "min_agreement": min_agreement,
+            "min_rating": min_rating,
+            "limit": limit,
+            "start_time": since.isoformat() if since else None,
+            "end_time": until.isoformat() if until else None,
+        },
+    }
+    snap = request("POST", "/snapshots", json=body).json()
+    _print_json(snap) if as_json else _print_snapshot(snap)
+
+
+@snapshot_app.command("list")
+def snapshot_list(
+    name: Annotated[str, typer.Option(help="Only this dataset.")] = "", as_json: JsonOption = False
+) -> None:
+    """List snapshots, newest first."""
+    body = request("GET", "/snapshots", params={"name": name}).json()
+    if as_json:
+        return _print_json(body)
+    table = Table("id", "name", "version", "format", "train", "validation", "created")
+    for s in body["data"]:
+        table.add_row(
+            s["id"],
+            s["name"],
+            str(s["version"]),
+            s["format"],
+            str(s["training_examples"]),
+            str(s["validation_examples"]),
+            _when(s.get("create_time")),
+        )
+    console.print(table)
+
+
+@snapshot_app.command("get")
+def snapshot_get(snapshot_id: str) -> None:
+    """One snapshot with its manifest."""
+    _print_json(request("GET", f"/snapshots/{snapshot_id}").json())
+
+
+@snapshot_app.command("download")
+def snapshot_download(
+    snapshot_id: str,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File; default stdout.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train or validation.")] = "train",
+) -> None:
+    """Write a snapshot's file (JSONL)."""
+    content = request("GET", f"/snapshots/{snapshot_id}/content", params={"split": split}).content
+    if output is None:
+        sys.stdout.buffer.write(content)
+    else:
+        output.write_bytes(content)
+        console.print(f"wrote {len(content.splitlines())} lines to {output}", highlight=False)
