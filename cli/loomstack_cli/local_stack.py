@@ -1,4 +1,9 @@
-"""The local stack: the inference service and the gateway as background processes of this machine.
+"""The local stack: the inference, curation and gateway services as background processes.
+
+The curation service always starts; it talks to Label Studio only when one is configured
+(`LOOMSTACK_CURATION_LABEL_STUDIO_URL`/`_TOKEN`, or the connection file `make labelstudio`
+writes under `.loomstack/labelstudio/`). Without it, batches with `metadata.schema_type` wait
+in the curation import queue.
 
 State lives under `.loomstack/` of the current directory: the inference service's database and
 blobs, `logs/<name>.log`, and `run/<name>.pid` (+ the bound ports). Each process is started in
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,8 +26,14 @@ from pathlib import Path
 import httpx
 import psutil
 
-INFERENCE, GATEWAY = "inference", "gateway"
-MODULES = {INFERENCE: "loomstack_inference", GATEWAY: "loomstack_gateway"}
+INFERENCE, CURATION, GATEWAY = "inference", "curation", "gateway"
+MODULES = {
+    INFERENCE: "loomstack_inference",
+    CURATION: "loomstack_curation",
+    GATEWAY: "loomstack_gateway",
+}
+NAMES = (INFERENCE, CURATION, GATEWAY)
+CURATION_HTTP_PORT = "8091"  # Label Studio's webhook and ML backend URL
 DEFAULT_MODEL_PATH = Path(".cache/models/SmolLM2-135M-Instruct")
 
 
@@ -77,7 +89,7 @@ class LocalStack:
         return ProcessState(name, pid, _is_ours(pid, MODULES[name]))
 
     def states(self) -> list[ProcessState]:
-        return [self.state(INFERENCE), self.state(GATEWAY)]
+        return [self.state(name) for name in NAMES]
 
     def url(self) -> str | None:
         """The gateway's root URL recorded by `up`."""
@@ -102,12 +114,15 @@ class LocalStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.run.mkdir(parents=True, exist_ok=True)
         self._started = {}
-        for name in (INFERENCE, GATEWAY):
+        for name in NAMES:
             self.port_file(name).unlink(missing_ok=True)
         deadline = time.monotonic() + timeout
         try:
             inference_port = self._start_inference(roles, model_path, deadline, on_wait)
-            url = self._start_gateway(host, port, inference_port, api_key, deadline, on_wait)
+            curation_port = self._start_curation(inference_port, deadline, on_wait)
+            url = self._start_gateway(
+                host, port, inference_port, curation_port, api_key, deadline, on_wait
+            )
             self.url_file.write_text(url)
             on_wait("loading the model" if "engine" in roles else "waiting for readiness")
             self._wait_ready(url, deadline)
@@ -146,11 +161,63 @@ class LocalStack:
         on_wait("starting the inference service")
         return int(self._wait_for_port(INFERENCE, deadline))
 
+    def _label_studio(self) -> dict[str, str]:
+        """Label Studio's URL and token from the connection file `make labelstudio` writes."""
+        found: dict[str, str] = {}
+        connection = self.home / "labelstudio" / "connection.env"
+        with contextlib.suppress(OSError):
+            for line in connection.read_text().splitlines():
+                key, _, value = line.partition("=")
+                found[key.strip()] = value.strip()
+        if not found.get("LABEL_STUDIO_URL") or not found.get("LABEL_STUDIO_API_KEY"):
+            return {}
+        return {
+            "LOOMSTACK_CURATION_LABEL_STUDIO_URL": found["LABEL_STUDIO_URL"],
+            "LOOMSTACK_CURATION_LABEL_STUDIO_TOKEN": found["LABEL_STUDIO_API_KEY"],
+        }
+
+    def _webhook_secret(self) -> str:
+        """A secret kept across restarts (Label Studio's webhooks were registered with it)."""
+        path = self.home / "curation-webhook.secret"
+        with contextlib.suppress(OSError):
+            if secret := path.read_text().strip():
+                return secret
+        secret = secrets.token_hex(20)
+        path.write_text(secret)
+        path.chmod(0o600)
+        return secret
+
+    def _start_curation(
+        self, inference_port: int, deadline: float, on_wait: Callable[[str], None]
+    ) -> int:
+        env = dict(os.environ)
+        for key, value in self._label_studio().items():
+            env.setdefault(key, value)
+        env.setdefault("LOOMSTACK_CURATION_HTTP_PORT", CURATION_HTTP_PORT)
+        env.setdefault(
+            "LOOMSTACK_CURATION_PUBLIC_URL",
+            f"http://127.0.0.1:{env['LOOMSTACK_CURATION_HTTP_PORT']}",
+        )
+        env.setdefault("LOOMSTACK_CURATION_WEBHOOK_SECRET", self._webhook_secret())
+        schemas = Path("schemas")
+        if schemas.is_dir():
+            env.setdefault("LOOMSTACK_CURATION_SCHEMAS_DIR", str(schemas.resolve()))
+        env.update(
+            LOOMSTACK_HOME=str(self.home),
+            LOOMSTACK_CURATION_INFERENCE_ADDRESS=f"127.0.0.1:{inference_port}",
+            LOOMSTACK_CURATION_PORT="0",
+            LOOMSTACK_CURATION_PORT_FILE=str(self.port_file(CURATION)),
+        )
+        self._spawn(CURATION, env)
+        on_wait("starting the curation service")
+        return int(self._wait_for_port(CURATION, deadline))
+
     def _start_gateway(
         self,
         host: str,
         port: int,
         inference_port: int,
+        curation_port: int,
         api_key: str,
         deadline: float,
         on_wait: Callable[[str], None],
@@ -162,6 +229,7 @@ class LocalStack:
             LOOMSTACK_GATEWAY_PORT=str(port),
             LOOMSTACK_GATEWAY_PORT_FILE=str(self.port_file(GATEWAY)),
             LOOMSTACK_GATEWAY_INFERENCE_ADDRESS=f"127.0.0.1:{inference_port}",
+            LOOMSTACK_GATEWAY_CURATION_ADDRESS=f"127.0.0.1:{curation_port}",
             LOOMSTACK_API_KEY=api_key,
         )
         self._spawn(GATEWAY, env)
@@ -199,7 +267,7 @@ class LocalStack:
     def log_tail(self, lines: int = 25) -> str:
         """The last lines of each log."""
         parts = []
-        for name in (INFERENCE, GATEWAY):
+        for name in NAMES:
             path = self.log_file(name)
             if path.exists():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
@@ -210,7 +278,7 @@ class LocalStack:
 
     def stop(self, grace: float = 60.0) -> list[ProcessState]:
         """SIGTERM each running process, wait up to `grace` s, then SIGKILL its process group."""
-        running = [s for s in (self.state(GATEWAY), self.state(INFERENCE)) if s.running]
+        running = [s for s in map(self.state, reversed(NAMES)) if s.running]
         for state in running:
             assert state.pid is not None
             with contextlib.suppress(ProcessLookupError):
@@ -223,7 +291,7 @@ class LocalStack:
             # outlive their parent.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(state.pid, signal.SIGKILL)
-        for name in (INFERENCE, GATEWAY):
+        for name in NAMES:
             self.pid_file(name).unlink(missing_ok=True)
             self.port_file(name).unlink(missing_ok=True)
         self.url_file.unlink(missing_ok=True)

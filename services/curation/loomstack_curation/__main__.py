@@ -155,7 +155,10 @@ async def _serve_http(http: uvicorn.Server, settings: CurationSettings) -> None:
     if not config.loaded:
         config.load()
     http.lifespan = config.lifespan_class(config)
-    await http.startup()
+    try:
+        await http.startup()
+    except SystemExit:  # uvicorn exits the process when the port is taken; we keep serving gRPC
+        http.should_exit = True
     if http.should_exit:
         log.error("HTTP endpoints not started", extra={"port": settings.http_port})
         return

@@ -85,13 +85,22 @@ class ProjectMap:
 
         client = self._client()
         try:
-            hooks = client.webhooks.list(project=str(project_id))
-            if not any(h.url == self.webhook_url for h in hooks):
+            headers = {SECRET_HEADER: self.webhook_secret}
+            ours = [
+                h
+                for h in client.webhooks.list(project=str(project_id))
+                if h.url == self.webhook_url
+            ]
+            for hook in ours:
+                if hook.headers != headers and hook.id is not None:
+                    # The secret changed since the webhook was registered.
+                    client.webhooks.update(id=hook.id, headers=headers, actions=list(EVENTS))
+            if not ours:
                 client.webhooks.create(
                     project=project_id,
                     url=self.webhook_url,
                     actions=list(EVENTS),
-                    headers={SECRET_HEADER: self.webhook_secret},
+                    headers=headers,
                     send_payload=True,
                     send_for_all_actions=False,
                     is_active=True,
