@@ -23,7 +23,25 @@ from typing import Any
 
 from workload import make_chat_requests
 
+from loomstack_inference.engine import preferred_dtype
+
 DEFAULT_KVCACHE_GIB = "4"
+
+
+def _cpu_split() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its live descendants."""
+    import psutil
+
+    me = psutil.Process()
+    own = me.cpu_times()
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        children += times.user + times.system
+    return own.user + own.system, children
 
 
 def run(model: Path, requests: int, max_tokens: int, enforce_eager: bool) -> dict[str, Any]:
@@ -38,12 +56,16 @@ def run(model: Path, requests: int, max_tokens: int, enforce_eager: bool) -> dic
     sampling = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0)
 
     started = time.perf_counter()
-    llm = LLM(model=str(model), enforce_eager=enforce_eager)
+    # The same dtype choice as the service (float32 on a CPU without bf16 instructions).
+    dtype = preferred_dtype()
+    llm = LLM(model=str(model), enforce_eager=enforce_eager, dtype=dtype)
     engine_start_seconds = time.perf_counter() - started
 
+    cpu_before = _cpu_split()
     started = time.perf_counter()
     outputs = llm.chat(conversations, sampling, use_tqdm=False)
     generate_seconds = time.perf_counter() - started
+    cpu_after = _cpu_split()
 
     prompt_tokens = sum(len(out.prompt_token_ids or ()) for out in outputs)
     output_tokens = sum(len(out.outputs[0].token_ids) for out in outputs)
@@ -57,9 +79,14 @@ def run(model: Path, requests: int, max_tokens: int, enforce_eager: bool) -> dic
         "output_tokens_per_second": round(output_tokens / generate_seconds, 1),
         "requests_per_second": round(len(outputs) / generate_seconds, 2),
         "requests_short_of_max_tokens": short,
+        # CPU seconds spent during generation by this process (vLLM's front end: chat template,
+        # tokenizing, detokenizing) and by its children (the engine core: scheduling, forward).
+        "frontend_cpu_seconds": round(cpu_after[0] - cpu_before[0], 2),
+        "engine_core_cpu_seconds": round(cpu_after[1] - cpu_before[1], 2),
         "max_tokens": max_tokens,
         "model": str(model),
         "enforce_eager": enforce_eager,
+        "dtype": str(llm.llm_engine.model_config.dtype),
         "kv_cache_gib": float(os.environ["VLLM_CPU_KVCACHE_SPACE"]),
         "vllm_version": vllm.__version__,
         "sample_output": outputs[0].outputs[0].text if outputs else "",

@@ -181,7 +181,7 @@ def test_engine_rejection_is_an_openai_error(stack) -> None:  # type: ignore[no-
 def test_cancel_in_the_middle_of_a_batch(stack) -> None:  # type: ignore[no-untyped-def]
     client = stack.client()
     lines = [
-        batch_line(f"c{i}", f"Write about {i}.", max_tokens=64, ignore_eos=True) for i in range(400)
+        batch_line(f"c{i}", f"Write about {i}.", max_tokens=16, ignore_eos=True) for i in range(400)
     ]
     f = client.files.create(file=("input.jsonl", _jsonl(lines)), purpose="batch")
     batch = client.batches.create(

@@ -56,6 +56,7 @@ async def serve(settings: InferenceSettings) -> None:
             served_name=settings.model_name,
             max_model_len=settings.max_model_len,
             enforce_eager=settings.enforce_eager,
+            dtype=settings.dtype,
             extra_args=settings.engine_args,
         )
 

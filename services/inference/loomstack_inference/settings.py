@@ -25,6 +25,13 @@ class InferenceSettings(ServiceSettings):
     model_path: str = Field("", description="Local directory of the weights.")
     max_model_len: int = Field(2048, description="Context length given to vLLM.")
     enforce_eager: bool = Field(False, description="Skip graph compilation (faster start).")
+    dtype: str = Field(
+        "auto",
+        description=(
+            "Weight dtype given to vLLM. 'auto': the model's own, except float32 on a CPU "
+            "without bfloat16 instructions (AVX512-BF16/AMX), where bf16 matmuls are emulated."
+        ),
+    )
     engine_args: str = Field("", description="Extra vLLM engine arguments, shell-style.")
 
     # Limits on input files.
