@@ -11,6 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from labelstudio_fixtures import (  # noqa: F401 — fixtures and hooks of the whole session
+    label_studio,
+    label_studio_server,
+    pytest_terminal_summary,
+    register_marker,
+)
 from support import MODEL_NAME, MODEL_PATH, postgres_database
 
 from loomstack_inference.__main__ import MIGRATIONS
@@ -19,6 +25,10 @@ from loomstack_inference.files import FileStore
 from loomstack_inference.registry import Registry
 from loomstack_kit.blobstore import FilesystemBlobStore
 from loomstack_kit.database import create_db_engine, migrate
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    register_marker(config)
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ agreement are recorded; snapshots contain exactly the selected examples and are 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 

@@ -429,15 +429,18 @@ class Importer:
                 f"Label Studio returned {len(task_ids)} task ids for {len(chunk)} tasks"
             )
         with write_transaction(self.engine) as conn:
-            for line, task_id in zip(chunk, task_ids, strict=True):
-                conn.execute(
-                    tables.tasks.update()
-                    .where(
-                        tables.tasks.c.batch_id == batch_id,
-                        tables.tasks.c.custom_id == line.custom_id,
-                    )
-                    .values(ls_task_id=int(task_id), status=IMPORTED)
+            conn.execute(
+                tables.tasks.update()
+                .where(
+                    tables.tasks.c.batch_id == batch_id,
+                    tables.tasks.c.custom_id == sa.bindparam("cid"),
                 )
+                .values(ls_task_id=sa.bindparam("tid"), status=IMPORTED),
+                [
+                    {"cid": line.custom_id, "tid": int(task_id)}
+                    for line, task_id in zip(chunk, task_ids, strict=True)
+                ],
+            )
             conn.execute(
                 tables.imports.update()
                 .where(tables.imports.c.batch_id == batch_id)
@@ -471,13 +474,15 @@ class Importer:
         except Exception as exc:
             raise unavailable_or_none(exc) or exc from None
         with write_transaction(self.engine) as conn:
-            for custom_id, task_id in found.items():
+            if found:
                 conn.execute(
                     tables.tasks.update()
                     .where(
-                        tables.tasks.c.batch_id == batch_id, tables.tasks.c.custom_id == custom_id
+                        tables.tasks.c.batch_id == batch_id,
+                        tables.tasks.c.custom_id == sa.bindparam("cid"),
                     )
-                    .values(ls_task_id=task_id, status=IMPORTED)
+                    .values(ls_task_id=sa.bindparam("tid"), status=IMPORTED),
+                    [{"cid": cid, "tid": tid} for cid, tid in found.items()],
                 )
             conn.execute(
                 tables.tasks.delete().where(
