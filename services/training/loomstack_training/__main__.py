@@ -1,0 +1,96 @@
+"""Entry point: settings → dependencies → server. `python -m loomstack_training`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from loomstack.training.v1 import training_pb2_grpc
+from loomstack_kit.blobstore import open_blob_store
+from loomstack_kit.database import create_db_engine, migrate
+from loomstack_kit.json_logging import configure_logging
+from loomstack_kit.server import GrpcServer, Registration
+from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
+
+from .inference import InferenceClient
+from .jobs import Jobs
+from .promotion import Promotion
+from .runner_local import LocalRunner
+from .servicer import FineTuningServicer
+from .settings import TrainingSettings
+from .submission import Submissions
+
+log = logging.getLogger("loomstack_training")
+MIGRATIONS = str(Path(__file__).parent / "migrations")
+VERSION_TABLE = "alembic_version_training"
+
+
+async def serve(settings: TrainingSettings) -> None:
+    """Serves the FineTuningService and runs the configured runner until SIGTERM."""
+    if settings.runner != "local":
+        raise SystemExit(f"unknown runner {settings.runner!r}: use local")
+    url = settings.resolved_database_url()
+    await asyncio.to_thread(migrate, url, MIGRATIONS, VERSION_TABLE)
+    db = create_db_engine(url)
+    instrument_sqlalchemy(db)
+    blobs = open_blob_store(settings.blob_backend, root=settings.resolved_blob_dir(), engine=db)
+    inference = InferenceClient(settings.inference_address)
+    jobs = Jobs(db)
+    submissions = Submissions(settings, jobs, blobs, inference)
+    promotion = Promotion(jobs, blobs)
+    runner = LocalRunner(settings, jobs, blobs, promotion)
+
+    failed = await runner.reconcile()
+    if failed:
+        log.warning("failed jobs an earlier run left unfinished", extra={"jobs": failed})
+    registrations = [
+        Registration(
+            training_pb2_grpc.add_FineTuningServiceServicer_to_server,
+            FineTuningServicer(jobs, submissions, settings.runner),
+            "loomstack.training.v1.FineTuningService",
+        )
+    ]
+    runner_task: asyncio.Task[None] | None = None
+
+    async def stop_runner() -> None:
+        if runner_task is not None:
+            runner_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner_task
+
+    server = GrpcServer(settings, registrations, on_shutdown=[stop_runner])
+    await server.start()
+    server.install_signal_handlers()
+    runner_task = asyncio.create_task(runner.run())
+    await server.set_started()
+    await server.set_ready(True)
+    try:
+        await server.wait_for_stop()
+    finally:
+        if runner_task is not None:
+            runner_task.cancel()
+        inference.close()
+        db.dispose()
+
+
+def main() -> None:
+    """Console entry point: `serve` (the default) or `migrate` (schema only, then exit)."""
+    import sys
+
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command not in ("serve", "migrate"):
+        raise SystemExit(f"usage: loomstack-training [serve|migrate] (got {command!r})")
+    settings = TrainingSettings()
+    configure_logging("training", settings.log_level, settings.log_json)
+    if command == "migrate":
+        migrate(settings.resolved_database_url(), MIGRATIONS, VERSION_TABLE)
+        log.info("database schema is up to date")
+        return
+    configure_tracing("loomstack-training", settings.otel_exporter)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""After a trainer finished: keep the adapter, write the metrics file, gate, register, succeed.
+
+The adapter goes to the blob store, the per-step metrics CSV to the inference service's
+files (OpenAI's `result_files`, purpose `fine-tune-results`). With a validation file the eval
+gate decides whether the adapter is promoted, i.e. registered as the model
+`ft:<base>:<suffix>:<job>` that batches and chat can name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from loomstack_kit.blobstore import BlobStore
+
+from .artifacts import store_directory
+from .jobs import Jobs, JobView, fine_tuned_model_name
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = (
+    "step",
+    "train_loss",
+    "learning_rate",
+    "tokens_per_second",
+    "trained_tokens",
+    "epoch",
+)
+
+# (job, adapter directory) -> the eval result dict (with `promoted`), or None for no gate.
+EvalGate = Callable[[JobView, Path, str], Awaitable[dict[str, Any] | None]]
+# (job, model name, adapter directory) -> None; registers the adapter as a model.
+Registrar = Callable[[JobView, str, Path], Awaitable[None]]
+# (job, filename, content) -> file id of a stored result file.
+ResultStore = Callable[[JobView, str, bytes], Awaitable[str]]
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
+    """OpenAI-style step metrics file: one row per optimizer step."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    return out.getvalue().encode()
+
+
+class Promotion:
+    """Finishes a trained job (the same for every runner)."""
+
+    def __init__(
+        self,
+        jobs: Jobs,
+        blobs: BlobStore,
+        *,
+        store_result: ResultStore | None = None,
+        eval_gate: EvalGate | None = None,
+        register: Registrar | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.blobs = blobs
+        self.store_result = store_result
+        self.eval_gate = eval_gate
+        self.register = register
+
+    async def finish(self, job: JobView, adapter_dir: Path, done: dict[str, Any]) -> None:
+        """Adapter → blob, metrics → result file, gate, register, `succeeded`."""
+        blob_id = await asyncio.to_thread(
+            store_directory, self.blobs, f"{job.id}-adapter", adapter_dir
+        )
+        result_files: list[str] = []
+        if self.store_result is not None:
+            rows = await asyncio.to_thread(self.jobs.step_metrics, job.id)
+            try:
+                result_files.append(
+                    await self.store_result(job, f"{job.id}-metrics.csv", metrics_csv(rows))
+                )
+            except Exception as exc:  # the adapter is worth keeping without its metrics file
+                log.warning("metrics file not stored", extra={"job_id": job.id, "error": str(exc)})
+                await asyncio.to_thread(
+                    self.jobs.add_event, job.id, "warn", f"Metrics file not stored: {exc}"
+                )
+        name = fine_tuned_model_name(job.model, job.suffix, job.id)
+        eval_result = None
+        if self.eval_gate is not None and job.validation_file:
+            await asyncio.to_thread(
+                self.jobs.add_event, job.id, "info", "Evaluating base and fine-tuned model"
+            )
+            eval_result = await self.eval_gate(job, adapter_dir, name)
+        promoted = eval_result is None or bool(eval_result.get("promoted"))
+        if promoted and self.register is not None:
+            await self.register(job, name, adapter_dir)
+        if promoted:
+            message = f"The job has successfully completed: {name}"
+        else:
+            message = "The job completed, but the fine-tuned model did not beat the base model"
+        await asyncio.to_thread(
+            self.jobs.succeed,
+            job.id,
+            fine_tuned_model=name if promoted else None,
+            trained_tokens=int(done.get("trained_tokens", 0)),
+            trained_steps=int(done.get("steps", 0)),
+            result_files=result_files,
+            adapter_blob_id=blob_id,
+            eval_result=eval_result,
+            message=message,
+        )

@@ -1,0 +1,72 @@
+"""Settings of the training service (environment prefix `LOOMSTACK_TRAINING_`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from loomstack_kit.settings import ServiceSettings
+
+
+class TrainingSettings(ServiceSettings):
+    """What the service, its runners and its validation read."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOMSTACK_TRAINING_", extra="ignore")
+
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite under home.")
+    blob_backend: str = Field("filesystem", description="filesystem or database.")
+    blob_dir: Path | None = Field(None, description="Filesystem blob root; default home/blobs.")
+    inference_address: str = Field(
+        "127.0.0.1:50051", description="The inference service (files, the model registry)."
+    )
+
+    runner: str = Field("local", description="Where trainers run: local or kubernetes.")
+    trainer_python: str = Field(
+        sys.executable,
+        description="Python of the trainer environment (make training-install) for `local`.",
+    )
+    work_dir: Path | None = Field(None, description="Job directories; default home/training.")
+    max_concurrent_jobs: int = Field(1, description="Trainers running at once (local runner).")
+    poll_seconds: float = Field(0.5, description="How often the runner looks for queued jobs.")
+    cancel_grace_seconds: float = Field(
+        20.0, description="After SIGTERM, how long a trainer may take to checkpoint and exit."
+    )
+    log_tail_lines: int = Field(20, description="Trainer log lines quoted in a failure.")
+
+    # Training file limits.
+    min_examples: int = Field(10, description="Fewest training examples accepted.")
+    max_file_bytes: int = Field(512 * 1024 * 1024, description="Largest training file read.")
+    max_seq_length: int = Field(2048, description="Default (and largest) tokens per example.")
+
+    # Defaults of unset hyperparameters.
+    default_n_epochs: int = Field(3, description="Epochs.")
+    default_batch_size: int = Field(8, description="Examples per step.")
+    default_learning_rate: float = Field(2e-4, description="Learning rate at multiplier 1.")
+    default_lora_r: int = Field(16, description="LoRA rank.")
+    default_lora_alpha: int = Field(32, description="LoRA alpha.")
+    default_lora_dropout: float = Field(0.0, description="LoRA dropout.")
+    default_lora_target_modules: str = Field(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        description="Comma-separated LoRA target modules.",
+    )
+    dtype: str = Field("float32", description="Training dtype: float32 (CPU) or bfloat16.")
+
+    # Eval gate.
+    eval_margin: float = Field(
+        0.0, description="Token overlap the fine-tuned model must gain over the base."
+    )
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or SQLite in the home directory."""
+        return self.database_url or f"sqlite:///{self.home / 'training.db'}"
+
+    def resolved_blob_dir(self) -> Path:
+        """The filesystem blob root."""
+        return self.blob_dir or self.home / "training-blobs"
+
+    def resolved_work_dir(self) -> Path:
+        """Where job directories (config, data, log, checkpoints) live."""
+        return self.work_dir or self.home / "training"

@@ -1,0 +1,69 @@
+"""The training service's tables (it owns them; no other service reads them)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from loomstack_kit.blobstore import blob_chunks
+
+metadata = sa.MetaData()
+# The database blob store's table (adapters, checkpoints) lives in this service's database.
+blob_chunks.to_metadata(metadata)
+
+jobs = sa.Table(
+    "fine_tuning_jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("base_model_path", sa.Text, nullable=False),
+    sa.Column("training_file", sa.String(64), nullable=False),
+    sa.Column("validation_file", sa.String(64), nullable=True),
+    sa.Column("suffix", sa.String(64), nullable=False, server_default=""),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("hyperparameters_json", sa.Text, nullable=False),
+    sa.Column("metadata_json", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("runner", sa.String(32), nullable=False),
+    sa.Column("runner_ref", sa.String(256), nullable=True),
+    sa.Column("fine_tuned_model", sa.String(512), nullable=True),
+    sa.Column("trained_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("trained_steps", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total_steps", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("error_json", sa.Text, nullable=True),
+    sa.Column("result_files_json", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("eval_json", sa.Text, nullable=True),
+    sa.Column("adapter_blob_id", sa.String(128), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("first_step_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Index("ix_fine_tuning_jobs_project_created", "project", "created_at"),
+    sa.Index("ix_fine_tuning_jobs_status", "status"),
+)
+
+events = sa.Table(
+    "fine_tuning_events",
+    metadata,
+    sa.Column("sequence", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("level", sa.String(8), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("metrics_json", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_fine_tuning_events_job", "job_id", "sequence"),
+)
+
+checkpoints = sa.Table(
+    "fine_tuning_checkpoints",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("metrics_json", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("blob_id", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("job_id", "step", name="uq_fine_tuning_checkpoints_job_step"),
+)
