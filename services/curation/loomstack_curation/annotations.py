@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -146,43 +146,133 @@ class AnnotationStore:
                 self._refresh_task(conn, task_id)
         return int(deleted or 0)
 
-    def replace_task(self, task_id: int, records: list[AnnotationRecord]) -> bool:
-        """Makes a task's annotations exactly `records` (the reconcile); False if not ours.
-
-        Skips the write when nothing changed, so a reconcile over a large project is cheap.
-        """
+    def annotated_task_ids(self, ls_project_id: int) -> list[int]:
+        """Tasks of a Label Studio project with at least one recorded annotation."""
+        a, t = tables.ls_annotations, tables.tasks
         with self.engine.connect() as conn:
-            schema = self._schema(conn, task_id)
-            if schema is None:
-                return False
-            known = {
-                row.ls_annotation_id: (row.result_json, row.was_cancelled)
+            return list(
+                conn.execute(
+                    sa.select(sa.distinct(a.c.ls_task_id))
+                    .join(t, t.c.ls_task_id == a.c.ls_task_id)
+                    .where(t.c.ls_project_id == ls_project_id)
+                ).scalars()
+            )
+
+    def replace_task(self, task_id: int, records: list[AnnotationRecord]) -> bool:
+        """Makes a task's annotations exactly `records` (the reconcile); False if not ours."""
+        return task_id in self.replace_tasks({task_id: records})
+
+    def replace_tasks(self, tasks: Mapping[int, list[AnnotationRecord]]) -> set[int]:
+        """`replace_task` for a page of tasks at once; returns the ids that are ours.
+
+        Reads what is recorded for the whole page in one query and writes only the tasks whose
+        annotations changed, in one transaction, so a reconcile over a large project is cheap.
+        """
+        if not tasks:
+            return set()
+        ids = list(tasks)
+        with self.engine.connect() as conn:
+            ours = {
+                row.ls_task_id: (row.schema_id, row.schema_version, row.predicted_json)
                 for row in conn.execute(
                     sa.select(
-                        tables.ls_annotations.c.ls_annotation_id,
-                        tables.ls_annotations.c.result_json,
-                        tables.ls_annotations.c.was_cancelled,
-                    ).where(tables.ls_annotations.c.ls_task_id == task_id)
+                        tables.tasks.c.ls_task_id,
+                        tables.tasks.c.schema_id,
+                        tables.tasks.c.schema_version,
+                        tables.tasks.c.predicted_json,
+                    ).where(tables.tasks.c.ls_task_id.in_(ids))
                 )
             }
-        wanted = {
-            r.id: (json.dumps(r.result, sort_keys=True, ensure_ascii=False), r.was_cancelled)
-            for r in records
-        }
-        if known == wanted:
-            return True
+            known: dict[int, dict[int, tuple[str, bool]]] = {i: {} for i in ours}
+            for row in conn.execute(
+                sa.select(
+                    tables.ls_annotations.c.ls_task_id,
+                    tables.ls_annotations.c.ls_annotation_id,
+                    tables.ls_annotations.c.result_json,
+                    tables.ls_annotations.c.was_cancelled,
+                ).where(tables.ls_annotations.c.ls_task_id.in_(list(ours)))
+            ):
+                known[row.ls_task_id][row.ls_annotation_id] = (row.result_json, row.was_cancelled)
+        changed = []
+        for task_id in ours:
+            wanted = {
+                r.id: (json.dumps(r.result, sort_keys=True, ensure_ascii=False), r.was_cancelled)
+                for r in tasks[task_id]
+            }
+            if wanted != known[task_id]:
+                changed.append((task_id, set(known[task_id]) - set(wanted)))
+        if changed:
+            self._write_changed(changed, tasks, ours, known)
+        return set(ours)
+
+    def _write_changed(
+        self,
+        changed: list[tuple[int, set[int]]],
+        tasks: Mapping[int, list[AnnotationRecord]],
+        ours: Mapping[int, tuple[str, int, str]],
+        known: Mapping[int, Mapping[int, Any]],
+    ) -> None:
+        """Bulk writes of a page's changed tasks: one statement per kind of change."""
+        stale: list[int] = []
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        task_rows: list[dict[str, Any]] = []
+        for task_id, gone in changed:
+            schema_id, version, predicted_json = ours[task_id]
+            try:
+                schema = self.catalog.get(schema_id, version)
+            except Exception:
+                continue
+            stale += gone
+            live = []
+            for record in tasks[task_id]:
+                values = self._values(schema, record)
+                (updates if record.id in known[task_id] else inserts).append(values)
+                if not record.was_cancelled:
+                    live.append(values)
+            live.sort(key=lambda v: (v["updated_at"], v["ls_annotation_id"]))
+            task_rows.append({"b_task_id": task_id, **derived(schema, predicted_json, live)})
+        a, t = tables.ls_annotations, tables.tasks
         with write_transaction(self.engine) as conn:
-            stale = set(known) - set(wanted)
-            if stale:
+            for start in range(0, len(stale), 500):
+                conn.execute(a.delete().where(a.c.ls_annotation_id.in_(stale[start : start + 500])))
+            if inserts:
+                conn.execute(a.insert(), inserts)
+            if updates:
+                columns = [k for k in updates[0] if k != "ls_annotation_id"]
                 conn.execute(
-                    tables.ls_annotations.delete().where(
-                        tables.ls_annotations.c.ls_annotation_id.in_(stale)
-                    )
+                    a.update()
+                    .where(a.c.ls_annotation_id == sa.bindparam("b_id"))
+                    .values({k: sa.bindparam(f"b_{k}") for k in columns}),
+                    [
+                        {"b_id": u["ls_annotation_id"], **{f"b_{k}": u[k] for k in columns}}
+                        for u in updates
+                    ],
                 )
-            for record in records:
-                self._write(conn, schema, record)
-            self._refresh_task(conn, task_id)
-        return True
+            if task_rows:
+                columns = [k for k in task_rows[0] if k != "b_task_id"]
+                conn.execute(
+                    t.update()
+                    .where(t.c.ls_task_id == sa.bindparam("b_task_id"))
+                    .values({k: sa.bindparam(f"b_{k}") for k in columns}),
+                    [
+                        {"b_task_id": r["b_task_id"], **{f"b_{k}": r[k] for k in columns}}
+                        for r in task_rows
+                    ],
+                )
+
+    @staticmethod
+    def _values(schema: TaskSchema, record: AnnotationRecord) -> dict[str, Any]:
+        answers, gold, _ = read_answers(schema, record.result)
+        return {
+            "ls_annotation_id": record.id,
+            "ls_task_id": record.task_id,
+            "result_json": json.dumps(record.result, sort_keys=True, ensure_ascii=False),
+            "gold": gold,
+            "rating": _rating(schema, answers),
+            "was_cancelled": record.was_cancelled,
+            "updated_at": record.updated_at,
+        }
 
     def _write(self, conn: sa.Connection, schema: TaskSchema, record: AnnotationRecord) -> None:
         answers, gold, _ = read_answers(schema, record.result)
@@ -219,43 +309,48 @@ class AnnotationStore:
             )
             .order_by(tables.ls_annotations.c.updated_at, tables.ls_annotations.c.ls_annotation_id)
         ).all()
-        values: dict[str, Any]
-        if not rows:
-            values = {
-                "status": IMPORTED,
-                "annotation_count": 0,
-                "gold": False,
-                "rating": None,
-                "agreement": None,
-                "corrected": False,
-                "annotation_id": None,
-                "result_json": None,
-                "annotated_at": None,
-            }
-        else:
-            latest = rows[-1]
-            results = [json.loads(r.result_json) for r in rows]
-            predicted = json.loads(task.predicted_json or "{}")
-            given = {
-                r["from_name"]: r["value"]
-                for r in results[-1]
-                if r.get("from_name") != schema.training.gold
-            }
-            predicted.pop(schema.training.gold, None)
-            values = {
-                "status": ANNOTATED,
-                "annotation_count": len(rows),
-                "gold": latest.gold,
-                "rating": latest.rating,
-                "agreement": agreement(schema, results),
-                "corrected": _normal(given) != _normal(predicted),
-                "annotation_id": latest.ls_annotation_id,
-                "result_json": latest.result_json,
-                "annotated_at": latest.updated_at,
-            }
+        values = derived(schema, task.predicted_json, [dict(r._mapping) for r in rows])
         conn.execute(
             tables.tasks.update().where(tables.tasks.c.ls_task_id == task_id).values(**values)
         )
+
+
+def derived(
+    schema: TaskSchema, predicted_json: str | None, rows: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A task's fields from its non-cancelled annotations (oldest first, as recorded rows)."""
+    if not rows:
+        return {
+            "status": IMPORTED,
+            "annotation_count": 0,
+            "gold": False,
+            "rating": None,
+            "agreement": None,
+            "corrected": False,
+            "annotation_id": None,
+            "result_json": None,
+            "annotated_at": None,
+        }
+    latest = rows[-1]
+    results = [json.loads(r["result_json"]) for r in rows]
+    predicted = json.loads(predicted_json or "{}")
+    given = {
+        r["from_name"]: r["value"]
+        for r in results[-1]
+        if r.get("from_name") != schema.training.gold
+    }
+    predicted.pop(schema.training.gold, None)
+    return {
+        "status": ANNOTATED,
+        "annotation_count": len(rows),
+        "gold": latest["gold"],
+        "rating": latest["rating"],
+        "agreement": agreement(schema, results),
+        "corrected": _normal(given) != _normal(predicted),
+        "annotation_id": latest["ls_annotation_id"],
+        "result_json": latest["result_json"],
+        "annotated_at": latest["updated_at"],
+    }
 
 
 def _normal(values: Mapping[str, Any]) -> str:

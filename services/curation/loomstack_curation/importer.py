@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,8 +35,8 @@ from loomstack_kit.errors import LoomstackError, NotFound
 
 from . import tables
 from .catalog import SchemaCatalog
-from .predictions import build_task
-from .projects import ProjectMap, label_studio_unavailable, task_payload, unavailable_or_none
+from .predictions import TaskImport, build_task
+from .projects import ProjectMap, label_studio_unavailable, task_pages, unavailable_or_none
 from .task_schema import TaskSchema
 
 log = logging.getLogger(__name__)
@@ -349,10 +350,23 @@ class Importer:
                 seen.add(line.custom_id)
                 todo.append(line)
         problems = 0
-        for chunk in _chunks(todo, self.chunk_size):
-            problems += self._import_chunk(batch_id, project, schema, ls_project, chunk, model)
-            if self.after_chunk is not None:
-                self.after_chunk(len(chunk))
+        chunks = list(_chunks(todo, self.chunk_size))
+        # The next chunk's tasks are built while Label Studio imports the current one.
+        with ThreadPoolExecutor(1, thread_name_prefix="build-tasks") as builder:
+            upcoming = (
+                builder.submit(self._build, batch_id, schema, chunks[0], model) if chunks else None
+            )
+            for index, chunk in enumerate(chunks):
+                assert upcoming is not None
+                built = upcoming.result()
+                upcoming = (
+                    builder.submit(self._build, batch_id, schema, chunks[index + 1], model)
+                    if index + 1 < len(chunks)
+                    else None
+                )
+                problems += self._import_chunk(batch_id, project, schema, ls_project, chunk, built)
+                if self.after_chunk is not None:
+                    self.after_chunk(len(chunk))
         with write_transaction(self.engine) as conn:
             count = conn.execute(
                 sa.select(sa.func.count()).where(tables.tasks.c.batch_id == batch_id)
@@ -372,17 +386,11 @@ class Importer:
         log.info("batch imported", extra={"batch_id": batch_id, "tasks": count})
         return int(count)
 
-    def _import_chunk(
-        self,
-        batch_id: str,
-        project: str,
-        schema: TaskSchema,
-        ls_project: int,
-        chunk: Sequence[ResultLine],
-        model: str,
-    ) -> int:
+    def _build(
+        self, batch_id: str, schema: TaskSchema, chunk: Sequence[ResultLine], model: str
+    ) -> list[TaskImport]:
+        """The Label Studio tasks (data + prediction) of a chunk of result lines."""
         built = []
-        problems = 0
         for line in chunk:
             task = build_task(
                 schema,
@@ -393,8 +401,19 @@ class Importer:
             )
             task.task["data"][BATCH_KEY] = batch_id
             task.task["data"][CUSTOM_ID_KEY] = line.custom_id
-            problems += bool(task.problems)
             built.append(task)
+        return built
+
+    def _import_chunk(
+        self,
+        batch_id: str,
+        project: str,
+        schema: TaskSchema,
+        ls_project: int,
+        chunk: Sequence[ResultLine],
+        built: list[TaskImport],
+    ) -> int:
+        problems = sum(bool(task.problems) for task in built)
         now = time.time()
         with write_transaction(self.engine) as conn:
             conn.execute(
@@ -466,11 +485,11 @@ class Importer:
             return
         found: dict[str, int] = {}
         try:
-            task: Any
-            for task in self.client.tasks.list(project=ls_project, page_size=500):
-                data = task_payload(task).get("data") or {}
-                if data.get(BATCH_KEY) == batch_id and data.get(CUSTOM_ID_KEY) in pending:
-                    found[str(data[CUSTOM_ID_KEY])] = int(task.id)  # type: ignore[arg-type]
+            for tasks in task_pages(self.client, ls_project, 1000, fields="task_only"):
+                for task in tasks:
+                    data = task.get("data") or {}
+                    if data.get(BATCH_KEY) == batch_id and data.get(CUSTOM_ID_KEY) in pending:
+                        found[str(data[CUSTOM_ID_KEY])] = int(task["id"])
         except Exception as exc:
             raise unavailable_or_none(exc) or exc from None
         with write_transaction(self.engine) as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from label_studio_sdk.core.api_error import ApiError
 from sqlalchemy.engine import Engine
 
 from loomstack_kit.database import write_transaction
-from loomstack_kit.errors import Unavailable
+from loomstack_kit.errors import FailedPrecondition, Unavailable
 
 from . import tables
 from .label_config import label_config
@@ -199,3 +200,74 @@ def task_payload(task: Any) -> dict[str, Any]:
     if isinstance(task, dict):
         return task
     return task.model_dump(mode="json", warnings=False)
+
+
+def task_pages(
+    client: LabelStudio, project_id: int, page_size: int = 500, fields: str = "all"
+) -> Iterator[list[dict[str, Any]]]:
+    """Every page of a project's tasks as plain JSON, in id order.
+
+    Read with the SDK's own HTTP client and credentials but not through its models: turning a
+    page into pydantic objects (and back) costs several times the request itself.
+    """
+    wrapper = client._client_wrapper
+    http = wrapper.httpx_client.httpx_client
+    page = 1
+    while True:
+        try:
+            response = http.get(
+                f"{wrapper.get_base_url()}/api/tasks/",
+                params={
+                    "project": project_id,
+                    "fields": fields,
+                    "page": page,
+                    "page_size": page_size,
+                },
+                headers=wrapper.get_headers(),
+                timeout=wrapper.get_timeout(),
+            )
+        except httpx.TransportError as exc:
+            raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
+        if response.status_code == 404:  # past the last page
+            return
+        if response.status_code >= 500 or response.status_code == 429:
+            raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
+        if response.status_code >= 400:
+            raise FailedPrecondition(
+                f"Label Studio refused to list project {project_id}'s tasks: "
+                f"{response.status_code} {response.text[:200]}"
+            )
+        body = response.json()
+        tasks = body.get("tasks", []) if isinstance(body, dict) else body
+        if not tasks:
+            return
+        yield tasks
+        if isinstance(body, dict) and page * page_size >= int(body.get("total") or 0):
+            return
+        page += 1
+
+
+def export_annotated(client: LabelStudio, project_id: int) -> list[dict[str, Any]]:
+    """Every annotated task of a project with its annotations: Label Studio's JSON export, in
+    one request, as plain JSON (the export is much cheaper for the server than paging
+    `tasks.list(fields="all")`)."""
+    wrapper = client._client_wrapper
+    http = wrapper.httpx_client.httpx_client
+    try:
+        response = http.get(
+            f"{wrapper.get_base_url()}/api/projects/{project_id}/export",
+            params={"exportType": "JSON"},
+            headers=wrapper.get_headers(),
+            timeout=max(float(wrapper.get_timeout() or 60), 300.0),
+        )
+    except httpx.TransportError as exc:
+        raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
+    if response.status_code >= 400:
+        raise FailedPrecondition(
+            f"Label Studio refused to export project {project_id}: "
+            f"{response.status_code} {response.text[:200]}"
+        )
+    body = response.json()
+    return body if isinstance(body, list) else []

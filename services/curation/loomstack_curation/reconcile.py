@@ -1,16 +1,16 @@
-"""The periodic reconcile: every task of every mapped project, page by page, with its
-annotations, so what a missed webhook would have told us is recorded anyway."""
+"""The periodic reconcile: every annotated task of every mapped project with its annotations
+(Label Studio's export), so what a missed webhook would have told us is recorded anyway, and
+a task whose annotations were all deleted there loses them here too."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from label_studio_sdk.client import LabelStudio
 
 from .annotations import AnnotationStore, annotation_record
-from .projects import ProjectMap, task_payload, unavailable_or_none
+from .projects import ProjectMap, export_annotated, unavailable_or_none
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +27,27 @@ class ReconcileOutcome:
 def reconcile(
     client: LabelStudio, projects: ProjectMap, store: AnnotationStore, page_size: int = 500
 ) -> ReconcileOutcome:
-    """Reads every page of every mapped project (`tasks.list(fields="all")`)."""
+    """One pass over every mapped project; writes in pages of `page_size` tasks."""
     seen_projects = seen_tasks = seen_annotations = 0
     try:
         for _schema_id, _version, project_id in projects.all():
             seen_projects += 1
-            task: Any
-            for task in client.tasks.list(project=project_id, fields="all", page_size=page_size):
-                body = task_payload(task)
-                task_id = int(body["id"])
-                records = [annotation_record(a, task_id) for a in body.get("annotations") or []]
-                if store.replace_task(task_id, records):
-                    seen_tasks += 1
-                    seen_annotations += len(records)
+            exported = export_annotated(client, project_id)
+            for start in range(0, len(exported), page_size):
+                page = {
+                    int(t["id"]): [
+                        annotation_record(a, int(t["id"])) for a in t.get("annotations") or []
+                    ]
+                    for t in exported[start : start + page_size]
+                }
+                ours = store.replace_tasks(page)
+                seen_tasks += len(ours)
+                seen_annotations += sum(len(page[i]) for i in ours)
+            # Annotated here, absent from the export: every annotation was deleted there.
+            present = {int(t["id"]) for t in exported}
+            emptied = [i for i in store.annotated_task_ids(project_id) if i not in present]
+            for start in range(0, len(emptied), page_size):
+                store.replace_tasks({i: [] for i in emptied[start : start + page_size]})
     except Exception as exc:
         raise unavailable_or_none(exc) or exc from None
     outcome = ReconcileOutcome(seen_projects, seen_tasks, seen_annotations)
