@@ -14,6 +14,10 @@ Scenarios, run one after another so that no two engines ever share the machine:
   ≥ 1,000 req/s per core). Inference runs the api role only, so no engine takes CPU.
 * **submit** — upload + create of a 50,000-line, ~100 MB file through the gateway, timed (goal
   ≤ 5 s), sampling the RSS of the gateway and the inference service every 50 ms (goal: flat).
+* **curation** — against a real Label Studio: 10,000 batch results imported by the curation
+  service's importer (predictions built, chunks of 500, every id recorded) vs a direct
+  label-studio-sdk bulk import of the same, pre-built tasks; then 10,000 annotated tasks read
+  back by the reconcile and turned into a snapshot vs a direct SDK export (goal ≥ 0.9× each).
 
 Each scenario writes ``<out>/<scenario>.json``; ``<out>/summary.md`` gets a table with the
 machine's facts and every result, and is printed at the end::
@@ -68,13 +72,15 @@ from workload import make_chat_requests, write_jsonl
 from loomstack.inference.v1 import batches_pb2, batches_pb2_grpc
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("raw", "stack", "gateway", "submit")
+SCENARIOS = ("raw", "stack", "gateway", "submit", "curation")
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 POLL_SECONDS = 0.2
 STACK_GOAL = 0.95
 ADDED_P50_GOAL_MS = 1.0
 PER_CORE_GOAL = 1000.0
 SUBMIT_GOAL_SECONDS = 5.0
+CURATION_GOAL = 0.9
+CURATION_TASKS = 10_000
 MIB = 1024 * 1024
 
 
@@ -748,6 +754,178 @@ def scenario_submit(cfg: Config) -> dict[str, Any]:
     }
 
 
+def scenario_curation(cfg: Config) -> dict[str, Any]:
+    """Curation import and export throughput vs the label-studio-sdk directly, same server."""
+    from label_studio_sdk.client import LabelStudio
+
+    from loomstack_curation.annotations import AnnotationStore
+    from loomstack_curation.catalog import SchemaCatalog
+    from loomstack_curation.importer import Importer, QueuedImport, read_results
+    from loomstack_curation.label_config import label_config
+    from loomstack_curation.labelstudio_server import LabelStudioServer, executable_in, free_port
+    from loomstack_curation.predictions import build_task
+    from loomstack_curation.projects import ProjectMap
+    from loomstack_curation.reconcile import reconcile
+    from loomstack_curation.snapshots import SnapshotFilter, SnapshotStore
+    from loomstack_kit.database import create_db_engine, migrate, write_transaction
+
+    n = 1000 if cfg.quick else CURATION_TASKS
+    chunk = 500
+    categories = ["Billing", "Technical issue", "Account access", "Feature request", "Other"]
+    answers = [{"category": categories[i % 5], "urgency": "High"} for i in range(n)]
+    prompts = [f"Ticket {i}: order #{i} arrived broken" for i in range(n)]
+    inputs = [
+        json.dumps(
+            {
+                "custom_id": f"t{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": prompts[i]}]},
+            }
+        ).encode()
+        for i in range(n)
+    ]
+    outputs = [
+        json.dumps(
+            {
+                "custom_id": f"t{i}",
+                "response": {
+                    "status_code": 200,
+                    "body": {"choices": [{"message": {"content": json.dumps(answers[i])}}]},
+                },
+                "error": None,
+            }
+        ).encode()
+        for i in range(n)
+    ]
+    with Workdir(cfg, "curation") as work:
+        venv = Path(os.environ.get("LOOMSTACK_LABEL_STUDIO_VENV", REPO / ".cache/labelstudio-venv"))
+        server = LabelStudioServer(
+            executable=executable_in(venv),
+            data_dir=work.path / "labelstudio",
+            port=free_port(),
+            log_path=cfg.out / "logs" / "curation-labelstudio.log",
+        )
+        say("curation: starting Label Studio")
+        server.start(timeout=600)
+        try:
+            client = LabelStudio(base_url=server.url, api_key=server.token, timeout=600)
+            url = f"sqlite:///{work.path / 'curation.db'}"
+            migrate(
+                url,
+                str(REPO / "services/curation/loomstack_curation/migrations"),
+                "alembic_version_curation",
+            )
+            engine = create_db_engine(url)
+            catalog = SchemaCatalog(REPO / "schemas")
+            schema = catalog.get("classify_ticket")
+            projects = ProjectMap(engine, client, "bench ")
+            importer = Importer(engine, catalog, projects, chunk_size=chunk)
+
+            # Direct: the same tasks, built beforehand, bulk-imported with the SDK.
+            direct_tasks = [
+                build_task(
+                    schema,
+                    {},
+                    answer=json.dumps(answers[i]),
+                    prompt=prompts[i],
+                    model_version="bench",
+                ).task
+                for i in range(n)
+            ]
+            direct_project = client.projects.create(
+                title="bench direct", label_config=label_config(schema)
+            ).id
+            say(f"curation: direct SDK import of {n} tasks")
+            t0 = time.perf_counter()
+            for start in range(0, n, chunk):
+                client.projects.import_tasks(
+                    id=direct_project,
+                    request=direct_tasks[start : start + chunk],
+                    return_task_ids=True,
+                )
+            direct_import = time.perf_counter() - t0
+
+            say(f"curation: importer, {n} result lines → tasks")
+            with write_transaction(engine) as conn:
+                importer.enqueue(
+                    conn,
+                    batch_id="batch_bench",
+                    project="bench",
+                    schema_type="classify_ticket",
+                    model="bench",
+                    input_file_id="in",
+                    output_file_id="out",
+                )
+            item = QueuedImport("batch_bench", "bench", "classify_ticket", "bench", "in", "out")
+            t0 = time.perf_counter()
+            status = importer.attempt(item, lambda _i: read_results(inputs, outputs))
+            ours_import = time.perf_counter() - t0
+            project_id = projects.ensure(schema)
+            imported = client.projects.get(id=project_id).task_number
+
+            # Both projects get the same annotations, made in bulk by Label Studio's own
+            # "predictions → annotations" action (setup, not timed).
+            say(f"curation: annotating {n} tasks in both projects (setup, not timed)")
+            for pid in (project_id, direct_project):
+                client.actions.create(
+                    id="predictions_to_annotations",
+                    project=pid,
+                    selected_items={"all": True, "excluded": []},  # type: ignore[arg-type]
+                )
+
+            say("curation: direct SDK export")
+            t0 = time.perf_counter()
+            exported = client.projects.exports.as_json(direct_project)
+            direct_export = time.perf_counter() - t0
+
+            say("curation: reconcile + snapshot")
+            store = AnnotationStore(engine, catalog)
+            written: dict[str, int] = {}
+
+            def upload(_project: str, name: str, content: bytes) -> str:
+                (work.path / name).write_bytes(content)
+                written[name] = content.count(b"\n")
+                return name
+
+            t0 = time.perf_counter()
+            outcome = reconcile(client, projects, store, page_size=chunk)
+            t_reconciled = time.perf_counter()
+            snap = SnapshotStore(engine, catalog).create(
+                "bench", "bench", SnapshotFilter(), upload=upload
+            )
+            ours_export = time.perf_counter() - t0
+            engine.dispose()
+        finally:
+            server.stop()
+
+    import_ratio = (n / ours_import) / (n / direct_import)
+    export_ratio = direct_export / ours_export
+    return {
+        "scenario": "curation",
+        "tasks": n,
+        "chunk": chunk,
+        "import_status": status,
+        "tasks_in_label_studio": imported,
+        "direct_import_seconds": round(direct_import, 2),
+        "direct_import_tasks_per_second": round(n / direct_import, 1),
+        "import_seconds": round(ours_import, 2),
+        "import_tasks_per_second": round(n / ours_import, 1),
+        "import_ratio": round(import_ratio, 3),
+        "direct_export_seconds": round(direct_export, 2),
+        "direct_export_tasks": len(exported),
+        "direct_export_tasks_per_second": round(len(exported) / direct_export, 1),
+        "reconcile_seconds": round(t_reconciled - t0, 2),
+        "reconciled_tasks": outcome.tasks,
+        "export_seconds": round(ours_export, 2),
+        "export_tasks_per_second": round(snap.training_examples / ours_export, 1),
+        "snapshot_examples": snap.training_examples,
+        "export_ratio": round(export_ratio, 3),
+        "goal": CURATION_GOAL,
+        "meets_goal": import_ratio >= CURATION_GOAL and export_ratio >= CURATION_GOAL,
+    }
+
+
 # -- summary -----------------------------------------------------------------------------------
 
 
@@ -858,6 +1036,18 @@ def summary_markdown(cfg: Config, machine: dict[str, Any], results: dict[str, An
             f"MiB (+{mem['inference']['peak_minus_baseline_mib']}) | flat "
             f"{_verdict(sub['meets_memory_goal'])} |",
         ]
+    cur = results.get("curation")
+    if isinstance(cur, dict) and "error" not in cur:
+        rows += [
+            f"| curation | import {cur['tasks']} results → Label Studio tasks | "
+            f"**{cur['import_tasks_per_second']} tasks/s** vs SDK bulk import "
+            f"{cur['direct_import_tasks_per_second']} tasks/s: ratio **{cur['import_ratio']}** | "
+            f"≥ {CURATION_GOAL}× |",
+            f"| curation | export {cur['snapshot_examples']} annotated tasks (reconcile + "
+            f"snapshot) | **{cur['export_tasks_per_second']} tasks/s** vs SDK export "
+            f"{cur['direct_export_tasks_per_second']} tasks/s: ratio **{cur['export_ratio']}** | "
+            f"≥ {CURATION_GOAL}× {_verdict(cur['meets_goal'])} |",
+        ]
     for name, result in results.items():
         if isinstance(result, dict) and "error" in result:
             rows.append(f"| {name} | failed | `{result['error'][:200]}` | |")
@@ -952,6 +1142,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = scenario_stack(cfg, raw)
             elif name == "gateway":
                 result = scenario_gateway(cfg)
+            elif name == "curation":
+                result = scenario_curation(cfg)
             else:
                 result = scenario_submit(cfg)
         except Exception as exc:
