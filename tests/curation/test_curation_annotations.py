@@ -6,6 +6,7 @@ agreement are recorded; snapshots contain exactly the selected examples and are 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -254,3 +255,17 @@ def test_gold_star_from_our_side_and_duplicates(
     # whose latest annotation changed the urgency.
     assert snap.duplicates_removed == 3
     assert snap.training_examples == 5
+
+    # The annotation date range.
+    later = time.time() + 3600
+    with pytest.raises(FailedPrecondition):
+        cur.snapshots.create(
+            "p1", "later", SnapshotFilter(start_time=later), upload=upload_via(inference)
+        )
+    ranged = cur.snapshots.create(
+        "p1",
+        "ranged",
+        SnapshotFilter(start_time=later - 7200, end_time=later),
+        upload=upload_via(inference),
+    )
+    assert ranged.training_examples == 5
