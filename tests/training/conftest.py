@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from training_support import TRAINER_PYTHON, TrainingClient, TrainingProcess
+from training_support import TRAINER_PYTHON, GatewayProcess, TrainingClient, TrainingProcess
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +58,21 @@ def client(
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    training_inference: object,
+    training_service: TrainingProcess,
+) -> Iterator[GatewayProcess]:
+    """The real gateway in front of both services (the official openai client talks to it)."""
+    process = GatewayProcess(
+        tmp_path_factory.mktemp("gateway"),
+        training_inference.address,  # type: ignore[attr-defined]
+        training_service.address,
+    ).start()
+    try:
+        yield process
+    finally:
+        process.terminate()

@@ -3,12 +3,26 @@ killed trainer, a cancel that keeps a checkpoint, and a service restart that rec
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
+import pytest
+
 from loomstack.training.v1 import training_pb2
 from support import MODEL_NAME, wait_until
-from training_support import FAST, TrainingClient, TrainingProcess, examples, pid_alive
+from training_support import (
+    FAST,
+    GatewayProcess,
+    TrainingClient,
+    TrainingProcess,
+    examples,
+    pid_alive,
+)
+
+
+def jsonl(lines: list[dict[str, object]]) -> bytes:
+    return "".join(json.dumps(x) + "\n" for x in lines).encode()
 
 
 def _runner_pid(client: TrainingClient, job_id: str) -> int:
@@ -21,35 +35,79 @@ def _runner_pid(client: TrainingClient, job_id: str) -> int:
     return int(wait_until(pid, 60, 0.2, "trainer start"))
 
 
-def test_job_trains_reports_metrics_and_checkpoints(client: TrainingClient) -> None:
-    train = client.upload(examples(8))
-    job = client.create(train, suffix="ducks", hyperparameters=FAST, seed=7)
-    assert client.status(job.id) == "queued" or client.status(job.id) == "running"
-    assert job.hyperparameters.lora_r == 4 and job.seed == 7
-
-    assert client.wait_status(job.id, {"succeeded", "failed"}, 240) == "succeeded", client.get(
-        job.id
-    ).error.message
-    done = client.get(job.id)
-    assert done.fine_tuned_model == f"ft:{MODEL_NAME}:ducks:{job.id}"
-    assert done.trained_steps == 2 and done.total_steps == 2
-    assert done.trained_tokens > 0
-    assert done.HasField("finish_time")
-
-    events = client.events(job.id)
-    metrics = [e.metrics for e in events if e.type == "metrics"]
-    assert [m.step for m in metrics] == [2, 1]  # newest first
-    assert all(
-        m.train_loss > 0 and m.learning_rate > 0 and m.tokens_per_second > 0 for m in metrics
+def test_job_through_the_openai_client_trains_and_reports(gateway: GatewayProcess) -> None:
+    """files.create → fine_tuning.jobs.create/retrieve/list/list_events, checkpoints.list,
+    with LoRA settings in method.supervised.hyperparameters; a real Unsloth run of 2 steps."""
+    openai = gateway.client()
+    train = openai.files.create(file=("train.jsonl", jsonl(examples(8))), purpose="fine-tune")
+    hyperparameters = {
+        "n_epochs": 1,
+        "batch_size": 2,
+        "learning_rate": 1e-3,
+        "max_steps": 2,
+        "save_steps": 1,
+        "max_seq_length": 64,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "lora_target_modules": ["q_proj", "v_proj"],
+    }
+    job = openai.fine_tuning.jobs.create(
+        model=MODEL_NAME,
+        training_file=train.id,
+        suffix="ducks",
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
     )
+    assert job.status in ("queued", "running")
+    assert job.seed == 7 and job.hyperparameters.batch_size == 2
+
+    def finished() -> object:
+        current = openai.fine_tuning.jobs.retrieve(job.id)
+        return current if current.status in ("succeeded", "failed") else None
+
+    done = wait_until(finished, 240, 0.5, "the job to finish")
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:{MODEL_NAME}:ducks:{job.id}"
+    assert done.trained_tokens and done.trained_tokens > 0
+    assert done.finished_at and done.error is None
+    assert job.id in [j.id for j in openai.fine_tuning.jobs.list(limit=100).data]
+
+    events = openai.fine_tuning.jobs.list_events(job.id, limit=100).data
+    metrics = [e.data for e in events if e.type == "metrics"]
+    assert [m["step"] for m in metrics] == [2, 1]  # newest first
+    assert all(m["train_loss"] > 0 and m["learning_rate"] > 0 for m in metrics)
+    assert all(m["tokens_per_second"] > 0 for m in metrics)
     messages = [e.message for e in reversed(events)]
     assert messages[0].startswith("Validating training file")
     assert messages[-1] == f"The job has successfully completed: {done.fine_tuned_model}"
 
-    checkpoints = client.checkpoints(job.id)
+    checkpoints = openai.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [2, 1]
     assert checkpoints[0].fine_tuned_model_checkpoint.endswith(":ckpt-step-2")
-    assert checkpoints[0].blob_id
+
+
+def test_bad_requests_through_the_openai_client(gateway: GatewayProcess) -> None:
+    import openai as openai_module
+
+    openai = gateway.client()
+    bad = openai.files.create(
+        file=("bad.jsonl", jsonl(examples(5)) + b"{broken\n"), purpose="fine-tune"
+    )
+    with pytest.raises(openai_module.BadRequestError) as info:
+        openai.fine_tuning.jobs.create(model=MODEL_NAME, training_file=bad.id)
+    assert "line 6: not valid JSON" in info.value.message
+    assert info.value.param == "training_file"
+    good = openai.files.create(file=("t.jsonl", jsonl(examples(6))), purpose="fine-tune")
+    with pytest.raises(openai_module.BadRequestError) as info:
+        openai.fine_tuning.jobs.create(
+            model=MODEL_NAME,
+            training_file=good.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 0}}},
+        )
+    assert info.value.param == "hyperparameters.batch_size"
+    with pytest.raises(openai_module.NotFoundError):
+        openai.fine_tuning.jobs.retrieve("ftjob-nope")
 
 
 def test_killed_trainer_fails_the_job_with_the_log_tail(client: TrainingClient) -> None:
@@ -82,10 +140,17 @@ def test_cancel_stops_the_trainer_and_keeps_the_last_checkpoint(client: Training
     assert client.status(job.id) == "cancelled"
     steps = [c.step_number for c in client.checkpoints(job.id)]
     assert steps and max(steps) < 500
-    messages = [e.message for e in client.events(job.id)]
-    assert any(
-        m.startswith("Trainer stopped after the cancel; last checkpoint at step") for m in messages
+    stopped = wait_until(
+        lambda: [
+            e.message
+            for e in client.events(job.id)
+            if e.message.startswith("Trainer stopped after the cancel")
+        ],
+        30,
+        0.2,
+        "the runner to record the stop",
     )
+    assert stopped[0].startswith("Trainer stopped after the cancel; last checkpoint at step")
 
 
 def test_service_restart_fails_the_job_it_was_running(

@@ -207,3 +207,66 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+class GatewayProcess:
+    """A real `python -m loomstack_gateway` in front of the inference and training services."""
+
+    KEY = "sk-training-test"
+
+    def __init__(self, home: Path, inference_address: str, training_address: str) -> None:
+        self.home = home
+        self.port_file = home / "gateway.port"
+        self.log_path = home / "gateway.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LOOMSTACK_GATEWAY_")},
+            "LOOMSTACK_GATEWAY_INFERENCE_ADDRESS": inference_address,
+            "LOOMSTACK_GATEWAY_TRAINING_ADDRESS": training_address,
+            "LOOMSTACK_GATEWAY_PORT": "0",
+            "LOOMSTACK_GATEWAY_PORT_FILE": str(self.port_file),
+            "LOOMSTACK_GATEWAY_API_KEYS": f"{self.KEY}:default",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> GatewayProcess:
+        import httpx
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 — kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loomstack_gateway"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(
+            lambda: self.port_file.exists() and self.port_file.read_text().strip(),
+            60,
+            what="gateway port",
+        )
+        self.url = f"http://127.0.0.1:{self.port_file.read_text().strip()}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, 60, what="gateway /healthz")
+        return self
+
+    def client(self) -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=self.KEY, max_retries=0, timeout=300)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -27,9 +27,10 @@ from .routes_batches import batches_router
 from .routes_chat import chat_router
 from .routes_curation import curation_router
 from .routes_files import files_router
+from .routes_fine_tuning import fine_tuning_router
 from .routes_models import models_router
 from .settings import GatewaySettings
-from .upstream import Curation, Inference
+from .upstream import Curation, Inference, Training
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     configure_tracing(SERVICE_NAME, settings.otel_exporter)
     inference = Inference(settings.inference_address, max_message_bytes=settings.max_message_bytes)
     curation = Curation(settings.curation_address)
+    training = Training(settings.training_address)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await inference.open()
         await curation.open()
+        await training.open()
         log.info("gateway started", extra={"inference": settings.inference_address})
         try:
             yield
         finally:
+            await training.close()
             await curation.close()
             await inference.close()
 
@@ -68,6 +72,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for router in (files_router, batches_router, models_router, chat_router):
         app.include_router(router(inference, settings))
     app.include_router(curation_router(inference, curation, settings))
+    app.include_router(fine_tuning_router(training, settings))
     app.include_router(admin_router(open_admin(settings)))
 
     @app.get("/healthz", tags=["health"], summary="The process answers")

@@ -25,6 +25,9 @@ class GatewaySettings(ServiceSettings):
     curation_address: str = Field(
         "127.0.0.1:50052", description="host:port of the curation service's gRPC API."
     )
+    training_address: str = Field(
+        "127.0.0.1:50053", description="host:port of the training service's gRPC API."
+    )
     api_keys: str = Field(
         "",
         description="Comma-separated `key:project` pairs; project `*` makes an admin key.",

@@ -19,6 +19,7 @@ from loomstack.inference.v1 import (
     files_pb2_grpc,
     models_pb2_grpc,
 )
+from loomstack.training.v1 import training_pb2_grpc
 from loomstack_kit.tracing import client_interceptors
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from loomstack.inference.v1.chat_pb2_grpc import ChatServiceAsyncStub
     from loomstack.inference.v1.files_pb2_grpc import FileServiceAsyncStub
     from loomstack.inference.v1.models_pb2_grpc import ModelServiceAsyncStub
+    from loomstack.training.v1.training_pb2_grpc import FineTuningServiceAsyncStub
 
 READINESS = "readiness"
 
@@ -106,6 +108,27 @@ class Curation:
         self.tasks = curation_pb2_grpc.TaskServiceStub(self._channel)
         self.imports = curation_pb2_grpc.ImportServiceStub(self._channel)
         self.snapshots = curation_pb2_grpc.SnapshotServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        if self._channel is not None:
+            await self._channel.close(grace=1.0)
+            self._channel = None
+
+
+class Training:
+    """The training service: the fine-tuning jobs stub on one channel."""
+
+    jobs: FineTuningServiceAsyncStub
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+
+    async def open(self) -> None:
+        """Opens the channel and builds the stub."""
+        self._channel = grpc.aio.insecure_channel(self.address, interceptors=client_interceptors())
+        self.jobs = training_pb2_grpc.FineTuningServiceStub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel."""
