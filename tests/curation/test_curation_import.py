@@ -159,7 +159,10 @@ def test_restart_mid_import_still_exactly_1000_tasks(
         curation.importer.import_results(
             "batch_r", "p1", curation.catalog.get("classify_ticket"), results
         )
-    assert len(_task_rows(curation)) == 400
+    rows = _task_rows(curation)
+    assert len([r for r in rows if r.ls_task_id is not None]) == 400
+    # The next chunk was prepared (recorded as pending) while the second one was imported.
+    assert len([r for r in rows if r.ls_task_id is None]) == 200
 
     # 2) restarted, dies again: Label Studio stored chunk 4, we never learnt its ids.
     restarted = make_curation(db_url, None, tmp_path, chunk_size=200)
@@ -171,8 +174,13 @@ def test_restart_mid_import_still_exactly_1000_tasks(
         restarted.importer.import_results(
             "batch_r", "p1", restarted.catalog.get("classify_ticket"), results
         )
-    pending = [r for r in _task_rows(curation) if r.ls_task_id is None]
-    assert len(pending) == 200
+    rows = _task_rows(curation)
+    # The restarted run forgot the pending chunk Label Studio never got, imported one chunk,
+    # then died with the next one stored in Label Studio and the one after it prepared.
+    assert len([r for r in rows if r.ls_task_id is not None]) == 600
+    assert len([r for r in rows if r.ls_task_id is None]) == 400
+    project_id = restarted.projects.ensure(restarted.catalog.get("classify_ticket"))
+    assert label_studio.projects.get(id=project_id).task_number == 800
 
     # 3) restarted once more with a healthy Label Studio: finishes, nothing twice.
     final = make_curation(db_url, None, tmp_path, chunk_size=200)

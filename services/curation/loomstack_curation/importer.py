@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -351,19 +351,22 @@ class Importer:
                 todo.append(line)
         problems = 0
         chunks = list(_chunks(todo, self.chunk_size))
-        # The next chunk's tasks are built while Label Studio imports the current one.
-        with ThreadPoolExecutor(1, thread_name_prefix="build-tasks") as builder:
-            upcoming = (
-                builder.submit(self._build, batch_id, schema, chunks[0], model) if chunks else None
+
+        # The next chunk is built and recorded as pending while Label Studio imports the
+        # current one (a crash leaves it pending, which the next attempt resolves).
+        def prepare(index: int) -> Future[list[TaskImport]] | None:
+            if index >= len(chunks):
+                return None
+            return builder.submit(
+                self._prepare, batch_id, project, schema, ls_project, chunks[index], model
             )
+
+        with ThreadPoolExecutor(1, thread_name_prefix="prepare-tasks") as builder:
+            upcoming = prepare(0)
             for index, chunk in enumerate(chunks):
                 assert upcoming is not None
                 built = upcoming.result()
-                upcoming = (
-                    builder.submit(self._build, batch_id, schema, chunks[index + 1], model)
-                    if index + 1 < len(chunks)
-                    else None
-                )
+                upcoming = prepare(index + 1)
                 problems += self._import_chunk(batch_id, project, schema, ls_project, chunk, built)
                 if self.after_chunk is not None:
                     self.after_chunk(len(chunk))
@@ -386,6 +389,20 @@ class Importer:
         log.info("batch imported", extra={"batch_id": batch_id, "tasks": count})
         return int(count)
 
+    def _prepare(
+        self,
+        batch_id: str,
+        project: str,
+        schema: TaskSchema,
+        ls_project: int,
+        chunk: Sequence[ResultLine],
+        model: str,
+    ) -> list[TaskImport]:
+        """A chunk's tasks, built and recorded as pending: ready to send."""
+        built = self._build(batch_id, schema, chunk, model)
+        self._record_pending(batch_id, project, schema, ls_project, chunk, built)
+        return built
+
     def _build(
         self, batch_id: str, schema: TaskSchema, chunk: Sequence[ResultLine], model: str
     ) -> list[TaskImport]:
@@ -404,7 +421,7 @@ class Importer:
             built.append(task)
         return built
 
-    def _import_chunk(
+    def _record_pending(
         self,
         batch_id: str,
         project: str,
@@ -412,8 +429,8 @@ class Importer:
         ls_project: int,
         chunk: Sequence[ResultLine],
         built: list[TaskImport],
-    ) -> int:
-        problems = sum(bool(task.problems) for task in built)
+    ) -> None:
+        """Records a chunk's lines as on their way to Label Studio (before they are sent)."""
         now = time.time()
         with write_transaction(self.engine) as conn:
             conn.execute(
@@ -435,6 +452,17 @@ class Importer:
                     for line, task in zip(chunk, built, strict=True)
                 ],
             )
+
+    def _import_chunk(
+        self,
+        batch_id: str,
+        project: str,
+        schema: TaskSchema,
+        ls_project: int,
+        chunk: Sequence[ResultLine],
+        built: list[TaskImport],
+    ) -> int:
+        problems = sum(bool(task.problems) for task in built)
         try:
             response = self.client.projects.import_tasks(
                 id=ls_project, request=cast(Any, [t.task for t in built]), return_task_ids=True
