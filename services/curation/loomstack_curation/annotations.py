@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,6 +42,11 @@ class AnnotationRecord:
     result: list[dict[str, Any]]
     was_cancelled: bool
     updated_at: float
+
+    @cached_property
+    def result_json(self) -> str:
+        """The result as stored (canonical JSON, to compare with what is recorded)."""
+        return json.dumps(self.result, sort_keys=True, ensure_ascii=False)
 
 
 def _timestamp(value: Any) -> float:
@@ -195,10 +201,7 @@ class AnnotationStore:
                 known[row.ls_task_id][row.ls_annotation_id] = (row.result_json, row.was_cancelled)
         changed = []
         for task_id in ours:
-            wanted = {
-                r.id: (json.dumps(r.result, sort_keys=True, ensure_ascii=False), r.was_cancelled)
-                for r in tasks[task_id]
-            }
+            wanted = {r.id: (r.result_json, r.was_cancelled) for r in tasks[task_id]}
             if wanted != known[task_id]:
                 changed.append((task_id, set(known[task_id]) - set(wanted)))
         if changed:
@@ -267,7 +270,7 @@ class AnnotationStore:
         return {
             "ls_annotation_id": record.id,
             "ls_task_id": record.task_id,
-            "result_json": json.dumps(record.result, sort_keys=True, ensure_ascii=False),
+            "result_json": record.result_json,
             "gold": gold,
             "rating": _rating(schema, answers),
             "was_cancelled": record.was_cancelled,

@@ -77,9 +77,22 @@ def _parse_config(config: str) -> LabelInterface:
     return LabelInterface(config)
 
 
+# Schema object → its interface. Rendering the config to find the cached parse costs more than
+# the rest of a prediction, and an import builds thousands with one schema object. The entry
+# holds the schema itself, so its id cannot be reused while it is cached.
+_BY_SCHEMA: dict[int, tuple[TaskSchema, LabelInterface]] = {}
+
+
 def label_interface(schema: TaskSchema) -> LabelInterface:
     """The SDK's view of the schema's labeling config (parsed once per config)."""
-    return _parse_config(label_config(schema))
+    cached = _BY_SCHEMA.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    interface = _parse_config(label_config(schema))
+    if len(_BY_SCHEMA) >= 256:
+        _BY_SCHEMA.clear()
+    _BY_SCHEMA[id(schema)] = (schema, interface)
+    return interface
 
 
 def decode_json(text: str) -> Any:

@@ -163,8 +163,24 @@ def _describe(question: AnyQuestion) -> str:
     )
 
 
+# Schema object → its rendered prompt: a snapshot renders it once per example. The entry holds
+# the schema, so its id cannot be reused while it is cached.
+_PROMPTS: dict[int, tuple[TaskSchema, str]] = {}
+
+
 def render_prompt(schema: TaskSchema) -> str:
     """The instructions (system message) for a model answering the schema's task."""
+    cached = _PROMPTS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    prompt = _render_prompt(schema)
+    if len(_PROMPTS) >= 256:
+        _PROMPTS.clear()
+    _PROMPTS[id(schema)] = (schema, prompt)
+    return prompt
+
+
+def _render_prompt(schema: TaskSchema) -> str:
     lines = [schema.name]
     if schema.description.strip():
         lines += ["", schema.description.strip()]
