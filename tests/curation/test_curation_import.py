@@ -118,26 +118,19 @@ class Crash(Exception):
     """Stands for the process dying at that point."""
 
 
-class CrashingImports:
-    """The real client, except that the n-th `import_tasks` dies right after Label Studio has
-    stored the tasks (before we could record their ids)."""
+def crashing_send(send: Any, crash_on: int) -> Any:
+    """The real send, except that the n-th call dies right after Label Studio has stored the
+    tasks (before their ids could be recorded)."""
+    calls = []
 
-    def __init__(self, client: LabelStudio, crash_on: int) -> None:
-        self._client = client
-        self.calls = 0
-        self.crash_on = crash_on
-        self.projects = self
-        self.tasks = client.tasks
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client.projects, name)
-
-    def import_tasks(self, **kwargs: Any) -> Any:
-        self.calls += 1
-        response = self._client.projects.import_tasks(**kwargs)
-        if self.calls == self.crash_on:
+    def send_then_crash(client: LabelStudio, project_id: int, tasks: list[Any]) -> list[int]:
+        calls.append(1)
+        ids: list[int] = send(client, project_id, tasks)
+        if len(calls) == crash_on:
             raise Crash("killed after Label Studio stored the chunk")
-        return response
+        return ids
+
+    return send_then_crash
 
 
 def test_restart_mid_import_still_exactly_1000_tasks(
@@ -166,10 +159,9 @@ def test_restart_mid_import_still_exactly_1000_tasks(
 
     # 2) restarted, dies again: Label Studio stored chunk 4, we never learnt its ids.
     restarted = make_curation(db_url, None, tmp_path, chunk_size=200)
-    restarted.projects = ProjectMap(
-        restarted.engine, CrashingImports(label_studio, 2), curation.projects.title_prefix
-    )  # type: ignore[arg-type]
+    restarted.projects = ProjectMap(restarted.engine, label_studio, curation.projects.title_prefix)
     restarted.importer.projects = restarted.projects
+    restarted.importer.send = crashing_send(restarted.importer.send, 2)
     with pytest.raises(Crash):
         restarted.importer.import_results(
             "batch_r", "p1", restarted.catalog.get("classify_ticket"), results

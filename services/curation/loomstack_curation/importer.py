@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -36,7 +36,13 @@ from loomstack_kit.errors import LoomstackError, NotFound
 from . import tables
 from .catalog import SchemaCatalog
 from .predictions import TaskImport, build_task
-from .projects import ProjectMap, label_studio_unavailable, task_pages, unavailable_or_none
+from .projects import (
+    ProjectMap,
+    import_tasks,
+    label_studio_unavailable,
+    task_pages,
+    unavailable_or_none,
+)
 from .task_schema import TaskSchema
 
 log = logging.getLogger(__name__)
@@ -159,6 +165,8 @@ class Importer:
         self.retry_max = retry_max
         # Called after each chunk is recorded (tests stop an import between chunks with it).
         self.after_chunk: Callable[[int], None] | None = None
+        # Sends a chunk to Label Studio, returns the new task ids in order.
+        self.send: Callable[[LabelStudio, int, list[dict[str, Any]]], list[int]] = import_tasks
 
     @property
     def client(self) -> LabelStudio:
@@ -464,13 +472,10 @@ class Importer:
     ) -> int:
         problems = sum(bool(task.problems) for task in built)
         try:
-            response = self.client.projects.import_tasks(
-                id=ls_project, request=cast(Any, [t.task for t in built]), return_task_ids=True
-            )
+            task_ids = self.send(self.client, ls_project, [t.task for t in built])
         except Exception as exc:
             # Nothing reached Label Studio, or we cannot tell: the next attempt resolves it.
             raise unavailable_or_none(exc) or exc from None
-        task_ids = response.model_dump().get("task_ids") or []
         if len(task_ids) != len(chunk):
             raise label_studio_unavailable(
                 f"Label Studio returned {len(task_ids)} task ids for {len(chunk)} tasks"
