@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,17 +24,43 @@ def trainer_python() -> str:
     return TRAINER_PYTHON
 
 
+@dataclass
+class InferenceStack:
+    """The inference service as two processes on one home: the api role (files, batches, the
+    model registry) and an engine role with LoRA on (rank up to 8), as in a cluster. The api
+    answers at once; only the serving checks wait for the engine (`wait_ready`)."""
+
+    api: Any
+    engine: Any
+
+    @property
+    def address(self) -> str:
+        return str(self.api.address)
+
+    def wait_ready(self, timeout: float) -> None:
+        self.engine.wait_ready(timeout)
+
+
 @pytest.fixture(scope="session")
-def training_inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real inference service, api role only (no engine): files and the model registry."""
+def training_inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceStack]:
+    """A real inference api process and a real vLLM engine process (LoRA on) sharing a home.
+    The engine loads while the first jobs train."""
     from support import InferenceProcess
 
     home = tmp_path_factory.mktemp("training-inference")
-    process = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
+    api = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
+    engine = InferenceProcess(
+        home,
+        roles="engine",
+        name="inference-engine",
+        env={"LOOMSTACK_INFERENCE_MAX_LORA_RANK": "8"},
+    )
     try:
-        yield process
+        engine.start()
+        yield InferenceStack(api, engine)
     finally:
-        process.terminate()
+        engine.terminate()
+        api.terminate()
 
 
 @pytest.fixture(scope="module")

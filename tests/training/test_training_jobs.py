@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -13,6 +14,7 @@ from loomstack.training.v1 import training_pb2
 from support import MODEL_NAME, wait_until
 from training_support import (
     FAST,
+    QUESTIONS,
     GatewayProcess,
     TrainingClient,
     TrainingProcess,
@@ -35,56 +37,129 @@ def _runner_pid(client: TrainingClient, job_id: str) -> int:
     return int(wait_until(pid, 60, 0.2, "trainer start"))
 
 
-def test_job_through_the_openai_client_trains_and_reports(gateway: GatewayProcess) -> None:
+def test_job_through_the_openai_client_trains_registers_and_serves(
+    gateway: GatewayProcess, training_inference: object
+) -> None:
     """files.create → fine_tuning.jobs.create/retrieve/list/list_events, checkpoints.list,
-    with LoRA settings in method.supervised.hyperparameters; a real Unsloth run of 2 steps."""
+    with LoRA settings in method.supervised.hyperparameters; a real Unsloth run; then the
+    adapter is a model in GET /v1/models, and chat and a batch naming it are answered with the
+    adapter (the trained answer) while the base model answers otherwise."""
     openai = gateway.client()
-    train = openai.files.create(file=("train.jsonl", jsonl(examples(8))), purpose="fine-tune")
+    train = openai.files.create(file=("train.jsonl", jsonl(examples(16))), purpose="fine-tune")
+    held_out = openai.files.create(file=("val.jsonl", jsonl(examples(2))), purpose="fine-tune")
     hyperparameters = {
         "n_epochs": 1,
-        "batch_size": 2,
-        "learning_rate": 1e-3,
-        "max_steps": 2,
-        "save_steps": 1,
+        "batch_size": 4,
+        "learning_rate": 2e-3,
+        "max_steps": 24,
+        "save_steps": 12,
         "max_seq_length": 64,
-        "lora_r": 4,
-        "lora_alpha": 8,
+        "lora_r": 8,
+        "lora_alpha": 16,
         "lora_dropout": 0.0,
-        "lora_target_modules": ["q_proj", "v_proj"],
     }
     job = openai.fine_tuning.jobs.create(
         model=MODEL_NAME,
         training_file=train.id,
+        validation_file=held_out.id,
         suffix="ducks",
         seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
     )
     assert job.status in ("queued", "running")
-    assert job.seed == 7 and job.hyperparameters.batch_size == 2
+    assert job.seed == 7 and job.hyperparameters.batch_size == 4
 
     def finished() -> object:
         current = openai.fine_tuning.jobs.retrieve(job.id)
         return current if current.status in ("succeeded", "failed") else None
 
-    done = wait_until(finished, 240, 0.5, "the job to finish")
+    done = wait_until(finished, 600, 0.5, "the job to finish")
     assert done.status == "succeeded", done.error
-    assert done.fine_tuned_model == f"ft:{MODEL_NAME}:ducks:{job.id}"
+    name = f"ft:{MODEL_NAME}:ducks:{job.id}"
+    assert done.fine_tuned_model == name
     assert done.trained_tokens and done.trained_tokens > 0
     assert done.finished_at and done.error is None
     assert job.id in [j.id for j in openai.fine_tuning.jobs.list(limit=100).data]
+    # The eval gate ran both models on the held-out examples as batches and promoted the job.
+    gate = done.model_extra["eval"]
+    assert gate["examples"] == 2 and gate["promoted"] is True
+    assert gate["fine_tuned"]["token_overlap"] > gate["base"]["token_overlap"]
+    assert gate["fine_tuned"]["exact_match"] > gate["base"]["exact_match"]
+    # result_files: the per-step metrics CSV, readable through the Files API.
+    csv_text = openai.files.content(done.result_files[0]).text
+    assert csv_text.splitlines()[0] == (
+        "step,train_loss,learning_rate,tokens_per_second,trained_tokens,epoch"
+    )
+    assert len(csv_text.splitlines()) == 25
 
     events = openai.fine_tuning.jobs.list_events(job.id, limit=100).data
     metrics = [e.data for e in events if e.type == "metrics"]
-    assert [m["step"] for m in metrics] == [2, 1]  # newest first
+    assert [m["step"] for m in metrics] == list(range(24, 0, -1))  # newest first
     assert all(m["train_loss"] > 0 and m["learning_rate"] > 0 for m in metrics)
     assert all(m["tokens_per_second"] > 0 for m in metrics)
+    assert metrics[0]["train_loss"] < metrics[-1]["train_loss"]
     messages = [e.message for e in reversed(events)]
     assert messages[0].startswith("Validating training file")
-    assert messages[-1] == f"The job has successfully completed: {done.fine_tuned_model}"
+    assert messages[-1] == f"The job has successfully completed: {name}"
 
     checkpoints = openai.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in checkpoints] == [2, 1]
-    assert checkpoints[0].fine_tuned_model_checkpoint.endswith(":ckpt-step-2")
+    assert [c.step_number for c in checkpoints] == [24, 12]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-24"
+
+    # Served with the adapter: GET /v1/models lists it; chat and a batch naming it use it.
+    models = {m.id: m for m in openai.models.list().data}
+    assert name in models and models[name].parent == MODEL_NAME  # type: ignore[attr-defined]
+    training_inference.wait_ready(300)  # type: ignore[attr-defined]
+    question = [{"role": "user", "content": QUESTIONS[0]}]
+
+    def answer(model: str) -> str:
+        reply = openai.chat.completions.create(
+            model=model, messages=question, temperature=0, max_tokens=16
+        )
+        return str(reply.choices[0].message.content)
+
+    tuned = wait_until(lambda: _served(answer, name), 60, 1.0, "the engine to serve the adapter")
+    assert "eleven ducks" in tuned
+    assert "ducks" not in answer(MODEL_NAME)
+
+    # A batch names one model: the adapter's.
+    lines = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": name, "messages": question, "temperature": 0, "max_tokens": 16},
+        }
+        for i in range(2)
+    ]
+    batch_file = openai.files.create(file=("b.jsonl", jsonl(lines)), purpose="batch")
+    batch = openai.batches.create(
+        input_file_id=batch_file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    batch = wait_until(
+        lambda: (b := openai.batches.retrieve(batch.id)).status == "completed" and b,
+        180,
+        0.5,
+        "the batch",
+    )
+    output = openai.files.content(batch.output_file_id).text
+    answers = [
+        row["response"]["body"]["choices"][0]["message"]["content"]
+        for row in map(json.loads, output.splitlines())
+    ]
+    assert len(answers) == 2 and all("eleven ducks" in a for a in answers)
+
+
+def _served(answer: Callable[[str], str], model: str) -> str | None:
+    """The adapter's answer, or None while engines have not picked the adapter up yet."""
+    import openai as openai_module
+
+    try:
+        return answer(model)
+    except openai_module.APIStatusError as exc:
+        if exc.status_code == 503:
+            return None
+        raise
 
 
 def test_bad_requests_through_the_openai_client(gateway: GatewayProcess) -> None:

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 import grpc
 
 PROJECT_KEY = "x-loomstack-project"
+# Set by services calling services (never by the gateway, which forwards no client headers):
+# such callers may store system files, e.g. the training service's `fine-tune-results`.
+SERVICE_KEY = "x-loomstack-service"
 ALL_PROJECTS = "*"
 DEFAULT_PROJECT = "default"
 
@@ -26,6 +29,19 @@ def project_of(context: grpc.aio.ServicerContext) -> str | None:
         if key == PROJECT_KEY:
             return None if value == ALL_PROJECTS else str(value)
     return DEFAULT_PROJECT
+
+
+def service_metadata(project: str | None, service: str) -> Sequence[tuple[str, str]]:
+    """Call metadata of a service acting for a project."""
+    return (*project_metadata(project), (SERVICE_KEY, service))
+
+
+def calling_service(context: grpc.aio.ServicerContext) -> str | None:
+    """The calling service's name, None for calls that came through the gateway."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SERVICE_KEY:
+            return str(value)
+    return None
 
 
 def owner_project(project: str | None) -> str:

@@ -58,6 +58,8 @@ async def serve(settings: InferenceSettings) -> None:
             enforce_eager=settings.enforce_eager,
             dtype=settings.dtype,
             extra_args=settings.engine_args,
+            max_lora_rank=settings.max_lora_rank,
+            max_loras=settings.max_loras,
         )
 
     def engine_ready() -> bool:

@@ -90,6 +90,8 @@ class VllmEngine:
         enforce_eager: bool,
         dtype: str = "auto",
         extra_args: str = "",
+        max_lora_rank: int = 0,
+        max_loras: int = 4,
     ) -> None:
         self.model_path = model_path
         self.served_name = served_name
@@ -97,6 +99,12 @@ class VllmEngine:
         self.enforce_eager = enforce_eager
         self.dtype = dtype
         self.extra_args = extra_args
+        self.max_lora_rank = max_lora_rank
+        self.max_loras = max_loras
+        # Adapters of this base model from the registry (name → directory); the runner keeps
+        # it current, and each is loaded into vLLM the first time a request names it.
+        self.adapters: dict[str, str] = {}
+        self._serving_models: Any = None
         self._client_cm: Any = None
         self.client: Any = None
         self.chat: Any = None
@@ -125,6 +133,17 @@ class VllmEngine:
             "--dtype",
             preferred_dtype(self.dtype),
             *(["--enforce-eager"] if self.enforce_eager else []),
+            *(
+                [
+                    "--enable-lora",
+                    "--max-lora-rank",
+                    str(self.max_lora_rank),
+                    "--max-loras",
+                    str(self.max_loras),
+                ]
+                if self.lora_enabled
+                else []
+            ),
             *shlex.split(self.extra_args),
         ]
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
@@ -135,10 +154,34 @@ class VllmEngine:
         state = State()
         await init_app_state(self.client, state, args, await self.client.get_supported_tasks())
         self.chat = state.openai_serving_chat
+        self._serving_models = state.openai_serving_models
         log.info(
             "vLLM engine ready",
             extra={"model": self.served_name, "dtype": str(self.client.model_config.dtype)},
         )
+
+    @property
+    def lora_enabled(self) -> bool:
+        """Whether this engine serves LoRA adapters."""
+        return self.max_lora_rank > 0
+
+    def serves(self, model: str) -> bool:
+        """The base model, or one of its registered adapters when LoRA is on."""
+        return model == self.served_name or (self.lora_enabled and model in self.adapters)
+
+    async def _ensure_adapter(self, name: str) -> None:
+        """Loads a registered adapter into vLLM once; its `LoRARequest` then applies per request."""
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        if name in self._serving_models.lora_requests:
+            return
+        result = await self._serving_models.load_lora_adapter(
+            LoadLoRAAdapterRequest(lora_name=name, lora_path=self.adapters[name]),
+            base_model_name=self.served_name,
+        )
+        if not isinstance(result, str) and name not in self._serving_models.lora_requests:
+            raise EngineRequestError(*self._error_of(result))
+        log.info("LoRA adapter loaded", extra={"model": name, "path": self.adapters[name]})
 
     async def close(self) -> None:
         """Shuts the engine (and its engine-core process) down."""
@@ -155,6 +198,8 @@ class VllmEngine:
                 request = ChatCompletionRequest.model_validate_json(body)
             else:
                 request = ChatCompletionRequest.model_validate(body)
+            if self.lora_enabled and request.model in self.adapters:
+                await self._ensure_adapter(request.model)
             return await self.chat.create_chat_completion(request, None)
         except Exception as exc:  # vLLM's own mapping of exceptions to OpenAI errors
             return create_error_response(exc)

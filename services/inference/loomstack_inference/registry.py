@@ -134,6 +134,14 @@ class Registry:
             ).all()
         return [r.address for r in rows if model_id in orjson.loads(r.models_json)]
 
+    def adapters_of(self, base_model: str) -> dict[str, str]:
+        """The LoRA adapters registered for `base_model`: name → adapter directory."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(models.c.id, models.c.source).where(models.c.parent == base_model)
+            ).all()
+        return {r.id: r.source for r in rows}
+
     def get_model(self, model_id: str) -> ModelInfo:
         """One model, or NotFound."""
         for info in self.list_models():

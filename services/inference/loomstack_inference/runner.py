@@ -186,11 +186,23 @@ class Runner:
 
     # -- heartbeat and stop --------------------------------------------------------------------
 
+    async def _refresh_adapters(self) -> None:
+        """Registered adapters of this engine's model become claimable and advertised."""
+        try:
+            adapters = await asyncio.to_thread(self.registry.adapters_of, self.engine.served_name)
+        except Exception:
+            log.exception("reading the registered adapters failed")
+            return
+        self.engine.adapters = adapters
+        self.models = [self.engine.served_name, *sorted(adapters)]
+
     async def _heartbeat_loop(self) -> None:
         interval = max(1.0, self.settings.lease_seconds / 4)
         last_t, last_lines, last_tokens = time.monotonic(), 0, 0
         tps = rps = 0.0
         while True:
+            if self.engine.lora_enabled:
+                await self._refresh_adapters()
             now = time.monotonic()
             dt = max(now - last_t, 1e-6)
             if self._runs or self._done_lines != last_lines:

@@ -22,7 +22,7 @@ from loomstack.inference.v1 import (
     models_pb2_grpc,
 )
 from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
-from loomstack_kit.identity import owner_project, project_of
+from loomstack_kit.identity import calling_service, owner_project, project_of
 from loomstack_kit.tracing import client_interceptors
 
 from .batches import Batches, BatchView
@@ -147,7 +147,11 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
 
         try:
             rec = await self.store.upload(
-                owner_project(project_of(context)), meta.filename, meta.purpose, chunks()
+                owner_project(project_of(context)),
+                meta.filename,
+                meta.purpose,
+                chunks(),
+                system=calling_service(context) is not None,
             )
         except Exception:
             # Read the rest of the stream before failing: aborting while the client still
@@ -285,6 +289,27 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     async def GetModel(self, request: models_pb2.GetModelRequest, context: Any) -> models_pb2.Model:
         return model_to_proto(await asyncio.to_thread(self.registry.get_model, request.model_id))
 
+    async def CreateModel(
+        self, request: models_pb2.CreateModelRequest, context: Any
+    ) -> models_pb2.Model:
+        if not request.model_id or not request.source:
+            raise InvalidArgument("model_id and source are required", param="model_id")
+        parent = await asyncio.to_thread(self.registry.get_model, request.parent)
+        if parent.parent:
+            raise InvalidArgument(
+                f"{request.parent!r} is an adapter; an adapter's parent must be a base model",
+                param="parent",
+            )
+        await asyncio.to_thread(
+            self.registry.register_model,
+            request.model_id,
+            request.source,
+            parent.max_model_len,
+            parent=parent.id,
+            owned_by=owner_project(project_of(context)),
+        )
+        return model_to_proto(await asyncio.to_thread(self.registry.get_model, request.model_id))
+
 
 def _engine_error(exc: EngineRequestError) -> InvalidArgument | NotFound | Unavailable:
     err = exc.error
@@ -321,7 +346,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         return model
 
     def _local(self, model: str) -> VllmEngine | None:
-        if self.engine is not None and self.engine.served_name == model and self.ready():
+        if self.engine is not None and self.engine.serves(model) and self.ready():
             return self.engine
         return None
 

@@ -33,6 +33,14 @@ class InferenceSettings(ServiceSettings):
         ),
     )
     engine_args: str = Field("", description="Extra vLLM engine arguments, shell-style.")
+    max_lora_rank: int = Field(
+        0,
+        description=(
+            "Largest LoRA rank the engine serves; 0 disables LoRA. With LoRA on, the engine "
+            "serves every adapter the registry lists for its model (vLLM LoRARequest per request)."
+        ),
+    )
+    max_loras: int = Field(4, description="LoRA adapters held in one batch at once.")
 
     # Limits on input files.
     max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest upload accepted.")

@@ -14,9 +14,11 @@ from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
 
+from .eval_gate import EvalGate
 from .inference import InferenceClient
-from .jobs import Jobs
+from .jobs import Jobs, JobView
 from .promotion import Promotion
+from .runner_kubernetes import KubernetesRunner
 from .runner_local import LocalRunner
 from .servicer import FineTuningServicer
 from .settings import TrainingSettings
@@ -29,8 +31,8 @@ VERSION_TABLE = "alembic_version_training"
 
 async def serve(settings: TrainingSettings) -> None:
     """Serves the FineTuningService and runs the configured runner until SIGTERM."""
-    if settings.runner != "local":
-        raise SystemExit(f"unknown runner {settings.runner!r}: use local")
+    if settings.runner not in ("local", "kubernetes"):
+        raise SystemExit(f"unknown runner {settings.runner!r}: use local or kubernetes")
     url = settings.resolved_database_url()
     await asyncio.to_thread(migrate, url, MIGRATIONS, VERSION_TABLE)
     db = create_db_engine(url)
@@ -39,8 +41,35 @@ async def serve(settings: TrainingSettings) -> None:
     inference = InferenceClient(settings.inference_address)
     jobs = Jobs(db)
     submissions = Submissions(settings, jobs, blobs, inference)
-    promotion = Promotion(jobs, blobs)
-    runner = LocalRunner(settings, jobs, blobs, promotion)
+
+    async def register(job: JobView, name: str, adapter_dir: Path) -> None:
+        await asyncio.to_thread(
+            inference.register_adapter,
+            job.project,
+            name,
+            parent=job.model,
+            source=str(adapter_dir),
+        )
+
+    gate = EvalGate(
+        inference,
+        blobs,
+        margin=settings.eval_margin,
+        max_tokens=settings.eval_max_tokens,
+        timeout_seconds=settings.eval_timeout_seconds,
+    )
+
+    async def store_result(job: JobView, filename: str, content: bytes) -> str:
+        return await asyncio.to_thread(
+            inference.upload, job.project, filename, content, "fine-tune-results"
+        )
+
+    promotion = Promotion(jobs, blobs, register=register, eval_gate=gate, store_result=store_result)
+    runner: LocalRunner | KubernetesRunner
+    if settings.runner == "kubernetes":
+        runner = KubernetesRunner(settings, jobs, blobs, promotion)
+    else:
+        runner = LocalRunner(settings, jobs, blobs, promotion)
 
     failed = await runner.reconcile()
     if failed:

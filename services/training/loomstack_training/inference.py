@@ -1,19 +1,39 @@
-"""The inference service as the training service uses it: files and the model registry.
+"""The inference service as the training service uses it: files, the model registry, batches.
 
 Synchronous gRPC, called from worker threads. Every call names the project it acts for.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import orjson
 
-from loomstack.inference.v1 import files_pb2, files_pb2_grpc, models_pb2, models_pb2_grpc
-from loomstack_kit.errors import InvalidArgument, NotFound, from_rpc_error
-from loomstack_kit.identity import project_metadata
+from loomstack.inference.v1 import (
+    batches_pb2,
+    batches_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
+from loomstack_kit.identity import project_metadata, service_metadata
 
 _MAX_MESSAGE = 64 * 1024 * 1024
+_CHUNK = 256 * 1024
+_BATCH_FINAL = frozenset(
+    {
+        batches_pb2.BATCH_STATUS_COMPLETED,
+        batches_pb2.BATCH_STATUS_FAILED,
+        batches_pb2.BATCH_STATUS_EXPIRED,
+        batches_pb2.BATCH_STATUS_CANCELLED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,7 @@ class InferenceClient:
         )
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
+        self.batches = batches_pb2_grpc.BatchServiceStub(self.channel)
 
     def close(self) -> None:
         """Closes the channel."""
@@ -107,3 +128,70 @@ class InferenceClient:
                 param="model",
             )
         return BaseModel(reply.id, reply.source, int(reply.max_model_len))
+
+    def register_adapter(self, project: str, model_id: str, *, parent: str, source: str) -> None:
+        """Registers a trained adapter as a model the engines of `parent` serve."""
+        try:
+            self.models.CreateModel(
+                models_pb2.CreateModelRequest(model_id=model_id, parent=parent, source=source),
+                metadata=tuple(project_metadata(project)),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def upload(self, project: str, filename: str, content: bytes, purpose: str) -> str:
+        """Stores a file; returns its id."""
+
+        def messages() -> Iterator[files_pb2.UploadFileRequest]:
+            yield files_pb2.UploadFileRequest(
+                metadata=files_pb2.UploadFileMetadata(filename=filename, purpose=purpose)
+            )
+            for start in range(0, len(content), _CHUNK):
+                yield files_pb2.UploadFileRequest(chunk=content[start : start + _CHUNK])
+
+        try:
+            reply = self.files.UploadFile(
+                messages(), metadata=tuple(service_metadata(project, "training")), timeout=300
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return str(reply.id)
+
+    def run_batch(
+        self, project: str, lines: list[dict[str, Any]], *, timeout: float, poll: float = 1.0
+    ) -> dict[str, dict[str, Any]]:
+        """Runs a chat batch to the end; returns each output line by custom_id."""
+        content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+        file_id = self.upload(project, "eval.jsonl", content, "batch")
+        meta = tuple(project_metadata(project))
+        try:
+            batch = self.batches.CreateBatch(
+                batches_pb2.CreateBatchRequest(
+                    input_file_id=file_id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    metadata={"purpose": "fine-tuning eval"},
+                ),
+                metadata=meta,
+                timeout=120,
+            )
+            deadline = time.monotonic() + timeout
+            while batch.status not in _BATCH_FINAL:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"eval batch {batch.id} did not finish in {timeout:.0f}s")
+                time.sleep(poll)
+                batch = self.batches.GetBatch(
+                    batches_pb2.GetBatchRequest(batch_id=batch.id), metadata=meta, timeout=30
+                )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        if batch.status != batches_pb2.BATCH_STATUS_COMPLETED or not batch.output_file_id:
+            raise Unavailable(
+                f"eval batch {batch.id} ended {batches_pb2.BatchStatus.Name(batch.status)}"
+            )
+        output = self.read_file(
+            project, batch.output_file_id, param="output_file_id", max_bytes=1 << 30
+        )
+        rows = [orjson.loads(line) for line in output.splitlines() if line.strip()]
+        return {row["custom_id"]: row for row in rows}

@@ -92,6 +92,18 @@ class Promotion:
                 self.jobs.add_event, job.id, "info", "Evaluating base and fine-tuned model"
             )
             eval_result = await self.eval_gate(job, adapter_dir, name)
+            if eval_result is not None:
+                verdict = "promoted" if eval_result.get("promoted") else "not promoted"
+                await asyncio.to_thread(
+                    self.jobs.add_event,
+                    job.id,
+                    "info",
+                    f"Eval on {eval_result['examples']} held-out examples: token overlap "
+                    f"base {eval_result['base_token_overlap']:.3f}, fine-tuned "
+                    f"{eval_result['fine_tuned_token_overlap']:.3f}; exact match base "
+                    f"{eval_result['base_exact_match']:.3f}, fine-tuned "
+                    f"{eval_result['fine_tuned_exact_match']:.3f} ({verdict})",
+                )
         promoted = eval_result is None or bool(eval_result.get("promoted"))
         if promoted and self.register is not None:
             await self.register(job, name, adapter_dir)

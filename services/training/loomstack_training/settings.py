@@ -36,6 +36,34 @@ class TrainingSettings(ServiceSettings):
     )
     log_tail_lines: int = Field(20, description="Trainer log lines quoted in a failure.")
 
+    # The kubernetes runner (a batch/v1 Job per fine-tuning job).
+    kubeconfig: str = Field("", description="Kubeconfig path; empty = in-cluster ServiceAccount.")
+    kubernetes_namespace: str = Field("default", description="Namespace of the training Jobs.")
+    kubernetes_image: str = Field(
+        "ghcr.io/loomstack/training:0.1.0-cuda", description="Trainer image (Unsloth on CUDA)."
+    )
+    kubernetes_trainer_python: str = Field("python", description="Python in the trainer image.")
+    kubernetes_trainer_script: str = Field(
+        "/app/services/training/loomstack_training/trainer.py",
+        description="trainer.py inside the trainer image.",
+    )
+    kubernetes_gpu_resource: str = Field("nvidia.com/gpu", description="GPU resource name.")
+    kubernetes_gpu_count: int = Field(1, description="GPUs per training Job (limits).")
+    kubernetes_node_selector: str = Field("{}", description="nodeSelector of the Job's pod (JSON).")
+    kubernetes_tolerations: str = Field("[]", description="Tolerations of the Job's pod (JSON).")
+    kubernetes_backoff_limit: int = Field(0, description="Job backoffLimit (retries of the pod).")
+    kubernetes_active_deadline_seconds: int = Field(
+        86_400, description="Job activeDeadlineSeconds (longest training run)."
+    )
+    kubernetes_ttl_seconds_after_finished: int = Field(
+        3600, description="Job ttlSecondsAfterFinished (how long a finished Job is kept)."
+    )
+    kubernetes_work_volume_claim: str = Field(
+        "", description="ReadWriteMany PVC mounted at work_dir by the service and every Job."
+    )
+    kubernetes_service_account: str = Field("", description="ServiceAccount of the Job's pod.")
+    kubernetes_watch_seconds: int = Field(3600, description="Timeout of one Job watch request.")
+
     # Training file limits.
     min_examples: int = Field(10, description="Fewest training examples accepted.")
     max_file_bytes: int = Field(512 * 1024 * 1024, description="Largest training file read.")
@@ -58,6 +86,8 @@ class TrainingSettings(ServiceSettings):
     eval_margin: float = Field(
         0.0, description="Token overlap the fine-tuned model must gain over the base."
     )
+    eval_max_tokens: int = Field(128, description="Longest answer generated per eval prompt.")
+    eval_timeout_seconds: float = Field(3600.0, description="Longest wait for an eval batch.")
 
     def resolved_database_url(self) -> str:
         """The configured URL, or SQLite in the home directory."""
@@ -69,4 +99,4 @@ class TrainingSettings(ServiceSettings):
 
     def resolved_work_dir(self) -> Path:
         """Where job directories (config, data, log, checkpoints) live."""
-        return self.work_dir or self.home / "training"
+        return (self.work_dir or self.home / "training").absolute()

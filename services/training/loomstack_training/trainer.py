@@ -8,7 +8,7 @@ inside `main`, so it needs nothing from Loomstack.
 Progress goes to the ORIGINAL stdout as one JSON object per line (`started`, `step`,
 `checkpoint`, `done`, `cancelled`); everything the libraries print is redirected to stderr,
 which the runner keeps as the job's log. SIGTERM (cancel) stops training at the end of the
-current step and saves a last checkpoint.
+current step and saves a last checkpoint (before training starts it exits at once).
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)  # library chatter (Unsloth's banner, tqdm) goes to the log, not the events
     sys.stdout = sys.stderr
 
-    stop = {"requested": False}
+    stop = {"requested": False, "training": False}
 
     def _on_term(_signum: int, _frame: object) -> None:
+        if not stop["training"]:
+            os._exit(143)  # still loading: nothing trained, nothing to keep; stop at once
         stop["requested"] = True
 
     signal.signal(signal.SIGTERM, _on_term)
@@ -169,6 +171,7 @@ def main(argv: list[str]) -> int:
             packing=False,
         ),
     )
+    stop["training"] = True
     trainer.train()
     if stop["requested"]:
         progress.emit("cancelled", step=trainer.state.global_step)

@@ -133,3 +133,33 @@ class GetModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+
+@_typing.final
+class CreateModelRequest(_message.Message):
+    """Request of CreateModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The name requests will use, e.g. `ft:<base>:<suffix>:<job>`."""
+    parent: _builtins.str
+    """The registered base model the adapter applies to."""
+    source: _builtins.str
+    """The adapter's directory (a PEFT LoRA adapter) as the engines see it."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "parent", b"parent", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateModelRequest: _TypeAlias = CreateModelRequest  # noqa: Y015

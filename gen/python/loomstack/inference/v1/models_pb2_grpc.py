@@ -45,6 +45,11 @@ class ModelServiceStub:
                 request_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.Model.FromString,
                 _registered_method=True)
+        self.CreateModel = channel.unary_unary(
+                '/loomstack.inference.v1.ModelService/CreateModel',
+                request_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.CreateModelRequest.SerializeToString,
+                response_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -65,6 +70,15 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateModel(self, request, context):
+        """Registers a LoRA adapter of a registered base model (the training service calls this when
+        a fine-tuning job is promoted). Engines serving the base model pick it up and serve it
+        through vLLM LoRA. Registering the same id again updates it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.GetModelRequest.FromString,
+                    response_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.Model.SerializeToString,
+            ),
+            'CreateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateModel,
+                    request_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.CreateModelRequest.FromString,
                     response_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.Model.SerializeToString,
             ),
     }
@@ -133,6 +152,33 @@ class ModelService:
             target,
             '/loomstack.inference.v1.ModelService/GetModel',
             loomstack_dot_inference_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
+            loomstack_dot_inference_dot_v1_dot_models__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.inference.v1.ModelService/CreateModel',
+            loomstack_dot_inference_dot_v1_dot_models__pb2.CreateModelRequest.SerializeToString,
             loomstack_dot_inference_dot_v1_dot_models__pb2.Model.FromString,
             options,
             channel_credentials,

@@ -37,6 +37,11 @@ class ModelServiceStub:
     """Lists the registered models."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetModelRequest, _models_pb2.Model]
     """Returns one model."""
+    CreateModel: _grpc.UnaryUnaryMultiCallable[_models_pb2.CreateModelRequest, _models_pb2.Model]
+    """Registers a LoRA adapter of a registered base model (the training service calls this when
+    a fine-tuning job is promoted). Engines serving the base model pick it up and serve it
+    through vLLM LoRA. Registering the same id again updates it.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -47,6 +52,11 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Lists the registered models."""
     GetModel: _aio.UnaryUnaryMultiCallable[_models_pb2.GetModelRequest, _models_pb2.Model]  # type: ignore[assignment]
     """Returns one model."""
+    CreateModel: _aio.UnaryUnaryMultiCallable[_models_pb2.CreateModelRequest, _models_pb2.Model]  # type: ignore[assignment]
+    """Registers a LoRA adapter of a registered base model (the training service calls this when
+    a fine-tuning job is promoted). Engines serving the base model pick it up and serve it
+    through vLLM LoRA. Registering the same id again updates it.
+    """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """The model registry: base models and LoRA adapters, and the engines serving them."""
@@ -66,5 +76,16 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.Model, _abc.Awaitable[_models_pb2.Model]]:
         """Returns one model."""
+
+    @_abc_1.abstractmethod
+    def CreateModel(
+        self,
+        request: _models_pb2.CreateModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.Model, _abc.Awaitable[_models_pb2.Model]]:
+        """Registers a LoRA adapter of a registered base model (the training service calls this when
+        a fine-tuning job is promoted). Engines serving the base model pick it up and serve it
+        through vLLM LoRA. Registering the same id again updates it.
+        """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

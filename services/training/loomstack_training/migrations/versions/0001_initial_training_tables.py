@@ -73,7 +73,7 @@ def upgrade() -> None:
         sa.Column("result_files_json", sa.Text(), server_default="[]", nullable=False),
         sa.Column("eval_json", sa.Text(), nullable=True),
         sa.Column("adapter_blob_id", sa.String(length=128), nullable=True),
-        sa.Column("cancel_requested", sa.Boolean(), server_default=sa.text("0"), nullable=False),
+        sa.Column("cancel_requested", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=True),
         sa.Column("first_step_at", sa.Float(), nullable=True),
