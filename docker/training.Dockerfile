@@ -1,5 +1,4 @@
 # syntax=docker/dockerfile:1.7
-# PLACEHOLDER until services/training lands (`make images` builds it only once that folder exists).
 # The training service (`python -m loomstack_training`) and the trainer its `kubernetes` runner
 # starts as GPU Jobs, from one file with the same two builds as the inference image:
 #   VARIANT=cuda (default)  Unsloth on the CUDA runtime image   → training:<v>-cuda (the Jobs)
@@ -56,6 +55,9 @@ RUN groupadd --system --gid 10001 loomstack \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/loomstack \
       --shell /usr/sbin/nologin loomstack
 COPY --from=build /opt/venv /opt/venv
+# The kubernetes runner starts `python <LOOMSTACK_TRAINING_KUBERNETES_TRAINER_SCRIPT>` in the Jobs;
+# its default is this path (the script needs only the trainer libraries, not our packages).
+COPY services/training/loomstack_training/trainer.py /app/services/training/loomstack_training/trainer.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -66,3 +68,4 @@ USER 10001:10001
 WORKDIR /home/loomstack
 EXPOSE 50053
 ENTRYPOINT ["python", "-m", "loomstack_training"]
+CMD ["serve"]

@@ -42,13 +42,11 @@ images:
 	$(DOCKER) build -f docker/inference.Dockerfile --build-arg VARIANT=cpu \
 		-t $(IMAGE_REGISTRY)/inference:$(IMAGE_TAG)-cpu .
 	$(DOCKER) build -f docker/gateway.Dockerfile -t $(IMAGE_REGISTRY)/gateway:$(IMAGE_TAG) .
-	@# The training image is a placeholder until services/training exists.
-	if [ -d services/training ]; then \
-		$(DOCKER) build -f docker/training.Dockerfile --build-arg VARIANT=cuda \
-			-t $(IMAGE_REGISTRY)/training:$(IMAGE_TAG)-cuda . && \
-		$(DOCKER) build -f docker/training.Dockerfile --build-arg VARIANT=cpu \
-			-t $(IMAGE_REGISTRY)/training:$(IMAGE_TAG) . ; \
-	else echo "services/training does not exist yet: no training image"; fi
+	$(DOCKER) build -f docker/curation.Dockerfile -t $(IMAGE_REGISTRY)/curation:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/training.Dockerfile --build-arg VARIANT=cuda \
+		-t $(IMAGE_REGISTRY)/training:$(IMAGE_TAG)-cuda .
+	$(DOCKER) build -f docker/training.Dockerfile --build-arg VARIANT=cpu \
+		-t $(IMAGE_REGISTRY)/training:$(IMAGE_TAG) .
 
 e2e-kind: install k8s-tools
 	$(PY) tests/helm/kind_e2e.py --helm $(HELM) --kubectl $(KUBECTL) \
