@@ -440,3 +440,217 @@ def test_gateway_admin_backend_follows_the_values(
         is False
     )
     assert "loomstack-gateway" not in by_kind(objects, "Role")
+
+
+# -- curation and training: the chart matches the services' settings ----------------------------
+
+
+def component_deployment(objects: Objects, component: str) -> dict[str, Any] | None:
+    matches = [
+        d
+        for d in by_kind(objects, "Deployment").values()
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    assert len(matches) <= 1, f"several {component} Deployments"
+    return matches[0] if matches else None
+
+
+def env_names(container: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in container.get("env", [])}
+
+
+def setting_envs(settings_class: type, prefix: str) -> set[str]:
+    """The environment variable of every field of a pydantic-settings class."""
+    return {f"{prefix}{name.upper()}" for name in settings_class.model_fields}
+
+
+def test_curation_runs_the_service_with_its_settings(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """`serve`, native gRPC probes, the HTTP port, real setting names, one replica at most."""
+    deployment = component_deployment(objects, "curation")
+    if not values["curation"]["enabled"]:
+        assert deployment is None
+        return
+    from loomstack_curation.settings import CurationSettings
+
+    assert deployment is not None
+    c = values["curation"]
+    spec = deployment["spec"]
+    assert spec["replicas"] <= 1, "one pod owns the import queue"
+    assert spec["strategy"]["type"] == "Recreate", "a rolling update would run two owners"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": c["port"], "http": c["httpPort"]}
+    for probe, service in GRPC_HEALTH_NAMES.items():
+        assert container[probe]["grpc"] == {"port": c["port"], "service": service}
+    names = env_names(container) - {"HOME"}
+    known = setting_envs(CurationSettings, "LOOMSTACK_CURATION_")
+    extra = {e["name"] for e in c["extraEnv"]}
+    assert names - extra <= known, f"not curation settings: {names - extra - known}"
+    env = env_of(container)
+    assert env["LOOMSTACK_CURATION_PORT"] == str(c["port"])
+    assert env["LOOMSTACK_CURATION_HTTP_PORT"] == str(c["httpPort"])
+    assert env["LOOMSTACK_CURATION_PUBLIC_URL"] == (
+        c["publicUrl"] or f"http://{deployment['metadata']['name']}.loomstack.svc:{c['httpPort']}"
+    )
+    secret_env = {e["name"]: e["valueFrom"] for e in container["env"] if "valueFrom" in e}
+    assert "secretKeyRef" in secret_env["LOOMSTACK_CURATION_WEBHOOK_SECRET"]
+    assert "secretKeyRef" in secret_env["LOOMSTACK_CURATION_DATABASE_URL"]
+    if values["labelStudio"]["mode"] == "disabled":
+        assert "LOOMSTACK_CURATION_LABEL_STUDIO_URL" not in names
+    else:
+        assert env["LOOMSTACK_CURATION_LABEL_STUDIO_URL"].startswith("http")
+        assert "secretKeyRef" in secret_env["LOOMSTACK_CURATION_LABEL_STUDIO_TOKEN"]
+    # The schemas: a ConfigMap mounted read-only where the service reads them.
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["schemas"]["mountPath"] == env["LOOMSTACK_CURATION_SCHEMAS_DIR"]
+    assert mounts["schemas"]["readOnly"] is True
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    config_map = volumes["schemas"]["configMap"]["name"]
+    if c["existingSchemasConfigMap"]:
+        assert config_map == c["existingSchemasConfigMap"]
+    else:
+        assert config_map in by_kind(objects, "ConfigMap")
+    # The Service carries both ports.
+    service = by_kind(objects, "Service")[deployment["metadata"]["name"]]
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "grpc": c["port"],
+        "http": c["httpPort"],
+    }
+
+
+def test_curation_schemas_and_webhook_secret_from_values(
+    render_with: Callable[..., Objects],
+) -> None:
+    """Schema files become ConfigMap keys (`.yaml` added); the webhook secret is generated."""
+    objects = render_with(
+        {
+            "curation": {
+                "enabled": True,
+                "schemas": {"classify_ticket": "id: classify_ticket\n", "b.json": "{}"},
+            }
+        }
+    )
+    data = by_kind(objects, "ConfigMap")["loomstack-curation-schemas"]["data"]
+    assert data == {"classify_ticket.yaml": "id: classify_ticket\n", "b.json": "{}"}
+    secret = by_kind(objects, "Secret")["loomstack-curation"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert len(secret["data"]["webhook-secret"]) > 40
+
+    objects = render_with(
+        {"curation": {"enabled": True, "webhook": {"existingSecret": "mine", "secretKey": "s"}}}
+    )
+    assert "loomstack-curation" not in by_kind(objects, "Secret")
+    container = component_deployment(objects, "curation")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    ref = next(e for e in container["env"] if e["name"] == "LOOMSTACK_CURATION_WEBHOOK_SECRET")
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "s"}
+
+
+def test_migrations_include_curation_when_enabled(objects: Objects, values: dict[str, Any]) -> None:
+    job = next(
+        j
+        for j in by_kind(objects, "Job").values()
+        if "helm.sh/hook" in j["metadata"].get("annotations", {})
+    )
+    steps = job["spec"]["template"]["spec"]["containers"]
+    assert all(s["args"] == ["migrate"] for s in steps)
+    images = {s["name"]: s["image"] for s in steps}
+    assert images["migrate"].split("/")[-1].startswith("inference:")
+    assert ("migrate-curation" in images) == values["curation"]["enabled"]
+    if values["curation"]["enabled"]:
+        assert images["migrate-curation"].split("/")[-1].startswith("curation:")
+        env = env_names(next(s for s in steps if s["name"] == "migrate-curation"))
+        assert "LOOMSTACK_CURATION_DATABASE_URL" in env
+
+
+def ingress_rules_to(
+    objects: Objects, component: str, port: int
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(policy, peers) of every ingress rule that lets traffic reach `component` on `port`."""
+    found = []
+    for policy in by_kind(objects, "NetworkPolicy").values():
+        selector = policy["spec"]["podSelector"]
+        names = [selector.get("matchLabels", {}).get("app.kubernetes.io/component")]
+        for expression in selector.get("matchExpressions", []):
+            if expression["key"] == "app.kubernetes.io/component":
+                names += expression["values"]
+        if component not in names:
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            rule_ports = [p["port"] for p in rule.get("ports", [])]
+            if not rule_ports or port in rule_ports:
+                found.append((policy, rule.get("from", [])))
+    return found
+
+
+def peer_components(peers: list[dict[str, Any]]) -> set[str]:
+    """The release components a list of podSelector peers names."""
+    names: set[str] = set()
+    for peer in peers:
+        selector = peer.get("podSelector")
+        if selector is None:
+            continue
+        if component := selector.get("matchLabels", {}).get("app.kubernetes.io/component"):
+            names.add(component)
+        for expression in selector.get("matchExpressions", []):
+            if expression["key"] == "app.kubernetes.io/component":
+                names |= set(expression["values"])
+    return names
+
+
+def test_curation_http_port_only_for_label_studio_and_the_gateway(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """Webhooks and ML backend calls: the bundled Label Studio, the gateway, the extra peers."""
+    if not values["curation"]["enabled"]:
+        return
+    c = values["curation"]
+    http_rules = ingress_rules_to(objects, "curation", c["httpPort"])
+    assert http_rules, "nothing may reach the curation HTTP port"
+    allowed = {"gateway"} | (
+        {"label-studio"} if values["labelStudio"]["mode"] == "bundled" else set()
+    )
+    extra = values["networkPolicy"]["curationHttpFrom"]
+    for _policy, peers in http_rules:
+        assert peers, "the curation HTTP port is open to everyone"
+        assert peer_components(peers) == allowed
+        assert [p for p in peers if "podSelector" not in p] == extra
+    grpc_rules = ingress_rules_to(objects, "curation", c["port"])
+    assert any("gateway" in peer_components(peers) for _, peers in grpc_rules)
+    assert all(peers for _, peers in grpc_rules)
+    if values["labelStudio"]["mode"] == "bundled":
+        ls_rules = ingress_rules_to(
+            objects, "label-studio", values["labelStudio"]["bundled"]["port"]
+        )
+        assert any("curation" in peer_components(peers) for _, peers in ls_rules)
+
+
+def test_training_runs_the_service_with_its_settings(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """`serve`, the kubernetes runner and only environment variables the service reads."""
+    deployment = component_deployment(objects, "training")
+    if not values["training"]["enabled"]:
+        assert deployment is None
+        return
+    from loomstack_training.settings import TrainingSettings
+
+    assert deployment is not None
+    t = values["training"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve"]
+    names = env_names(container) - {"HOME"}
+    known = setting_envs(TrainingSettings, "LOOMSTACK_TRAINING_")
+    extra = {e["name"] for e in t["extraEnv"]}
+    assert names - extra <= known, f"not training settings: {names - extra - known}"
+    env = env_of(container)
+    assert env["LOOMSTACK_TRAINING_RUNNER"] == "kubernetes"
+    assert env["LOOMSTACK_TRAINING_KUBERNETES_GPU_COUNT"] == str(t["job"]["gpuCount"])
+    claim = env["LOOMSTACK_TRAINING_KUBERNETES_WORK_VOLUME_CLAIM"]
+    assert claim == t["workVolume"]["existingClaim"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["work"] == env["LOOMSTACK_TRAINING_WORK_DIR"]
