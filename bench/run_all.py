@@ -72,7 +72,7 @@ from workload import make_chat_requests, write_jsonl
 from loomstack.inference.v1 import batches_pb2, batches_pb2_grpc
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("raw", "stack", "gateway", "submit", "curation")
+SCENARIOS = ("raw", "stack", "gateway", "submit", "curation", "training")
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 POLL_SECONDS = 0.2
 STACK_GOAL = 0.95
@@ -1058,6 +1058,17 @@ def summary_markdown(cfg: Config, machine: dict[str, Any], results: dict[str, An
             f"{cur['direct_export_tasks_per_second']} tasks/s: ratio **{cur['export_ratio']}** | "
             f"≥ {CURATION_GOAL}× {_verdict(cur['meets_goal'])} |",
         ]
+    tr = results.get("training")
+    if isinstance(tr, dict) and "error" not in tr:
+        rows += [
+            f"| training | Unsloth LoRA, {tr['direct']['steps']} steps of "
+            f"{tr['hyperparameters']['batch_size']} | **{tr['service']['tokens_per_second']:.1f} "
+            f"tokens/s** through the service vs {tr['direct']['tokens_per_second']:.1f} direct: "
+            f"ratio **{tr['service_vs_direct_tokens_per_second']:.2f}** | ≈ 1× |",
+            f"| training | jobs.create → first step | "
+            f"**{tr['service']['seconds_create_to_first_step']:.1f} s** (direct script start → "
+            f"first step {tr['direct']['seconds_to_first_step']:.1f} s) | |",
+        ]
     for name, result in results.items():
         if isinstance(result, dict) and "error" in result:
             rows.append(f"| {name} | failed | `{result['error'][:200]}` | |")
@@ -1154,6 +1165,10 @@ def main(argv: list[str] | None = None) -> int:
                 result = scenario_gateway(cfg)
             elif name == "curation":
                 result = scenario_curation(cfg)
+            elif name == "training":
+                from training import scenario_training
+
+                result = scenario_training(cfg.out)
             else:
                 result = scenario_submit(cfg)
         except Exception as exc:

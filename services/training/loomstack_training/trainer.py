@@ -108,6 +108,10 @@ def main(argv: list[str]) -> int:
             self.start = time.monotonic()
             self.tokens = 0
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
+            self.start = time.monotonic()  # tokens/s of training itself, not of the setup
+            return control
+
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> Any:
             if stop["requested"]:
                 control.should_save = True
