@@ -51,7 +51,11 @@ def chart_training_rules() -> Rules:
     helm = helm_chart.ensure_helm()
     with tempfile.TemporaryDirectory(prefix="training-values-") as tmp:
         values = Path(tmp) / "values.yaml"
-        values.write_text(yaml.safe_dump({"training": {"enabled": True}}))
+        values.write_text(
+            yaml.safe_dump(
+                {"training": {"enabled": True, "workVolume": {"existingClaim": "training-work"}}}
+            )
+        )
         objects = helm_chart.render(helm, values)
     role = next(
         o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-training")
