@@ -50,9 +50,9 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
     hyperparameters = {
         "n_epochs": 1,
         "batch_size": 4,
-        "learning_rate": 2e-3,
-        "max_steps": 24,
-        "save_steps": 12,
+        "learning_rate": 3e-3,
+        "max_steps": 12,
+        "save_steps": 6,
         "max_seq_length": 64,
         "lora_r": 8,
         "lora_alpha": 16,
@@ -90,11 +90,11 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
     assert csv_text.splitlines()[0] == (
         "step,train_loss,learning_rate,tokens_per_second,trained_tokens,epoch"
     )
-    assert len(csv_text.splitlines()) == 25
+    assert len(csv_text.splitlines()) == 13
 
     events = openai.fine_tuning.jobs.list_events(job.id, limit=100).data
     metrics = [e.data for e in events if e.type == "metrics"]
-    assert [m["step"] for m in metrics] == list(range(24, 0, -1))  # newest first
+    assert [m["step"] for m in metrics] == list(range(12, 0, -1))  # newest first
     assert all(m["train_loss"] > 0 and m["learning_rate"] > 0 for m in metrics)
     assert all(m["tokens_per_second"] > 0 for m in metrics)
     assert metrics[0]["train_loss"] < metrics[-1]["train_loss"]
@@ -103,8 +103,8 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
     assert messages[-1] == f"The job has successfully completed: {name}"
 
     checkpoints = openai.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in checkpoints] == [24, 12]
-    assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-24"
+    assert [c.step_number for c in checkpoints] == [12, 6]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-12"
 
     # Served with the adapter: GET /v1/models lists it; chat and a batch naming it use it.
     models = {m.id: m for m in openai.models.list().data}
