@@ -114,20 +114,35 @@ class FilesystemBlobStore:
 
 
 blob_metadata = sa.MetaData()
-blob_chunks = sa.Table(
-    "blob_chunks",
-    blob_metadata,
-    sa.Column("blob_id", sa.String(128), primary_key=True),
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-)
+
+
+def blob_chunks_table(name: str = "blob_chunks") -> sa.Table:
+    """The chunk table of one service's database blob store.
+
+    Each service owns its tables, and several services may share one PostgreSQL database (the
+    chart's default), so every service but inference names its own table.
+    """
+    if name in blob_metadata.tables:
+        return blob_metadata.tables[name]
+    return sa.Table(
+        name,
+        blob_metadata,
+        sa.Column("blob_id", sa.String(128), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+
+
+# The inference service's table (files, batch outputs).
+blob_chunks = blob_chunks_table()
 
 
 class _DatabaseWriter(_HashingWriter):
     """Buffers up to one chunk, inserts chunks in a transaction committed at the end."""
 
-    def __init__(self, engine: Engine, blob_id: str, chunk_bytes: int) -> None:
+    def __init__(self, engine: Engine, table: sa.Table, blob_id: str, chunk_bytes: int) -> None:
         super().__init__()
+        self._table = table
         self._blob_id = blob_id
         self._chunk_bytes = chunk_bytes
         self._buf = bytearray()
@@ -137,7 +152,7 @@ class _DatabaseWriter(_HashingWriter):
 
     def _flush(self, data: bytes) -> None:
         self._conn.execute(
-            blob_chunks.insert().values(blob_id=self._blob_id, seq=self._seq, data=data)
+            self._table.insert().values(blob_id=self._blob_id, seq=self._seq, data=data)
         )
         self._seq += 1
 
@@ -161,23 +176,27 @@ class _DatabaseWriter(_HashingWriter):
 
 
 class DatabaseBlobStore:
-    """Blobs as ordered chunk rows in the `blob_chunks` table."""
+    """Blobs as ordered chunk rows in a chunk table (`blob_chunks` unless named)."""
 
-    def __init__(self, engine: Engine, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(
+        self, engine: Engine, chunk_bytes: int = CHUNK_BYTES, table: sa.Table = blob_chunks
+    ) -> None:
         self.engine = engine
         self.chunk_bytes = chunk_bytes
+        self.table = table
 
     def open_writer(self, blob_id: str) -> BlobWriter:
-        return _DatabaseWriter(self.engine, _check_id(blob_id), self.chunk_bytes)
+        return _DatabaseWriter(self.engine, self.table, _check_id(blob_id), self.chunk_bytes)
 
     def read(self, blob_id: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         seq = 0
         while True:
             with self.engine.connect() as conn:
+                t = self.table
                 rows = conn.execute(
-                    sa.select(blob_chunks.c.seq, blob_chunks.c.data)
-                    .where(blob_chunks.c.blob_id == _check_id(blob_id), blob_chunks.c.seq >= seq)
-                    .order_by(blob_chunks.c.seq)
+                    sa.select(t.c.seq, t.c.data)
+                    .where(t.c.blob_id == _check_id(blob_id), t.c.seq >= seq)
+                    .order_by(t.c.seq)
                     .limit(16)
                 ).all()
             if not rows:
@@ -188,13 +207,16 @@ class DatabaseBlobStore:
 
     def delete(self, blob_id: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(blob_chunks.delete().where(blob_chunks.c.blob_id == _check_id(blob_id)))
+            t = self.table
+            conn.execute(t.delete().where(t.c.blob_id == _check_id(blob_id)))
 
 
-def open_blob_store(backend: str, *, root: Path, engine: Engine) -> BlobStore:
-    """The configured backend: `filesystem` or `database`."""
+def open_blob_store(
+    backend: str, *, root: Path, engine: Engine, table: sa.Table = blob_chunks
+) -> BlobStore:
+    """The configured backend: `filesystem`, or `database` (chunks in ``table``)."""
     if backend == "filesystem":
         return FilesystemBlobStore(root)
     if backend == "database":
-        return DatabaseBlobStore(engine)
+        return DatabaseBlobStore(engine, table=table)
     raise ValueError(f"unknown blob store backend {backend!r}: use filesystem or database")

@@ -23,6 +23,7 @@ from .runner_local import LocalRunner
 from .servicer import FineTuningServicer
 from .settings import TrainingSettings
 from .submission import Submissions
+from .tables import blob_chunks
 
 log = logging.getLogger("loomstack_training")
 MIGRATIONS = str(Path(__file__).parent / "migrations")
@@ -37,7 +38,9 @@ async def serve(settings: TrainingSettings) -> None:
     await asyncio.to_thread(migrate, url, MIGRATIONS, VERSION_TABLE)
     db = create_db_engine(url)
     instrument_sqlalchemy(db)
-    blobs = open_blob_store(settings.blob_backend, root=settings.resolved_blob_dir(), engine=db)
+    blobs = open_blob_store(
+        settings.blob_backend, root=settings.resolved_blob_dir(), engine=db, table=blob_chunks
+    )
     inference = InferenceClient(settings.inference_address)
     jobs = Jobs(db)
     submissions = Submissions(settings, jobs, blobs, inference)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from loomstack_kit.blobstore import blob_chunks
+from loomstack_kit.blobstore import blob_chunks_table
 
 metadata = sa.MetaData()
-# The database blob store's table (adapters, checkpoints) lives in this service's database.
+# The database blob store's table (adapters, checkpoints): named for this service, so that it
+# never clashes with inference's `blob_chunks` when both share one PostgreSQL database.
+blob_chunks = blob_chunks_table("training_blob_chunks")
 blob_chunks.to_metadata(metadata)
 
 jobs = sa.Table(
