@@ -550,7 +550,9 @@ def test_curation_schemas_and_webhook_secret_from_values(
     assert ref["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "s"}
 
 
-def test_migrations_include_curation_when_enabled(objects: Objects, values: dict[str, Any]) -> None:
+def test_migrations_include_curation_and_training_when_enabled(
+    objects: Objects, values: dict[str, Any]
+) -> None:
     job = next(
         j
         for j in by_kind(objects, "Job").values()
@@ -560,11 +562,13 @@ def test_migrations_include_curation_when_enabled(objects: Objects, values: dict
     assert all(s["args"] == ["migrate"] for s in steps)
     images = {s["name"]: s["image"] for s in steps}
     assert images["migrate"].split("/")[-1].startswith("inference:")
-    assert ("migrate-curation" in images) == values["curation"]["enabled"]
-    if values["curation"]["enabled"]:
-        assert images["migrate-curation"].split("/")[-1].startswith("curation:")
-        env = env_names(next(s for s in steps if s["name"] == "migrate-curation"))
-        assert "LOOMSTACK_CURATION_DATABASE_URL" in env
+    for service in ("curation", "training"):
+        step = f"migrate-{service}"
+        assert (step in images) == values[service]["enabled"]
+        if values[service]["enabled"]:
+            assert images[step].split("/")[-1].startswith(f"{service}:")
+            env = env_names(next(s for s in steps if s["name"] == step))
+            assert f"LOOMSTACK_{service.upper()}_DATABASE_URL" in env
 
 
 def ingress_rules_to(
