@@ -104,3 +104,18 @@ def gateway(
         yield process
     finally:
         process.terminate()
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the training service, no job of it is left queued or running."""
+    yield
+    if "training_service" not in request.fixturenames:
+        return
+    service: TrainingProcess = request.getfixturevalue("training_service")
+    inference: Any = request.getfixturevalue("training_inference")
+    c = TrainingClient(service.address, inference.address)
+    try:
+        c.cancel_unfinished()
+    finally:
+        c.close()

@@ -34,7 +34,7 @@ def _runner_pid(client: TrainingClient, job_id: str) -> int:
                 return int(e.message.rsplit(" ", 1)[1].rstrip(")"))
         return 0
 
-    return int(wait_until(pid, 60, 0.2, "trainer start"))
+    return int(wait_until(pid, 180, 0.2, "trainer start"))
 
 
 def test_job_through_the_openai_client_trains_registers_and_serves(

@@ -195,6 +195,24 @@ class TrainingClient:
             )
         )
 
+    def cancel_unfinished(self) -> list[str]:
+        """Cancels every job still queued or running (so a failed test cannot hold the trainer
+        slot the next test needs); returns their ids."""
+        unfinished = {
+            training_pb2.FINE_TUNING_JOB_STATUS_VALIDATING_FILES,
+            training_pb2.FINE_TUNING_JOB_STATUS_QUEUED,
+            training_pb2.FINE_TUNING_JOB_STATUS_RUNNING,
+        }
+        jobs = self.jobs.ListFineTuningJobs(
+            training_pb2.ListFineTuningJobsRequest(page_size=100),
+            metadata=self.metadata,
+            timeout=10,
+        ).jobs
+        cancelled = [job.id for job in jobs if job.status in unfinished]
+        for job_id in cancelled:
+            self.cancel(job_id)
+        return cancelled
+
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
