@@ -407,6 +407,13 @@ async def test_job_runs_as_a_gpu_job_within_the_chart_role_stand_in(rig: Rig) ->
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "loomstack-training-work"
+    # Pod Security "restricted", as every pod of the chart.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
     job = rig.jobs.get("p", job_id)
     assert job.fine_tuned_model == f"ft:SmolLM2-135M-Instruct:k8s:{job_id}"
     assert job.trained_steps == 1 and job.trained_tokens == 120

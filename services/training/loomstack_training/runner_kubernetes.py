@@ -38,6 +38,10 @@ RUNNER = "kubernetes"
 JOB_LABEL = "loomstack.dev/fine-tuning-job"
 
 
+# The non-root user of the trainer image (docker/training.Dockerfile).
+TRAINER_UID = 10001
+
+
 def k8s_job_name(job_id: str) -> str:
     """A DNS-1123 name for the Job of a fine-tuning job."""
     return f"loomstack-train-{job_id.removeprefix('ftjob-')}"[:63].lower()
@@ -57,12 +61,25 @@ def job_manifest(job: JobView, settings: TrainingSettings, config_path: Path) ->
         "image": settings.kubernetes_image,
         "command": [settings.kubernetes_trainer_python, settings.kubernetes_trainer_script],
         "args": [str(config_path)],
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        # The root filesystem is read-only (Pod Security "restricted"): caches go to /tmp.
+        "env": [
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        ],
         "resources": {
             "limits": {settings.kubernetes_gpu_resource: str(settings.kubernetes_gpu_count)}
         },
-        "volumeMounts": [{"name": "work", "mountPath": work_dir}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [
+            {"name": "work", "mountPath": work_dir},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
     }
     volume: dict[str, Any] = {"name": "work"}
     if settings.kubernetes_work_volume_claim:
@@ -73,8 +90,21 @@ def job_manifest(job: JobView, settings: TrainingSettings, config_path: Path) ->
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": int(settings.cancel_grace_seconds),
+        # Pod Security "restricted", like every pod of the chart (the trainer image's user).
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
-        "volumes": [volume],
+        "volumes": [
+            volume,
+            {"name": "tmp", "emptyDir": {}},
+            # PyTorch's data loader workers share tensors through /dev/shm.
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
         "nodeSelector": orjson.loads(settings.kubernetes_node_selector or "{}"),
         "tolerations": orjson.loads(settings.kubernetes_tolerations or "[]"),
     }
