@@ -616,6 +616,21 @@ def test_standin_kubernetes_scale(admin: Admin) -> None:
     assert api.deployments["loomstack-inference-api"]["spec"]["replicas"] == 5
 
 
+def test_standin_kubernetes_curation_scales_to_one_replica_at_most(admin: Admin) -> None:
+    """The curation service owns its import queue: more than one replica is refused, and
+    nothing is patched."""
+    client, api = admin()
+    api.deployments["loomstack-curation"] = deployment("loomstack-curation", "curation", 1, 1)
+    resp = client.post("/admin/services/loomstack-curation/scale", json={"replicas": 2})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "single_replica_service" and error["param"] == "replicas"
+    assert api.deployments["loomstack-curation"]["spec"]["replicas"] == 1
+    resp = client.post("/admin/services/loomstack-curation/scale", json={"replicas": 0})
+    assert resp.status_code == 200, resp.text
+    assert api.deployments["loomstack-curation"]["spec"]["replicas"] == 0
+
+
 def test_standin_kubernetes_unknown_deployment_is_404(admin: Admin) -> None:
     client, _ = admin()
     resp = client.post("/admin/services/loomstack-engine-nope/restart")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from loomstack_kit.errors import (
+    FailedPrecondition,
     InvalidArgument,
     LoomstackError,
     NotFound,
@@ -31,6 +32,9 @@ from loomstack_kit.errors import (
 from .settings import GatewaySettings
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+COMPONENT = "app.kubernetes.io/component"
+# Components the chart runs as one replica at most (curation owns its import queue).
+SINGLE_REPLICA = frozenset({"curation"})
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Extended resources that are accelerators (the NVIDIA device plugin's, MIG slices included).
 GPU_PREFIXES = ("nvidia.com/", "amd.com/", "gpu.intel.com/")
@@ -143,11 +147,15 @@ class KubernetesAdmin:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    async def _patch(self, what: str, name: str, body: Json) -> Json:
+    async def _patch(
+        self, what: str, name: str, body: Json, check: Callable[[Json], None] | None = None
+    ) -> Json:
         from kubernetes import client
 
         def patch(api: Any) -> Json:
-            self._deployment(api, name)
+            current = self._deployment(api, name)
+            if check is not None:
+                check(current)
             patched = client.AppsV1Api(api).patch_namespaced_deployment(
                 name,
                 self._namespace,
@@ -175,7 +183,20 @@ class KubernetesAdmin:
                 f"replicas must be between 0 and {limit} (LOOMSTACK_GATEWAY_ADMIN_MAX_REPLICAS)",
                 param="replicas",
             )
-        service = await self._patch("scale", name, {"spec": {"replicas": replicas}})
+
+        def single_owner(deployment: Json) -> None:
+            labels = deployment["metadata"].get("labels") or {}
+            if labels.get(COMPONENT) in SINGLE_REPLICA and replicas > 1:
+                raise FailedPrecondition(
+                    f"{name!r} runs as one replica at most: the curation service alone owns "
+                    "its import queue (scale it to 0 or 1)",
+                    code="single_replica_service",
+                    param="replicas",
+                )
+
+        service = await self._patch(
+            "scale", name, {"spec": {"replicas": replicas}}, check=single_owner
+        )
         return {"name": name, "replicas": replicas, "service": service}
 
 
