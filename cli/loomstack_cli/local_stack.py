@@ -1,4 +1,5 @@
-"""The local stack: the inference, curation and gateway services as background processes.
+"""The local stack: the inference, curation, training and gateway services as background
+processes.
 
 The curation service always starts; it talks to Label Studio only when one is configured
 (`LOOMSTACK_CURATION_LABEL_STUDIO_URL`/`_TOKEN`, or the connection file `make labelstudio`
@@ -26,15 +27,20 @@ from pathlib import Path
 import httpx
 import psutil
 
-INFERENCE, CURATION, GATEWAY = "inference", "curation", "gateway"
+INFERENCE, CURATION, TRAINING, GATEWAY = "inference", "curation", "training", "gateway"
 MODULES = {
     INFERENCE: "loomstack_inference",
     CURATION: "loomstack_curation",
+    TRAINING: "loomstack_training",
     GATEWAY: "loomstack_gateway",
 }
-NAMES = (INFERENCE, CURATION, GATEWAY)
+NAMES = (INFERENCE, CURATION, TRAINING, GATEWAY)
 CURATION_HTTP_PORT = "8091"  # Label Studio's webhook and ML backend URL
 DEFAULT_MODEL_PATH = Path(".cache/models/SmolLM2-135M-Instruct")
+# The Unsloth environment `make training-install` builds (the trainer's python).
+TRAINER_PYTHON = Path(".cache/training-venv/bin/python")
+# LoRA rank the local engine serves adapters up to (fine-tuned models, the eval gate).
+LOCAL_MAX_LORA_RANK = "16"
 
 
 class StackError(Exception):
@@ -120,9 +126,13 @@ class LocalStack:
         try:
             inference_port = self._start_inference(roles, model_path, deadline, on_wait)
             curation_port = self._start_curation(inference_port, deadline, on_wait)
-            url = self._start_gateway(
-                host, port, inference_port, curation_port, api_key, deadline, on_wait
-            )
+            training_port = self._start_training(inference_port, deadline, on_wait)
+            upstreams = {
+                "LOOMSTACK_GATEWAY_INFERENCE_ADDRESS": f"127.0.0.1:{inference_port}",
+                "LOOMSTACK_GATEWAY_CURATION_ADDRESS": f"127.0.0.1:{curation_port}",
+                "LOOMSTACK_GATEWAY_TRAINING_ADDRESS": f"127.0.0.1:{training_port}",
+            }
+            url = self._start_gateway(host, port, upstreams, api_key, deadline, on_wait)
             self.url_file.write_text(url)
             on_wait("loading the model" if "engine" in roles else "waiting for readiness")
             self._wait_ready(url, deadline)
@@ -157,6 +167,7 @@ class LocalStack:
         )
         # Queue depth, lines and tokens processed, throughput: http://127.0.0.1:9464/metrics
         env.setdefault("LOOMSTACK_INFERENCE_METRICS_PORT", "9464")
+        env.setdefault("LOOMSTACK_INFERENCE_MAX_LORA_RANK", LOCAL_MAX_LORA_RANK)
         self._spawn(INFERENCE, env)
         on_wait("starting the inference service")
         return int(self._wait_for_port(INFERENCE, deadline))
@@ -212,12 +223,27 @@ class LocalStack:
         on_wait("starting the curation service")
         return int(self._wait_for_port(CURATION, deadline))
 
+    def _start_training(
+        self, inference_port: int, deadline: float, on_wait: Callable[[str], None]
+    ) -> int:
+        env = dict(os.environ)
+        if TRAINER_PYTHON.exists():
+            env.setdefault("LOOMSTACK_TRAINING_TRAINER_PYTHON", str(TRAINER_PYTHON.absolute()))
+        env.update(
+            LOOMSTACK_HOME=str(self.home),
+            LOOMSTACK_TRAINING_INFERENCE_ADDRESS=f"127.0.0.1:{inference_port}",
+            LOOMSTACK_TRAINING_PORT="0",
+            LOOMSTACK_TRAINING_PORT_FILE=str(self.port_file(TRAINING)),
+        )
+        self._spawn(TRAINING, env)
+        on_wait("starting the training service")
+        return int(self._wait_for_port(TRAINING, deadline))
+
     def _start_gateway(
         self,
         host: str,
         port: int,
-        inference_port: int,
-        curation_port: int,
+        upstreams: dict[str, str],
         api_key: str,
         deadline: float,
         on_wait: Callable[[str], None],
@@ -228,9 +254,8 @@ class LocalStack:
             LOOMSTACK_GATEWAY_HOST=host,
             LOOMSTACK_GATEWAY_PORT=str(port),
             LOOMSTACK_GATEWAY_PORT_FILE=str(self.port_file(GATEWAY)),
-            LOOMSTACK_GATEWAY_INFERENCE_ADDRESS=f"127.0.0.1:{inference_port}",
-            LOOMSTACK_GATEWAY_CURATION_ADDRESS=f"127.0.0.1:{curation_port}",
             LOOMSTACK_API_KEY=api_key,
+            **upstreams,
         )
         self._spawn(GATEWAY, env)
         on_wait("starting the gateway")

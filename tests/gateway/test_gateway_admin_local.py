@@ -55,7 +55,7 @@ def test_local_stack_reports_its_processes(stack: tuple[LocalStack, str]) -> Non
     body = resp.json()
     assert body["backend"] == "local" and Path(body["home"]) == local.home
     services = {s["name"]: s for s in body["data"]}
-    assert set(services) == {"gateway", "inference", "curation"}
+    assert set(services) == {"gateway", "inference", "curation", "training"}
     inference = services["inference"]
     assert inference["replicas"] == {"desired": 1, "ready": 1, "updated": 1, "available": 1}
     process = inference["pods"][0]
@@ -99,8 +99,8 @@ def test_local_stack_refuses_what_it_cannot_do(stack: tuple[LocalStack, str]) ->
     resp = call("POST", f"{url}/admin/services/inference/scale", json={"replicas": 2})
     assert resp.status_code == 400
     assert "scaling needs Kubernetes" in resp.json()["error"]["message"]
-    resp = call("POST", f"{url}/admin/services/training/restart")
+    resp = call("POST", f"{url}/admin/services/labelstudio/restart")
     assert resp.status_code == 404
     assert resp.json()["error"]["message"] == (
-        "no local service named 'training' (known: curation, gateway, inference)"
+        "no local service named 'labelstudio' (known: curation, gateway, inference, training)"
     )
