@@ -478,7 +478,11 @@ async def _http_load(
         async def worker() -> None:
             nonlocal ok, errors
             while time.perf_counter() < deadline:
-                response = await client.get(path)
+                try:
+                    response = await client.get(path)
+                except httpx.TransportError:  # counted, like a gRPC error below
+                    errors += 1
+                    continue
                 if response.status_code == 200:
                     ok += 1
                 else:
