@@ -337,7 +337,7 @@ def test_the_gateway_serves_curation(
         content = http.get(f"/v1/curation/snapshots/{snap['id']}/content")
         assert content.status_code == 200
         assert content.content == http.get(f"/v1/files/{snap['training_file_id']}/content").content
-        lines = content.text.splitlines()
+        lines = content.content.splitlines()
         assert len(lines) == 11 and json.loads(lines[0])["text"].startswith("<|im_start|>")
         no_validation = http.get(f"/v1/curation/snapshots/{snap['id']}/content?split=validation")
         assert no_validation.status_code == 404
