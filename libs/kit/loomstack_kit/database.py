@@ -114,3 +114,30 @@ def migrate(url: str, script_location: str, version_table: str) -> None:
             conn.commit()
     finally:
         engine.dispose()
+
+
+def run_alembic_environment(metadata: sa.MetaData, default_version_table: str) -> None:
+    """The body of every service's `migrations/env.py`: run its revisions on the connection
+    `migrate` hands over (or on `sqlalchemy.url`, for the alembic command line), recording them
+    in the service's own version table."""
+    from alembic import context
+
+    config = context.config
+    version_table = config.attributes.get("version_table", default_version_table)
+
+    def run(connection: sa.Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table=version_table,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    if (shared := config.attributes.get("connection")) is not None:
+        run(shared)
+        return
+    url = config.get_main_option("sqlalchemy.url") or ""
+    with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as conn:
+        run(conn)
