@@ -28,6 +28,7 @@ from loomstack_kit.errors import (
     PermissionDenied,
     Unavailable,
 )
+from loomstack_kit.kubernetes_api import api_client
 
 from .settings import GatewaySettings
 
@@ -61,7 +62,11 @@ class KubernetesAdmin:
     def _client(self) -> Any:
         with self._lock:
             if self._api is None:
-                self._api = _api_client(self.settings.admin_kubeconfig)
+                self._api = api_client(
+                    self.settings.admin_kubeconfig,
+                    who="the gateway",
+                    kubeconfig_setting="LOOMSTACK_GATEWAY_ADMIN_KUBECONFIG",
+                )
                 if not self._namespace:
                     try:
                         self._namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
@@ -198,25 +203,6 @@ class KubernetesAdmin:
             "scale", name, {"spec": {"replicas": replicas}}, check=single_owner
         )
         return {"name": name, "replicas": replicas, "service": service}
-
-
-def _api_client(kubeconfig: str) -> Any:
-    """An ApiClient from the pod's ServiceAccount (in-cluster config) or from a kubeconfig."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    try:
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException as exc:
-        raise Unavailable(
-            f"no Kubernetes API configuration: {exc} (run the gateway in the cluster with the "
-            "chart's ServiceAccount, or set LOOMSTACK_GATEWAY_ADMIN_KUBECONFIG)",
-            code="kubernetes_unconfigured",
-        ) from exc
-    return client.ApiClient(configuration)
 
 
 # -- Kubernetes JSON → the /admin view ----------------------------------------------------------

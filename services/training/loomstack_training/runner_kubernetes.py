@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from loomstack_kit.blobstore import BlobStore
-from loomstack_kit.errors import Unavailable
+from loomstack_kit.kubernetes_api import api_client as kubernetes_api_client
 
 from .artifacts import read_bytes
 from .jobs import CANCELLED, RUNNING, VALIDATING, Jobs, JobView
@@ -125,21 +125,9 @@ def job_manifest(job: JobView, settings: TrainingSettings, config_path: Path) ->
 
 def api_client(kubeconfig: str) -> Any:
     """An ApiClient from the pod's ServiceAccount (in-cluster) or from a kubeconfig."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    try:
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException as exc:
-        raise Unavailable(
-            f"no Kubernetes API configuration: {exc} (run the training service in the cluster "
-            "with the chart's ServiceAccount, or set LOOMSTACK_TRAINING_KUBECONFIG)",
-            code="kubernetes_unconfigured",
-        ) from exc
-    return client.ApiClient(configuration)
+    return kubernetes_api_client(
+        kubeconfig, who="the training service", kubeconfig_setting="LOOMSTACK_TRAINING_KUBECONFIG"
+    )
 
 
 class KubernetesRunner:
