@@ -88,6 +88,66 @@ EVENT_LEVEL_ERROR: EventLevel.ValueType  # 3
 """A failure."""
 Global___EventLevel: _TypeAlias = EventLevel  # noqa: Y015
 
+class _ComparisonStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ComparisonStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ComparisonStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPARISON_STATUS_UNSPECIFIED: _ComparisonStatus.ValueType  # 0
+    """Not set."""
+    COMPARISON_STATUS_QUEUED: _ComparisonStatus.ValueType  # 1
+    """Waiting for the service's comparison runner."""
+    COMPARISON_STATUS_RUNNING: _ComparisonStatus.ValueType  # 2
+    """Both models are answering the prompts."""
+    COMPARISON_STATUS_COMPLETED: _ComparisonStatus.ValueType  # 3
+    """Every item has both answers; votes are accepted."""
+    COMPARISON_STATUS_FAILED: _ComparisonStatus.ValueType  # 4
+    """The comparison failed; `error` says why."""
+
+class ComparisonStatus(_ComparisonStatus, metaclass=_ComparisonStatusEnumTypeWrapper):
+    """Lifecycle of a comparison."""
+
+COMPARISON_STATUS_UNSPECIFIED: ComparisonStatus.ValueType  # 0
+"""Not set."""
+COMPARISON_STATUS_QUEUED: ComparisonStatus.ValueType  # 1
+"""Waiting for the service's comparison runner."""
+COMPARISON_STATUS_RUNNING: ComparisonStatus.ValueType  # 2
+"""Both models are answering the prompts."""
+COMPARISON_STATUS_COMPLETED: ComparisonStatus.ValueType  # 3
+"""Every item has both answers; votes are accepted."""
+COMPARISON_STATUS_FAILED: ComparisonStatus.ValueType  # 4
+"""The comparison failed; `error` says why."""
+Global___ComparisonStatus: _TypeAlias = ComparisonStatus  # noqa: Y015
+
+class _VoteWinner:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VoteWinnerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VoteWinner.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VOTE_WINNER_UNSPECIFIED: _VoteWinner.ValueType  # 0
+    """Not set (rejected)."""
+    VOTE_WINNER_A: _VoteWinner.ValueType  # 1
+    """Model A's answer is better."""
+    VOTE_WINNER_B: _VoteWinner.ValueType  # 2
+    """Model B's answer is better."""
+    VOTE_WINNER_TIE: _VoteWinner.ValueType  # 3
+    """Both are equally good (or bad)."""
+
+class VoteWinner(_VoteWinner, metaclass=_VoteWinnerEnumTypeWrapper):
+    """The better answer of an item, in a person's judgement."""
+
+VOTE_WINNER_UNSPECIFIED: VoteWinner.ValueType  # 0
+"""Not set (rejected)."""
+VOTE_WINNER_A: VoteWinner.ValueType  # 1
+"""Model A's answer is better."""
+VOTE_WINNER_B: VoteWinner.ValueType  # 2
+"""Model B's answer is better."""
+VOTE_WINNER_TIE: VoteWinner.ValueType  # 3
+"""Both are equally good (or bad)."""
+Global___VoteWinner: _TypeAlias = VoteWinner  # noqa: Y015
+
 @_typing.final
 class Hyperparameters(_message.Message):
     """Training settings. Every field is optional; unset fields take the service's defaults."""
@@ -822,3 +882,598 @@ class ListFineTuningJobCheckpointsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListFineTuningJobCheckpointsResponse: _TypeAlias = ListFineTuningJobCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class ModelScores(_message.Message):
+    """Automatic scores of one model's answers against the reference answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXACT_MATCH_FIELD_NUMBER: _builtins.int
+    TOKEN_OVERLAP_FIELD_NUMBER: _builtins.int
+    exact_match: _builtins.float
+    """Share of answers equal to the reference (whitespace and case normalized); for one item 0 or 1."""
+    token_overlap: _builtins.float
+    """Mean token-overlap F1 of the answers with the references."""
+    def __init__(
+        self,
+        *,
+        exact_match: _builtins.float = ...,
+        token_overlap: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact_match", b"exact_match", "token_overlap", b"token_overlap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelScores: _TypeAlias = ModelScores  # noqa: Y015
+
+@_typing.final
+class VoteCounts(_message.Message):
+    """How many votes preferred each model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    TIE_FIELD_NUMBER: _builtins.int
+    a: _builtins.int
+    """Votes for model A."""
+    b: _builtins.int
+    """Votes for model B."""
+    tie: _builtins.int
+    """Votes for a tie."""
+    def __init__(
+        self,
+        *,
+        a: _builtins.int = ...,
+        b: _builtins.int = ...,
+        tie: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "tie", b"tie"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoteCounts: _TypeAlias = VoteCounts  # noqa: Y015
+
+@_typing.final
+class ComparisonError(_message.Message):
+    """Why a comparison failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Machine-readable code, e.g. `comparison_failed`, `service_restarted`."""
+    message: _builtins.str
+    """What went wrong."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparisonError: _TypeAlias = ComparisonError  # noqa: Y015
+
+@_typing.final
+class Comparison(_message.Message):
+    """A comparison of two models on one prompt file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_A_FIELD_NUMBER: _builtins.int
+    MODEL_B_FIELD_NUMBER: _builtins.int
+    INPUT_FILE_ID_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    SCORED_ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    SCORES_A_FIELD_NUMBER: _builtins.int
+    SCORES_B_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    WIN_RATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Generated id, `cmp-<hex>`."""
+    model_a: _builtins.str
+    """The first model (any model the inference service registers, base or fine-tuned)."""
+    model_b: _builtins.str
+    """The second model; the same as `model_a` is allowed (a sanity check of the setup)."""
+    input_file_id: _builtins.str
+    """The input file id (purpose `fine-tune`, OpenAI chat JSONL)."""
+    max_tokens: _builtins.int
+    """Longest answer generated per prompt."""
+    status: Global___ComparisonStatus.ValueType
+    """Current status."""
+    item_count: _builtins.int
+    """Prompts (items) in the comparison."""
+    scored_item_count: _builtins.int
+    """Items with a reference answer (the ones the scores average over)."""
+    win_rate: _builtins.float
+    """Win rate of model B over model A: votes for B / (votes for A + votes for B); ties are
+    left out. Unset while no vote preferred either model.
+    """
+    project: _builtins.str
+    """The owning project."""
+    @_builtins.property
+    def scores_a(self) -> Global___ModelScores:
+        """Model A's scores; set once completed when at least one item has a reference."""
+
+    @_builtins.property
+    def scores_b(self) -> Global___ModelScores:
+        """Model B's scores; set once completed when at least one item has a reference."""
+
+    @_builtins.property
+    def votes(self) -> Global___VoteCounts:
+        """Votes over all items."""
+
+    @_builtins.property
+    def error(self) -> Global___ComparisonError:
+        """Why the comparison failed."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the runner last started it."""
+
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it reached `completed` or `failed`."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Up to 16 user key/value pairs."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        model_a: _builtins.str = ...,
+        model_b: _builtins.str = ...,
+        input_file_id: _builtins.str = ...,
+        max_tokens: _builtins.int = ...,
+        status: Global___ComparisonStatus.ValueType = ...,
+        item_count: _builtins.int = ...,
+        scored_item_count: _builtins.int = ...,
+        scores_a: Global___ModelScores | None = ...,
+        scores_b: Global___ModelScores | None = ...,
+        votes: Global___VoteCounts | None = ...,
+        win_rate: _builtins.float | None = ...,
+        error: Global___ComparisonError | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+        project: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_win_rate", b"_win_rate", "create_time", b"create_time", "error", b"error", "finish_time", b"finish_time", "scores_a", b"scores_a", "scores_b", b"scores_b", "start_time", b"start_time", "votes", b"votes", "win_rate", b"win_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_win_rate", b"_win_rate", "create_time", b"create_time", "error", b"error", "finish_time", b"finish_time", "id", b"id", "input_file_id", b"input_file_id", "item_count", b"item_count", "max_tokens", b"max_tokens", "metadata", b"metadata", "model_a", b"model_a", "model_b", b"model_b", "project", b"project", "scored_item_count", b"scored_item_count", "scores_a", b"scores_a", "scores_b", b"scores_b", "start_time", b"start_time", "status", b"status", "votes", b"votes", "win_rate", b"win_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__win_rate: _TypeAlias = _typing.Literal["win_rate"]  # noqa: Y015
+    _WhichOneofArgType__win_rate: _TypeAlias = _typing.Literal["_win_rate", b"_win_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__win_rate) -> _WhichOneofReturnType__win_rate | None: ...
+
+Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
+
+@_typing.final
+class PromptMessage(_message.Message):
+    """One turn of a prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """`system`, `user` or `assistant`."""
+    content: _builtins.str
+    """The text."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptMessage: _TypeAlias = PromptMessage  # noqa: Y015
+
+@_typing.final
+class ComparisonItem(_message.Message):
+    """One prompt of a comparison and what both models answered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    ANSWER_A_FIELD_NUMBER: _builtins.int
+    ANSWER_B_FIELD_NUMBER: _builtins.int
+    ERROR_A_FIELD_NUMBER: _builtins.int
+    ERROR_B_FIELD_NUMBER: _builtins.int
+    SCORES_A_FIELD_NUMBER: _builtins.int
+    SCORES_B_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position in the comparison (0-based, in file order); votes name it."""
+    line: _builtins.int
+    """Line of the input file it came from (1-based)."""
+    reference: _builtins.str
+    """The reference answer: the line's last turn when it is the assistant's."""
+    answer_a: _builtins.str
+    """Model A's answer (empty until completed, or when its request failed)."""
+    answer_b: _builtins.str
+    """Model B's answer (empty until completed, or when its request failed)."""
+    error_a: _builtins.str
+    """Why model A's request failed; empty when it answered."""
+    error_b: _builtins.str
+    """Why model B's request failed; empty when it answered."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptMessage]:
+        """The prompt: the line's messages before the reference answer (all of them without one)."""
+
+    @_builtins.property
+    def scores_a(self) -> Global___ModelScores:
+        """Model A's scores for this item; set once completed when the item has a reference."""
+
+    @_builtins.property
+    def scores_b(self) -> Global___ModelScores:
+        """Model B's scores for this item; set once completed when the item has a reference."""
+
+    @_builtins.property
+    def votes(self) -> Global___VoteCounts:
+        """Votes on this item."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        line: _builtins.int = ...,
+        messages: _abc.Iterable[Global___PromptMessage] | None = ...,
+        reference: _builtins.str | None = ...,
+        answer_a: _builtins.str = ...,
+        answer_b: _builtins.str = ...,
+        error_a: _builtins.str = ...,
+        error_b: _builtins.str = ...,
+        scores_a: Global___ModelScores | None = ...,
+        scores_b: Global___ModelScores | None = ...,
+        votes: Global___VoteCounts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reference", b"_reference", "reference", b"reference", "scores_a", b"scores_a", "scores_b", b"scores_b", "votes", b"votes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reference", b"_reference", "answer_a", b"answer_a", "answer_b", b"answer_b", "error_a", b"error_a", "error_b", b"error_b", "index", b"index", "line", b"line", "messages", b"messages", "reference", b"reference", "scores_a", b"scores_a", "scores_b", b"scores_b", "votes", b"votes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__reference: _TypeAlias = _typing.Literal["reference"]  # noqa: Y015
+    _WhichOneofArgType__reference: _TypeAlias = _typing.Literal["_reference", b"_reference"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reference) -> _WhichOneofReturnType__reference | None: ...
+
+Global___ComparisonItem: _TypeAlias = ComparisonItem  # noqa: Y015
+
+@_typing.final
+class Vote(_message.Message):
+    """A person's vote on one item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    COMPARISON_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    WINNER_FIELD_NUMBER: _builtins.int
+    VOTER_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Generated id, `vote-<hex>`."""
+    comparison_id: _builtins.str
+    """The comparison voted in."""
+    index: _builtins.int
+    """The item voted on."""
+    winner: Global___VoteWinner.ValueType
+    """The better answer."""
+    voter: _builtins.str
+    """Who voted; empty = anonymous. A named voter's new vote on an item replaces their earlier one."""
+    comment: _builtins.str
+    """Why (free text)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was cast."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        comparison_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        winner: Global___VoteWinner.ValueType = ...,
+        voter: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "comparison_id", b"comparison_id", "create_time", b"create_time", "id", b"id", "index", b"index", "voter", b"voter", "winner", b"winner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Vote: _TypeAlias = Vote  # noqa: Y015
+
+@_typing.final
+class CreateComparisonRequest(_message.Message):
+    """Request of CreateComparison."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_A_FIELD_NUMBER: _builtins.int
+    MODEL_B_FIELD_NUMBER: _builtins.int
+    INPUT_FILE_ID_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    model_a: _builtins.str
+    """The first model."""
+    model_b: _builtins.str
+    """The second model (may equal `model_a`)."""
+    input_file_id: _builtins.str
+    """A file of purpose `fine-tune` in the eval gate's format: one `{"messages": [...]}` per
+    line whose last turn, when it is the assistant's, is the reference answer. Lines without
+    a final assistant turn are prompts only (voted on, not scored).
+    """
+    max_tokens: _builtins.int
+    """Longest answer per prompt (1 to 4,096); unset = the service's default."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Up to 16 key/value pairs."""
+
+    def __init__(
+        self,
+        *,
+        model_a: _builtins.str = ...,
+        model_b: _builtins.str = ...,
+        input_file_id: _builtins.str = ...,
+        max_tokens: _builtins.int | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "max_tokens", b"max_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "input_file_id", b"input_file_id", "max_tokens", b"max_tokens", "metadata", b"metadata", "model_a", b"model_a", "model_b", b"model_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+
+Global___CreateComparisonRequest: _TypeAlias = CreateComparisonRequest  # noqa: Y015
+
+@_typing.final
+class GetComparisonRequest(_message.Message):
+    """Request of GetComparison."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_ID_FIELD_NUMBER: _builtins.int
+    comparison_id: _builtins.str
+    """The comparison id."""
+    def __init__(
+        self,
+        *,
+        comparison_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetComparisonRequest: _TypeAlias = GetComparisonRequest  # noqa: Y015
+
+@_typing.final
+class ListComparisonsRequest(_message.Message):
+    """Request of ListComparisons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of comparisons (default 20, at most 100)."""
+    page_token: _builtins.str
+    """The id of the last comparison of the previous page (OpenAI's `after`)."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComparisonsRequest: _TypeAlias = ListComparisonsRequest  # noqa: Y015
+
+@_typing.final
+class ListComparisonsResponse(_message.Message):
+    """Response of ListComparisons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page; empty at the end."""
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Comparison]:
+        """The comparisons, newest first."""
+
+    def __init__(
+        self,
+        *,
+        comparisons: _abc.Iterable[Global___Comparison] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparisons", b"comparisons", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComparisonsResponse: _TypeAlias = ListComparisonsResponse  # noqa: Y015
+
+@_typing.final
+class ListComparisonItemsRequest(_message.Message):
+    """Request of ListComparisonItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    comparison_id: _builtins.str
+    """The comparison id."""
+    page_size: _builtins.int
+    """Maximum number of items (default 20, at most 100)."""
+    page_token: _builtins.str
+    """The index of the last item of the previous page, in decimal (OpenAI's `after`)."""
+    def __init__(
+        self,
+        *,
+        comparison_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComparisonItemsRequest: _TypeAlias = ListComparisonItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListComparisonItemsResponse(_message.Message):
+    """Response of ListComparisonItems."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page; empty at the end."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComparisonItem]:
+        """The items, in index order."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ComparisonItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComparisonItemsResponse: _TypeAlias = ListComparisonItemsResponse  # noqa: Y015
+
+@_typing.final
+class CreateVoteRequest(_message.Message):
+    """Request of CreateVote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    WINNER_FIELD_NUMBER: _builtins.int
+    VOTER_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    comparison_id: _builtins.str
+    """The comparison id (it must be completed)."""
+    index: _builtins.int
+    """The item's index."""
+    winner: Global___VoteWinner.ValueType
+    """The better answer: A, B or a tie."""
+    voter: _builtins.str
+    """Who votes (at most 128 characters); empty = anonymous."""
+    comment: _builtins.str
+    """Why (at most 4,000 characters)."""
+    def __init__(
+        self,
+        *,
+        comparison_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        winner: Global___VoteWinner.ValueType = ...,
+        voter: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "comparison_id", b"comparison_id", "index", b"index", "voter", b"voter", "winner", b"winner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVoteRequest: _TypeAlias = CreateVoteRequest  # noqa: Y015

@@ -323,3 +323,263 @@ class FineTuningService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ComparisonServiceStub:
+    """On-demand A/B comparisons of any two models: both answer every prompt of a chat JSONL file
+    (as inference batches, greedy), the answers are scored against the file's reference answers
+    where it has them, and people vote which answer of each prompt is better.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateComparison = channel.unary_unary(
+                '/loomstack.training.v1.ComparisonService/CreateComparison',
+                request_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.CreateComparisonRequest.SerializeToString,
+                response_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.Comparison.FromString,
+                _registered_method=True)
+        self.GetComparison = channel.unary_unary(
+                '/loomstack.training.v1.ComparisonService/GetComparison',
+                request_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.GetComparisonRequest.SerializeToString,
+                response_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.Comparison.FromString,
+                _registered_method=True)
+        self.ListComparisons = channel.unary_unary(
+                '/loomstack.training.v1.ComparisonService/ListComparisons',
+                request_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonsRequest.SerializeToString,
+                response_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonsResponse.FromString,
+                _registered_method=True)
+        self.ListComparisonItems = channel.unary_unary(
+                '/loomstack.training.v1.ComparisonService/ListComparisonItems',
+                request_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonItemsRequest.SerializeToString,
+                response_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonItemsResponse.FromString,
+                _registered_method=True)
+        self.CreateVote = channel.unary_unary(
+                '/loomstack.training.v1.ComparisonService/CreateVote',
+                request_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.CreateVoteRequest.SerializeToString,
+                response_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.Vote.FromString,
+                _registered_method=True)
+
+
+class ComparisonServiceServicer:
+    """On-demand A/B comparisons of any two models: both answer every prompt of a chat JSONL file
+    (as inference batches, greedy), the answers are scored against the file's reference answers
+    where it has them, and people vote which answer of each prompt is better.
+    """
+
+    def CreateComparison(self, request, context):
+        """Checks both models and the input file, stores the prompts and queues the comparison; the
+        service then runs it in the background. Anything wrong is INVALID_ARGUMENT (line numbers
+        for file problems) and stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetComparison(self, request, context):
+        """Returns one comparison, with its scores, vote counts and win rate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListComparisons(self, request, context):
+        """Lists comparisons, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListComparisonItems(self, request, context):
+        """Lists a comparison's items (one per prompt) in file order: both answers, scores and votes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateVote(self, request, context):
+        """Records a person's vote on one item of a completed comparison.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ComparisonServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateComparison': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateComparison,
+                    request_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.CreateComparisonRequest.FromString,
+                    response_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.Comparison.SerializeToString,
+            ),
+            'GetComparison': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetComparison,
+                    request_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.GetComparisonRequest.FromString,
+                    response_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.Comparison.SerializeToString,
+            ),
+            'ListComparisons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListComparisons,
+                    request_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonsRequest.FromString,
+                    response_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonsResponse.SerializeToString,
+            ),
+            'ListComparisonItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListComparisonItems,
+                    request_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonItemsRequest.FromString,
+                    response_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonItemsResponse.SerializeToString,
+            ),
+            'CreateVote': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVote,
+                    request_deserializer=loomstack_dot_training_dot_v1_dot_training__pb2.CreateVoteRequest.FromString,
+                    response_serializer=loomstack_dot_training_dot_v1_dot_training__pb2.Vote.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'loomstack.training.v1.ComparisonService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('loomstack.training.v1.ComparisonService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ComparisonService:
+    """On-demand A/B comparisons of any two models: both answer every prompt of a chat JSONL file
+    (as inference batches, greedy), the answers are scored against the file's reference answers
+    where it has them, and people vote which answer of each prompt is better.
+    """
+
+    @staticmethod
+    def CreateComparison(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.training.v1.ComparisonService/CreateComparison',
+            loomstack_dot_training_dot_v1_dot_training__pb2.CreateComparisonRequest.SerializeToString,
+            loomstack_dot_training_dot_v1_dot_training__pb2.Comparison.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetComparison(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.training.v1.ComparisonService/GetComparison',
+            loomstack_dot_training_dot_v1_dot_training__pb2.GetComparisonRequest.SerializeToString,
+            loomstack_dot_training_dot_v1_dot_training__pb2.Comparison.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListComparisons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.training.v1.ComparisonService/ListComparisons',
+            loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonsRequest.SerializeToString,
+            loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListComparisonItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.training.v1.ComparisonService/ListComparisonItems',
+            loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonItemsRequest.SerializeToString,
+            loomstack_dot_training_dot_v1_dot_training__pb2.ListComparisonItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.training.v1.ComparisonService/CreateVote',
+            loomstack_dot_training_dot_v1_dot_training__pb2.CreateVoteRequest.SerializeToString,
+            loomstack_dot_training_dot_v1_dot_training__pb2.Vote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

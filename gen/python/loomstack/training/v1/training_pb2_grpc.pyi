@@ -128,3 +128,100 @@ class FineTuningServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists a job's saved checkpoints, newest first."""
 
 def add_FineTuningServiceServicer_to_server(servicer: FineTuningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ComparisonServiceStub:
+    """On-demand A/B comparisons of any two models: both answer every prompt of a chat JSONL file
+    (as inference batches, greedy), the answers are scored against the file's reference answers
+    where it has them, and people vote which answer of each prompt is better.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ComparisonServiceAsyncStub: ...
+    CreateComparison: _grpc.UnaryUnaryMultiCallable[_training_pb2.CreateComparisonRequest, _training_pb2.Comparison]
+    """Checks both models and the input file, stores the prompts and queues the comparison; the
+    service then runs it in the background. Anything wrong is INVALID_ARGUMENT (line numbers
+    for file problems) and stores nothing.
+    """
+    GetComparison: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetComparisonRequest, _training_pb2.Comparison]
+    """Returns one comparison, with its scores, vote counts and win rate."""
+    ListComparisons: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListComparisonsRequest, _training_pb2.ListComparisonsResponse]
+    """Lists comparisons, newest first."""
+    ListComparisonItems: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListComparisonItemsRequest, _training_pb2.ListComparisonItemsResponse]
+    """Lists a comparison's items (one per prompt) in file order: both answers, scores and votes."""
+    CreateVote: _grpc.UnaryUnaryMultiCallable[_training_pb2.CreateVoteRequest, _training_pb2.Vote]
+    """Records a person's vote on one item of a completed comparison."""
+
+@_typing.type_check_only
+class ComparisonServiceAsyncStub(ComparisonServiceStub):
+    """On-demand A/B comparisons of any two models: both answer every prompt of a chat JSONL file
+    (as inference batches, greedy), the answers are scored against the file's reference answers
+    where it has them, and people vote which answer of each prompt is better.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateComparison: _aio.UnaryUnaryMultiCallable[_training_pb2.CreateComparisonRequest, _training_pb2.Comparison]  # type: ignore[assignment]
+    """Checks both models and the input file, stores the prompts and queues the comparison; the
+    service then runs it in the background. Anything wrong is INVALID_ARGUMENT (line numbers
+    for file problems) and stores nothing.
+    """
+    GetComparison: _aio.UnaryUnaryMultiCallable[_training_pb2.GetComparisonRequest, _training_pb2.Comparison]  # type: ignore[assignment]
+    """Returns one comparison, with its scores, vote counts and win rate."""
+    ListComparisons: _aio.UnaryUnaryMultiCallable[_training_pb2.ListComparisonsRequest, _training_pb2.ListComparisonsResponse]  # type: ignore[assignment]
+    """Lists comparisons, newest first."""
+    ListComparisonItems: _aio.UnaryUnaryMultiCallable[_training_pb2.ListComparisonItemsRequest, _training_pb2.ListComparisonItemsResponse]  # type: ignore[assignment]
+    """Lists a comparison's items (one per prompt) in file order: both answers, scores and votes."""
+    CreateVote: _aio.UnaryUnaryMultiCallable[_training_pb2.CreateVoteRequest, _training_pb2.Vote]  # type: ignore[assignment]
+    """Records a person's vote on one item of a completed comparison."""
+
+class ComparisonServiceServicer(metaclass=_abc_1.ABCMeta):
+    """On-demand A/B comparisons of any two models: both answer every prompt of a chat JSONL file
+    (as inference batches, greedy), the answers are scored against the file's reference answers
+    where it has them, and people vote which answer of each prompt is better.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateComparison(
+        self,
+        request: _training_pb2.CreateComparisonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Comparison, _abc.Awaitable[_training_pb2.Comparison]]:
+        """Checks both models and the input file, stores the prompts and queues the comparison; the
+        service then runs it in the background. Anything wrong is INVALID_ARGUMENT (line numbers
+        for file problems) and stores nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetComparison(
+        self,
+        request: _training_pb2.GetComparisonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Comparison, _abc.Awaitable[_training_pb2.Comparison]]:
+        """Returns one comparison, with its scores, vote counts and win rate."""
+
+    @_abc_1.abstractmethod
+    def ListComparisons(
+        self,
+        request: _training_pb2.ListComparisonsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.ListComparisonsResponse, _abc.Awaitable[_training_pb2.ListComparisonsResponse]]:
+        """Lists comparisons, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListComparisonItems(
+        self,
+        request: _training_pb2.ListComparisonItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.ListComparisonItemsResponse, _abc.Awaitable[_training_pb2.ListComparisonItemsResponse]]:
+        """Lists a comparison's items (one per prompt) in file order: both answers, scores and votes."""
+
+    @_abc_1.abstractmethod
+    def CreateVote(
+        self,
+        request: _training_pb2.CreateVoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.Vote, _abc.Awaitable[_training_pb2.Vote]]:
+        """Records a person's vote on one item of a completed comparison."""
+
+def add_ComparisonServiceServicer_to_server(servicer: ComparisonServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
