@@ -19,22 +19,10 @@ import orjson
 from loomstack_kit.blobstore import BlobStore
 
 from .artifacts import read_bytes
+from .batch_answers import answer_prompts, split_example
 from .inference import InferenceClient
 from .jobs import JobView
 from .scoring import promoted, score
-
-
-def split_example(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
-    """The prompt (every turn before the last assistant turn) and the reference answer."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last], messages[last]["content"]
-
-
-def _answer(row: dict[str, Any] | None) -> str:
-    try:
-        return str((row or {})["response"]["body"]["choices"][0]["message"]["content"] or "")
-    except (KeyError, IndexError, TypeError):
-        return ""
 
 
 class EvalGate:
@@ -55,22 +43,6 @@ class EvalGate:
         self.max_tokens = max_tokens
         self.timeout_seconds = timeout_seconds
 
-    def _lines(self, model: str, prompts: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
-        return [
-            {
-                "custom_id": f"eval-{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {
-                    "model": model,
-                    "messages": prompt,
-                    "temperature": 0,
-                    "max_tokens": self.max_tokens,
-                },
-            }
-            for i, prompt in enumerate(prompts)
-        ]
-
     def evaluate(self, job: JobView, adapter_dir: Path, name: str) -> dict[str, Any]:
         """Blocking: registers the candidate, runs both batches, scores them."""
         data = read_bytes(self.blobs, f"{job.id}-validation")
@@ -83,10 +55,16 @@ class EvalGate:
         )
         results: dict[str, list[str]] = {}
         for key, model in (("base", job.model), ("fine_tuned", candidate)):
-            rows = self.inference.run_batch(
-                job.project, self._lines(model, prompts), timeout=self.timeout_seconds
+            answers = answer_prompts(
+                self.inference,
+                job.project,
+                model,
+                prompts,
+                max_tokens=self.max_tokens,
+                timeout=self.timeout_seconds,
+                purpose="fine-tuning eval",
             )
-            results[key] = [_answer(rows.get(f"eval-{i}")) for i in range(len(prompts))]
+            results[key] = [a.text for a in answers]
         base, tuned = score(results["base"], references), score(results["fine_tuned"], references)
         return {
             "examples": len(references),

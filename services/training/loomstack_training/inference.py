@@ -5,6 +5,7 @@ Synchronous gRPC, called from worker threads. Every call names the project it ac
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,15 @@ class BaseModel:
 
     id: str
     path: str
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """Any model the registry records: a base model or an adapter (with its `parent`)."""
+
+    id: str
+    parent: str
     max_model_len: int
 
 
@@ -103,10 +113,9 @@ class InferenceClient:
             raise error from None
         return str(reply.purpose)
 
-    def base_model(self, project: str, model_id: str) -> BaseModel:
-        """A registered base model (not an adapter), or InvalidArgument naming `model`."""
+    def _get_model(self, project: str, model_id: str, *, param: str, kind: str, verb: str) -> Any:
         try:
-            reply = self.models.GetModel(
+            return self.models.GetModel(
                 models_pb2.GetModelRequest(model_id=model_id),
                 metadata=tuple(project_metadata(project)),
                 timeout=30,
@@ -115,12 +124,17 @@ class InferenceClient:
             error = from_rpc_error(exc)
             if isinstance(error, NotFound):
                 raise InvalidArgument(
-                    f"unknown base model {model_id!r}: fine-tune one of the models "
-                    "GET /v1/models lists",
+                    f"unknown {kind} {model_id!r}: {verb} one of the models GET /v1/models lists",
                     code="model_not_found",
-                    param="model",
+                    param=param,
                 ) from None
             raise error from None
+
+    def base_model(self, project: str, model_id: str) -> BaseModel:
+        """A registered base model (not an adapter), or InvalidArgument naming `model`."""
+        reply = self._get_model(
+            project, model_id, param="model", kind="base model", verb="fine-tune"
+        )
         if reply.parent:
             raise InvalidArgument(
                 f"{model_id!r} is a fine-tuned model; fine-tune its base {reply.parent!r}",
@@ -128,6 +142,12 @@ class InferenceClient:
                 param="model",
             )
         return BaseModel(reply.id, reply.source, int(reply.max_model_len))
+
+    def model(self, project: str, model_id: str, *, param: str) -> RegisteredModel:
+        """Any registered model the project may use (base or adapter), or InvalidArgument
+        naming `param`."""
+        reply = self._get_model(project, model_id, param=param, kind="model", verb="use")
+        return RegisteredModel(reply.id, reply.parent, int(reply.max_model_len))
 
     def register_adapter(self, project: str, model_id: str, *, parent: str, source: str) -> None:
         """Registers a trained adapter as a model the engines of `parent` serve."""
@@ -159,11 +179,22 @@ class InferenceClient:
         return str(reply.id)
 
     def run_batch(
-        self, project: str, lines: list[dict[str, Any]], *, timeout: float, poll: float = 1.0
+        self,
+        project: str,
+        lines: list[dict[str, Any]],
+        *,
+        timeout: float,
+        purpose: str,
+        poll: float = 1.0,
+        stop: threading.Event | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Runs a chat batch to the end; returns each output line by custom_id."""
+        """Runs a chat batch to the end; returns each output or error line by custom_id.
+
+        `stop` (set at shutdown) cancels the batch and raises Unavailable.
+        """
+        stop = stop or threading.Event()
         content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
-        file_id = self.upload(project, "eval.jsonl", content, "batch")
+        file_id = self.upload(project, f"{purpose.replace(' ', '-')}.jsonl", content, "batch")
         meta = tuple(project_metadata(project))
         try:
             batch = self.batches.CreateBatch(
@@ -171,7 +202,7 @@ class InferenceClient:
                     input_file_id=file_id,
                     endpoint="/v1/chat/completions",
                     completion_window="24h",
-                    metadata={"purpose": "fine-tuning eval"},
+                    metadata={"purpose": purpose},
                 ),
                 metadata=meta,
                 timeout=120,
@@ -179,19 +210,32 @@ class InferenceClient:
             deadline = time.monotonic() + timeout
             while batch.status not in _BATCH_FINAL:
                 if time.monotonic() > deadline:
-                    raise Unavailable(f"eval batch {batch.id} did not finish in {timeout:.0f}s")
-                time.sleep(poll)
+                    raise Unavailable(
+                        f"{purpose} batch {batch.id} did not finish in {timeout:.0f}s"
+                    )
+                if stop.wait(poll):
+                    self.batches.CancelBatch(
+                        batches_pb2.CancelBatchRequest(batch_id=batch.id), metadata=meta, timeout=30
+                    )
+                    raise Unavailable(
+                        f"{purpose} batch {batch.id} cancelled: the service is stopping"
+                    )
                 batch = self.batches.GetBatch(
                     batches_pb2.GetBatchRequest(batch_id=batch.id), metadata=meta, timeout=30
                 )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
-        if batch.status != batches_pb2.BATCH_STATUS_COMPLETED or not batch.output_file_id:
+        if batch.status != batches_pb2.BATCH_STATUS_COMPLETED:
             raise Unavailable(
-                f"eval batch {batch.id} ended {batches_pb2.BatchStatus.Name(batch.status)}"
+                f"{purpose} batch {batch.id} ended {batches_pb2.BatchStatus.Name(batch.status)}"
             )
-        output = self.read_file(
-            project, batch.output_file_id, param="output_file_id", max_bytes=1 << 30
-        )
-        rows = [orjson.loads(line) for line in output.splitlines() if line.strip()]
-        return {row["custom_id"]: row for row in rows}
+        rows: dict[str, dict[str, Any]] = {}
+        for result_file in (batch.error_file_id, batch.output_file_id):
+            if not result_file:
+                continue
+            data = self.read_file(project, result_file, param="output_file_id", max_bytes=1 << 30)
+            for line in data.splitlines():
+                if line.strip():
+                    row = orjson.loads(line)
+                    rows[row["custom_id"]] = row
+        return rows
