@@ -73,6 +73,7 @@ async def serve(settings: CurationSettings) -> None:
         chunk_size=settings.import_chunk,
         retry_base=settings.retry_base_seconds,
         retry_max=settings.retry_max_seconds,
+        allow_auto_accept=settings.allow_auto_accept,
     )
     annotations = AnnotationStore(db, catalog)
     queries = TaskQueries(db, catalog, projects, annotations)

@@ -6,8 +6,13 @@ so a missed webhook (or a deleted annotation) loses nothing.
 
 Per task, the latest non-cancelled annotation is the one a training example uses; `gold` is its
 gold flag, `rating` its first rating question, `corrected` whether its answers differ from the
-prediction; `agreement` (two or more annotations) is the mean, over pairs of annotations, of
-the share of questions answered identically.
+prediction, `auto_accepted` whether it is an automatic one (auto_accept.py); `agreement` (two
+or more annotations) is the mean, over pairs of annotations, of the share of questions answered
+identically.
+
+An annotation's `annotator` is `auto-accept` when the importer made it from the prediction
+(`record_automatic`) and empty when it came from Label Studio; an automatic annotation whose
+result changes in Label Studio was changed by a person, and is a person's from then on.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from sqlalchemy.engine import Engine
 from loomstack_kit.database import write_transaction
 
 from . import tables
+from .auto_accept import ANNOTATOR as AUTO_ACCEPT_ANNOTATOR
 from .catalog import SchemaCatalog
 from .examples import read_answers
 from .importer import ANNOTATED, IMPORTED
@@ -190,22 +196,25 @@ class AnnotationStore:
                 )
             }
             known: dict[int, dict[int, tuple[str, bool]]] = {i: {} for i in ours}
+            annotators: dict[int, str] = {}
             for row in conn.execute(
                 sa.select(
                     tables.ls_annotations.c.ls_task_id,
                     tables.ls_annotations.c.ls_annotation_id,
                     tables.ls_annotations.c.result_json,
                     tables.ls_annotations.c.was_cancelled,
+                    tables.ls_annotations.c.annotator,
                 ).where(tables.ls_annotations.c.ls_task_id.in_(list(ours)))
             ):
                 known[row.ls_task_id][row.ls_annotation_id] = (row.result_json, row.was_cancelled)
+                annotators[row.ls_annotation_id] = row.annotator
         changed = []
         for task_id in ours:
             wanted = {r.id: (r.result_json, r.was_cancelled) for r in tasks[task_id]}
             if wanted != known[task_id]:
                 changed.append((task_id, set(known[task_id]) - set(wanted)))
         if changed:
-            self._write_changed(changed, tasks, ours, known)
+            self._write_changed(changed, tasks, ours, known, annotators)
         return set(ours)
 
     def _write_changed(
@@ -213,7 +222,8 @@ class AnnotationStore:
         changed: list[tuple[int, set[int]]],
         tasks: Mapping[int, list[AnnotationRecord]],
         ours: Mapping[int, tuple[str, int, str]],
-        known: Mapping[int, Mapping[int, Any]],
+        known: Mapping[int, Mapping[int, tuple[str, bool]]],
+        annotators: Mapping[int, str],
     ) -> None:
         """Bulk writes of a page's changed tasks: one statement per kind of change."""
         stale: list[int] = []
@@ -230,7 +240,11 @@ class AnnotationStore:
             live = []
             for record in tasks[task_id]:
                 values = self._values(schema, record)
-                (updates if record.id in known[task_id] else inserts).append(values)
+                before = known[task_id].get(record.id)
+                # An automatic annotation stays one while its result is what was accepted.
+                same = before is not None and before[0] == record.result_json
+                values["annotator"] = annotators.get(record.id, "") if same else ""
+                (updates if before is not None else inserts).append(values)
                 if not record.was_cancelled:
                     live.append(values)
             live.sort(key=lambda v: (v["updated_at"], v["ls_annotation_id"]))
@@ -287,15 +301,36 @@ class AnnotationStore:
             "was_cancelled": record.was_cancelled,
             "updated_at": record.updated_at,
         }
-        updated = conn.execute(
-            tables.ls_annotations.update()
-            .where(tables.ls_annotations.c.ls_annotation_id == record.id)
-            .values(**values)
-        ).rowcount
-        if not updated:
+        a = tables.ls_annotations
+        recorded = conn.execute(
+            sa.select(a.c.result_json).where(a.c.ls_annotation_id == record.id)
+        ).first()
+        if recorded is None:
+            conn.execute(a.insert().values(ls_annotation_id=record.id, annotator="", **values))
+        elif recorded.result_json != values["result_json"]:
+            # Changed in Label Studio: a person's now, even if it was automatic.
             conn.execute(
-                tables.ls_annotations.insert().values(ls_annotation_id=record.id, **values)
+                a.update().where(a.c.ls_annotation_id == record.id).values(annotator="", **values)
             )
+        else:
+            conn.execute(a.update().where(a.c.ls_annotation_id == record.id).values(**values))
+
+    def record_automatic(self, conn: sa.Connection, records: Iterable[AnnotationRecord]) -> int:
+        """Records auto-accepted annotations (annotator `auto-accept`) in the caller's
+        transaction and refreshes their tasks; returns how many were ours."""
+        a = tables.ls_annotations
+        touched: set[int] = set()
+        for record in records:
+            schema = self._schema(conn, record.task_id)
+            if schema is None:
+                continue
+            values = {**self._values(schema, record), "annotator": AUTO_ACCEPT_ANNOTATOR}
+            conn.execute(a.delete().where(a.c.ls_annotation_id == record.id))
+            conn.execute(a.insert().values(**values))
+            touched.add(record.task_id)
+        for task_id in touched:
+            self._refresh_task(conn, task_id)
+        return len(touched)
 
     def _refresh_task(self, conn: sa.Connection, task_id: int) -> None:
         schema = self._schema(conn, task_id)
@@ -333,6 +368,7 @@ def derived(
             "annotation_id": None,
             "result_json": None,
             "annotated_at": None,
+            "auto_accepted": False,
         }
     latest = rows[-1]
     results = [json.loads(r["result_json"]) for r in rows]
@@ -353,6 +389,7 @@ def derived(
         "annotation_id": latest["ls_annotation_id"],
         "result_json": latest["result_json"],
         "annotated_at": latest["updated_at"],
+        "auto_accepted": latest.get("annotator") == AUTO_ACCEPT_ANNOTATOR,
     }
 
 

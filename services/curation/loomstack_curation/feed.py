@@ -1,7 +1,8 @@
 """The consumer of the inference service's batch event feed: an idempotent, resumable reader.
 
 Each page of events is handled in ONE transaction with the cursor update: a completed batch
-with `metadata.schema_type` is queued for import (once, whatever the number of deliveries),
+with `metadata.schema_type` is queued for import (once, whatever the number of deliveries;
+`metadata.curation_auto_accept` asks for its predictions to be accepted, see auto_accept.py),
 other events are skipped, and the cursor moves past them. A crash before the commit replays
 the page; a crash after it never loses an event.
 """
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from loomstack_kit.database import write_transaction
 
-from . import tables
+from . import auto_accept, tables
 from .importer import Importer
 
 CONSUMER = "curation-import"
@@ -84,6 +85,7 @@ class FeedConsumer:
                         input_file_id=event.input_file_id,
                         output_file_id=event.output_file_id,
                         failed_lines=event.failed_lines,
+                        auto_accept=auto_accept.requested(event.metadata),
                     )
                 position = event.sequence
             values = {"sequence": position, "updated_at": time.time()}

@@ -13,6 +13,10 @@ data and prediction from the schema (predictions.py), and imports them in chunks
 
 Label Studio down or slow → the import goes back to the queue with exponential backoff; an
 unknown schema → `failed` with the reason, retried as soon as the schema appears.
+
+With auto-accept (auto_accept.py) the tasks whose prediction fits are imported with it as an
+annotation too, and those annotations are recorded in the transaction that records the task
+ids (an interrupted attempt finds them again with the tasks it resolves).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
@@ -34,16 +38,21 @@ from loomstack_kit.database import write_transaction
 from loomstack_kit.errors import LoomstackError, NotFound
 
 from . import tables
+from .auto_accept import accepted_annotation, ensure_user, is_automatic
 from .catalog import SchemaCatalog
 from .predictions import TaskImport, build_task
 from .projects import (
     ProjectMap,
+    export_annotated,
     import_tasks,
     label_studio_unavailable,
     task_pages,
     unavailable_or_none,
 )
 from .task_schema import TaskSchema
+
+if TYPE_CHECKING:
+    from .annotations import AnnotationRecord, AnnotationStore
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,7 @@ class QueuedImport:
     model: str
     input_file_id: str
     output_file_id: str
+    auto_accept: bool = False
 
 
 def _prompt_of(body: dict[str, Any]) -> str:
@@ -156,10 +166,12 @@ class Importer:
         chunk_size: int = 500,
         retry_base: float = 2.0,
         retry_max: float = 300.0,
+        allow_auto_accept: bool = True,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
         self.projects = projects
+        self.allow_auto_accept = allow_auto_accept
         self.chunk_size = chunk_size
         self.retry_base = retry_base
         self.retry_max = retry_max
@@ -189,6 +201,7 @@ class Importer:
         input_file_id: str,
         output_file_id: str,
         failed_lines: int = 0,
+        auto_accept: bool = False,
     ) -> bool:
         """Queues a batch once (a repeated event changes nothing); True if it was new."""
         exists = conn.execute(
@@ -196,6 +209,12 @@ class Importer:
         ).first()
         if exists:
             return False
+        if auto_accept and not self.allow_auto_accept:
+            log.warning(
+                "auto-accept is not allowed here: the batch's tasks wait for people",
+                extra={"batch_id": batch_id},
+            )
+            auto_accept = False
         now = time.time()
         conn.execute(
             tables.imports.insert().values(
@@ -207,6 +226,7 @@ class Importer:
                 output_file_id=output_file_id,
                 failed_lines=failed_lines,
                 skipped_lines=failed_lines,
+                auto_accept=auto_accept,
                 status=QUEUED,
                 next_attempt_at=now,
                 created_at=now,
@@ -247,6 +267,7 @@ class Importer:
                     row.model,
                     row.input_file_id,
                     row.output_file_id,
+                    bool(row.auto_accept),
                 )
             )
         return due[:limit]
@@ -302,7 +323,14 @@ class Importer:
             return FAILED
         try:
             results = read(item)
-            self.import_results(item.batch_id, item.project, schema, results, model=item.model)
+            self.import_results(
+                item.batch_id,
+                item.project,
+                schema,
+                results,
+                model=item.model,
+                auto_accept=item.auto_accept,
+            )
         except Exception as exc:
             retryable = unavailable_or_none(exc)
             if retryable is None:
@@ -332,19 +360,23 @@ class Importer:
         results: BatchResults,
         *,
         model: str = "",
+        auto_accept: bool = False,
     ) -> int:
         """Imports a batch's result lines that are not tasks yet; returns the task count.
+        With `auto_accept`, each task whose prediction fits is annotated with it too.
 
         Safe to call again after any crash: lines are never imported twice.
         """
         ls_project = self.projects.ensure(schema)
+        # The Label Studio user the automatic annotations belong to.
+        annotator = ensure_user(self.client) if auto_accept else None
         self._update(
             batch_id,
             ls_project_id=ls_project,
             result_lines=len(results.lines),
             skipped_lines=tables.imports.c.failed_lines + results.skipped,
         )
-        self._resolve_pending(batch_id, ls_project)
+        self._resolve_pending(batch_id, ls_project, annotator)
         with self.engine.connect() as conn:
             done = set(
                 conn.execute(
@@ -366,7 +398,14 @@ class Importer:
             if index >= len(chunks):
                 return None
             return builder.submit(
-                self._prepare, batch_id, project, schema, ls_project, chunks[index], model
+                self._prepare,
+                batch_id,
+                project,
+                schema,
+                ls_project,
+                chunks[index],
+                model,
+                annotator is not None,
             )
 
         with ThreadPoolExecutor(1, thread_name_prefix="prepare-tasks") as builder:
@@ -375,12 +414,17 @@ class Importer:
                 assert upcoming is not None
                 built = upcoming.result()
                 upcoming = prepare(index + 1)
-                problems += self._import_chunk(batch_id, project, schema, ls_project, chunk, built)
+                problems += self._import_chunk(batch_id, ls_project, chunk, built, annotator)
                 if self.after_chunk is not None:
                     self.after_chunk(len(chunk))
         with write_transaction(self.engine) as conn:
             count = conn.execute(
                 sa.select(sa.func.count()).where(tables.tasks.c.batch_id == batch_id)
+            ).scalar_one()
+            accepted = conn.execute(
+                sa.select(sa.func.count()).where(
+                    tables.tasks.c.batch_id == batch_id, tables.tasks.c.auto_accepted.is_(True)
+                )
             ).scalar_one()
             conn.execute(
                 tables.imports.update()
@@ -390,11 +434,15 @@ class Importer:
                     error="",
                     error_code="",
                     imported_tasks=count,
+                    auto_accepted_tasks=accepted,
                     prediction_problems=tables.imports.c.prediction_problems + problems,
                     updated_at=time.time(),
                 )
             )
-        log.info("batch imported", extra={"batch_id": batch_id, "tasks": count})
+        log.info(
+            "batch imported",
+            extra={"batch_id": batch_id, "tasks": count, "auto_accepted": accepted},
+        )
         return int(count)
 
     def _prepare(
@@ -405,16 +453,23 @@ class Importer:
         ls_project: int,
         chunk: Sequence[ResultLine],
         model: str,
+        accept: bool = False,
     ) -> list[TaskImport]:
         """A chunk's tasks, built and recorded as pending: ready to send."""
-        built = self._build(batch_id, schema, chunk, model)
+        built = self._build(batch_id, schema, chunk, model, accept)
         self._record_pending(batch_id, project, schema, ls_project, chunk, built)
         return built
 
     def _build(
-        self, batch_id: str, schema: TaskSchema, chunk: Sequence[ResultLine], model: str
+        self,
+        batch_id: str,
+        schema: TaskSchema,
+        chunk: Sequence[ResultLine],
+        model: str,
+        accept: bool = False,
     ) -> list[TaskImport]:
-        """The Label Studio tasks (data + prediction) of a chunk of result lines."""
+        """The Label Studio tasks (data + prediction) of a chunk of result lines; with
+        `accept`, a task whose whole answer fit carries it as an annotation as well."""
         built = []
         for line in chunk:
             task = build_task(
@@ -426,6 +481,8 @@ class Importer:
             )
             task.task["data"][BATCH_KEY] = batch_id
             task.task["data"][CUSTOM_ID_KEY] = line.custom_id
+            if accept and task.ok and task.task.get("predictions"):
+                task.task["annotations"] = [accepted_annotation(task.task["predictions"][0])]
             built.append(task)
         return built
 
@@ -464,11 +521,10 @@ class Importer:
     def _import_chunk(
         self,
         batch_id: str,
-        project: str,
-        schema: TaskSchema,
         ls_project: int,
         chunk: Sequence[ResultLine],
         built: list[TaskImport],
+        annotator: int | None,
     ) -> int:
         problems = sum(bool(task.problems) for task in built)
         try:
@@ -480,6 +536,16 @@ class Importer:
             raise label_studio_unavailable(
                 f"Label Studio returned {len(task_ids)} task ids for {len(chunk)} tasks"
             )
+        accepted = [
+            int(task_id)
+            for task_id, task in zip(task_ids, built, strict=True)
+            if task.task.get("annotations")
+        ]
+        automatic = (
+            self._automatic_annotations(ls_project, accepted, annotator)
+            if annotator is not None and accepted
+            else []
+        )
         with write_transaction(self.engine) as conn:
             conn.execute(
                 tables.tasks.update()
@@ -493,6 +559,8 @@ class Importer:
                     for line, task_id in zip(chunk, task_ids, strict=True)
                 ],
             )
+            if automatic:
+                self._annotations().record_automatic(conn, automatic)
             conn.execute(
                 tables.imports.update()
                 .where(tables.imports.c.batch_id == batch_id)
@@ -503,7 +571,30 @@ class Importer:
             )
         return problems
 
-    def _resolve_pending(self, batch_id: str, ls_project: int) -> None:
+    def _annotations(self) -> AnnotationStore:
+        from .annotations import AnnotationStore  # it reads this module's task states
+
+        return AnnotationStore(self.engine, self.catalog)
+
+    def _automatic_annotations(
+        self, ls_project: int, task_ids: Sequence[int], annotator: int
+    ) -> list[AnnotationRecord]:
+        """The auto-accept user's annotations of these tasks, as Label Studio has them."""
+        from .annotations import annotation_record
+
+        records = []
+        try:
+            for start in range(0, len(task_ids), 200):
+                exported = export_annotated(self.client, ls_project, task_ids[start : start + 200])
+                for task in exported:
+                    for annotation in task.get("annotations") or []:
+                        if is_automatic(annotation, annotator):
+                            records.append(annotation_record(annotation, int(task["id"])))
+        except Exception as exc:
+            raise unavailable_or_none(exc) or exc from None
+        return records
+
+    def _resolve_pending(self, batch_id: str, ls_project: int, annotator: int | None) -> None:
         """Lines recorded as pending by an interrupted attempt: the ones Label Studio has get
         their ids, the rest are forgotten (and imported again by this attempt)."""
         with self.engine.connect() as conn:
@@ -525,6 +616,11 @@ class Importer:
                         found[str(data[CUSTOM_ID_KEY])] = int(task["id"])
         except Exception as exc:
             raise unavailable_or_none(exc) or exc from None
+        automatic = (
+            self._automatic_annotations(ls_project, list(found.values()), annotator)
+            if annotator is not None and found
+            else []
+        )
         with write_transaction(self.engine) as conn:
             if found:
                 conn.execute(
@@ -536,6 +632,8 @@ class Importer:
                     .values(ls_task_id=sa.bindparam("tid"), status=IMPORTED),
                     [{"cid": cid, "tid": tid} for cid, tid in found.items()],
                 )
+            if automatic:
+                self._annotations().record_automatic(conn, automatic)
             conn.execute(
                 tables.tasks.delete().where(
                     tables.tasks.c.batch_id == batch_id, tables.tasks.c.ls_task_id.is_(None)

@@ -44,6 +44,11 @@ class CurationSettings(ServiceSettings):
     poll_seconds: float = Field(1.0, description="How often the import queue is looked at.")
     feed_wait_seconds: int = Field(10, description="Long-poll of the batch event feed.")
     reconcile_seconds: float = Field(60.0, description="Period of the annotation reconcile.")
+    allow_auto_accept: bool = Field(
+        True,
+        description="Honour metadata.curation_auto_accept (predictions imported as accepted "
+        "annotations); false: every task waits for a person.",
+    )
 
     # ML backend: the model asked for predictions.
     model: str = Field("SmolLM2-135M-Instruct", description="Model the ML backend asks.")

@@ -1,11 +1,11 @@
 """Dataset snapshots: immutable, versioned training sets built from annotated tasks.
 
 A snapshot takes the annotated tasks that match a filter (schema, gold only, minimum agreement
-or rating, annotation date range, limit), turns each task's latest annotation into an OpenAI
-chat example (examples.py), drops duplicates (same messages), splits train/validation by a hash
-of the example (the same example always lands on the same side, in every snapshot), and
-stores the files (purpose `fine-tune`) in the requested line format together with a manifest.
-Nothing is stored for an empty selection.
+or rating, annotation date range, limit, without auto-accepted ones), turns each task's latest
+annotation into an OpenAI chat example (examples.py), drops duplicates (same messages), splits
+train/validation by a hash of the example (the same example always lands on the same side, in
+every snapshot), and stores the files (purpose `fine-tune`) in the requested line format
+together with a manifest. Nothing is stored for an empty selection.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class SnapshotFilter:
     start_time: float = 0.0
     end_time: float = 0.0
     limit: int = 0
+    # Leave out tasks whose annotation was auto-accepted (auto_accept.py), not a person's.
+    exclude_auto_accepted: bool = False
 
     def check(self) -> None:
         """InvalidArgument for values out of range."""
@@ -96,6 +98,7 @@ class BuiltSnapshot:
     validation_tasks: list[int] = field(default_factory=list)
     duplicates: int = 0
     incomplete: int = 0
+    auto_accepted: int = 0
     schemas: set[str] = field(default_factory=set)
 
 
@@ -168,6 +171,8 @@ def select_tasks(engine: Engine, project: str | None, flt: SnapshotFilter) -> li
         query = query.where(c.annotated_at >= flt.start_time)
     if flt.end_time:
         query = query.where(c.annotated_at < flt.end_time)
+    if flt.exclude_auto_accepted:
+        query = query.where(c.auto_accepted.is_(False))
     with engine.connect() as conn:
         return list(conn.execute(query.order_by(c.annotated_at, c.ls_task_id)).all())
 
@@ -197,6 +202,7 @@ def build(
             continue
         seen.add(key)
         built.schemas.add(schema.key)
+        built.auto_accepted += bool(row.auto_accepted)
         if is_validation(key, fraction):
             built.validation.append(example.as_json())
             built.validation_tasks.append(int(row.ls_task_id))
@@ -310,6 +316,7 @@ class SnapshotStore:
                 "validation": len(built.validation),
                 "duplicates_removed": built.duplicates,
                 "incomplete_skipped": built.incomplete,
+                "auto_accepted": built.auto_accepted,
             },
             "files": {"training": training_file, "validation": validation_file},
             "task_ids": {"training": built.training_tasks, "validation": built.validation_tasks},

@@ -43,6 +43,8 @@ tasks = sa.Table(
     sa.Column("result_json", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("annotated_at", sa.Float),
+    # Whether the annotation a training example uses was auto-accepted (auto_accept.py).
+    sa.Column("auto_accepted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("batch_id", "custom_id", name="uq_curation_tasks_batch_custom_id"),
     sa.Index("ix_curation_tasks_project_schema", "project", "schema_id", "status"),
 )
@@ -58,6 +60,9 @@ ls_annotations = sa.Table(
     sa.Column("rating", sa.Integer),
     sa.Column("was_cancelled", sa.Boolean, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # `auto-accept` for an annotation the importer made from the prediction; empty for one a
+    # person made (or changed) in Label Studio.
+    sa.Column("annotator", sa.String(64), nullable=False, server_default=""),
 )
 
 snapshots = sa.Table(
@@ -110,6 +115,10 @@ imports = sa.Table(
     sa.Column("failed_lines", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("skipped_lines", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("prediction_problems", sa.BigInteger, nullable=False, server_default="0"),
+    # The batch asked for auto-accept (metadata.curation_auto_accept), and how many tasks got
+    # their prediction as an accepted annotation.
+    sa.Column("auto_accept", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("auto_accepted_tasks", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("ls_project_id", sa.BigInteger),
     sa.Column("next_attempt_at", sa.Float, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
