@@ -14,6 +14,8 @@ from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
 
+from .comparison_runner import ComparisonRunner
+from .comparisons import Comparisons
 from .eval_gate import EvalGate
 from .inference import InferenceClient
 from .jobs import Jobs, JobView
@@ -21,6 +23,7 @@ from .promotion import Promotion
 from .runner_kubernetes import KubernetesRunner
 from .runner_local import LocalRunner
 from .servicer import FineTuningServicer
+from .servicer_comparisons import ComparisonServicer
 from .settings import TrainingSettings
 from .submission import Submissions
 from .tables import blob_chunks
@@ -31,7 +34,8 @@ VERSION_TABLE = "alembic_version_training"
 
 
 async def serve(settings: TrainingSettings) -> None:
-    """Serves the FineTuningService and runs the configured runner until SIGTERM."""
+    """Serves the FineTuningService and the ComparisonService and runs the configured runner
+    and the comparison runner until SIGTERM."""
     if settings.runner not in ("local", "kubernetes"):
         raise SystemExit(f"unknown runner {settings.runner!r}: use local or kubernetes")
     url = settings.resolved_database_url()
@@ -77,14 +81,28 @@ async def serve(settings: TrainingSettings) -> None:
     failed = await runner.reconcile()
     if failed:
         log.warning("failed jobs an earlier run left unfinished", extra={"jobs": failed})
+    comparisons = Comparisons(db)
+    comparison_runner = ComparisonRunner(settings, comparisons, inference)
+    requeued, failed = await asyncio.to_thread(comparison_runner.reconcile)
+    if requeued or failed:
+        log.warning(
+            "comparisons an earlier run left running",
+            extra={"requeued": requeued, "failed": failed},
+        )
     registrations = [
         Registration(
             training_pb2_grpc.add_FineTuningServiceServicer_to_server,
             FineTuningServicer(jobs, submissions, settings.runner),
             "loomstack.training.v1.FineTuningService",
-        )
+        ),
+        Registration(
+            training_pb2_grpc.add_ComparisonServiceServicer_to_server,
+            ComparisonServicer(comparisons, comparison_runner),
+            "loomstack.training.v1.ComparisonService",
+        ),
     ]
     runner_task: asyncio.Task[None] | None = None
+    comparison_task: asyncio.Task[None] | None = None
 
     async def stop_runner() -> None:
         if runner_task is not None:
@@ -92,10 +110,19 @@ async def serve(settings: TrainingSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner_task
 
-    server = GrpcServer(settings, registrations, on_shutdown=[stop_runner])
+    async def stop_comparisons() -> None:
+        # Not cancelled: its worker thread cancels the running batch and re-queues the
+        # comparison within a poll interval, and must finish before the database closes.
+        comparison_runner.stop()
+        if comparison_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(comparison_task, 30)
+
+    server = GrpcServer(settings, registrations, on_shutdown=[stop_runner, stop_comparisons])
     await server.start()
     server.install_signal_handlers()
     runner_task = asyncio.create_task(runner.run())
+    comparison_task = asyncio.create_task(comparison_runner.run())
     await server.set_started()
     await server.set_ready(True)
     try:
@@ -103,6 +130,7 @@ async def serve(settings: TrainingSettings) -> None:
     finally:
         if runner_task is not None:
             runner_task.cancel()
+        comparison_runner.stop()
         inference.close()
         db.dispose()
 

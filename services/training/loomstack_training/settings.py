@@ -89,6 +89,18 @@ class TrainingSettings(ServiceSettings):
     eval_max_tokens: int = Field(128, description="Longest answer generated per eval prompt.")
     eval_timeout_seconds: float = Field(3600.0, description="Longest wait for an eval batch.")
 
+    # On-demand A/B comparisons.
+    comparison_max_tokens: int = Field(
+        128, description="Longest answer per prompt when a comparison sets no max_tokens."
+    )
+    comparison_max_items: int = Field(1000, description="Most prompts in one comparison.")
+    comparison_timeout_seconds: float = Field(
+        3600.0, description="Longest wait for one model's comparison batch."
+    )
+    comparison_max_attempts: int = Field(
+        2, description="Runs of a comparison a restart may interrupt before it is failed."
+    )
+
     def resolved_database_url(self) -> str:
         """The configured URL, or SQLite in the home directory."""
         return self.database_url or f"sqlite:///{self.home / 'training.db'}"

@@ -69,3 +69,63 @@ checkpoints = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("job_id", "step", name="uq_fine_tuning_checkpoints_job_step"),
 )
+
+# On-demand A/B comparisons of two models: the comparison, one item per prompt, the votes.
+comparisons = sa.Table(
+    "comparisons",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("model_a", sa.String(512), nullable=False),
+    sa.Column("model_b", sa.String(512), nullable=False),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("max_tokens", sa.Integer, nullable=False),
+    sa.Column("metadata_json", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("item_count", sa.Integer, nullable=False),
+    sa.Column("scored_item_count", sa.Integer, nullable=False),
+    # Mean scores over the items with a reference, set on completion.
+    sa.Column("exact_match_a", sa.Float, nullable=True),
+    sa.Column("token_overlap_a", sa.Float, nullable=True),
+    sa.Column("exact_match_b", sa.Float, nullable=True),
+    sa.Column("token_overlap_b", sa.Float, nullable=True),
+    sa.Column("error_json", sa.Text, nullable=True),
+    # Runs started; a restart re-queues a comparison it interrupted until this reaches the limit.
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Index("ix_comparisons_project_created", "project", "created_at"),
+    sa.Index("ix_comparisons_status", "status"),
+)
+
+comparison_items = sa.Table(
+    "comparison_items",
+    metadata,
+    sa.Column("comparison_id", sa.String(64), primary_key=True),
+    sa.Column("item_index", sa.Integer, primary_key=True),
+    sa.Column("line", sa.Integer, nullable=False),
+    sa.Column("messages_json", sa.Text, nullable=False),
+    sa.Column("reference", sa.Text, nullable=True),
+    sa.Column("answer_a", sa.Text, nullable=True),
+    sa.Column("answer_b", sa.Text, nullable=True),
+    sa.Column("error_a", sa.Text, nullable=True),
+    sa.Column("error_b", sa.Text, nullable=True),
+    sa.Column("exact_match_a", sa.Float, nullable=True),
+    sa.Column("token_overlap_a", sa.Float, nullable=True),
+    sa.Column("exact_match_b", sa.Float, nullable=True),
+    sa.Column("token_overlap_b", sa.Float, nullable=True),
+)
+
+comparison_votes = sa.Table(
+    "comparison_votes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("comparison_id", sa.String(64), nullable=False),
+    sa.Column("item_index", sa.Integer, nullable=False),
+    sa.Column("winner", sa.String(8), nullable=False),
+    sa.Column("voter", sa.String(128), nullable=False, server_default=""),
+    sa.Column("comment", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_comparison_votes_item", "comparison_id", "item_index"),
+)
