@@ -25,6 +25,7 @@ from .responses import OrjsonResponse
 from .routes_admin import admin_router, open_admin
 from .routes_batches import batches_router
 from .routes_chat import chat_router
+from .routes_comparisons import comparisons_router
 from .routes_curation import curation_router
 from .routes_files import files_router
 from .routes_fine_tuning import fine_tuning_router
@@ -73,6 +74,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.include_router(router(inference, settings))
     app.include_router(curation_router(inference, curation, settings))
     app.include_router(fine_tuning_router(training, settings))
+    app.include_router(comparisons_router(training, settings))
     app.include_router(admin_router(open_admin(settings)))
 
     @app.get("/healthz", tags=["health"], summary="The process answers")

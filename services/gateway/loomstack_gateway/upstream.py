@@ -33,7 +33,10 @@ if TYPE_CHECKING:
     from loomstack.inference.v1.chat_pb2_grpc import ChatServiceAsyncStub
     from loomstack.inference.v1.files_pb2_grpc import FileServiceAsyncStub
     from loomstack.inference.v1.models_pb2_grpc import ModelServiceAsyncStub
-    from loomstack.training.v1.training_pb2_grpc import FineTuningServiceAsyncStub
+    from loomstack.training.v1.training_pb2_grpc import (
+        ComparisonServiceAsyncStub,
+        FineTuningServiceAsyncStub,
+    )
 
 READINESS = "readiness"
 
@@ -117,18 +120,20 @@ class Curation:
 
 
 class Training:
-    """The training service: the fine-tuning jobs stub on one channel."""
+    """The training service: the fine-tuning jobs and comparisons stubs on one channel."""
 
     jobs: FineTuningServiceAsyncStub
+    comparisons: ComparisonServiceAsyncStub
 
     def __init__(self, address: str) -> None:
         self.address = address
         self._channel: grpc.aio.Channel | None = None
 
     async def open(self) -> None:
-        """Opens the channel and builds the stub."""
+        """Opens the channel and builds the stubs."""
         self._channel = grpc.aio.insecure_channel(self.address, interceptors=client_interceptors())
         self.jobs = training_pb2_grpc.FineTuningServiceStub(self._channel)
+        self.comparisons = training_pb2_grpc.ComparisonServiceStub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel."""
