@@ -157,7 +157,13 @@ def test_comparison_state_machine_scores_and_votes(db_url: str) -> None:
     with pytest.raises(NotFound):
         store.vote("other", cid, 0, winner="a")
     assert store.list_comparisons("other")[0] == []
-    assert [c.id for c in store.list_comparisons(None)[0]] == [cid]
+    other = _create(store)
+    listed, more = store.list_comparisons(None)
+    assert [c.id for c in listed] == [other, cid] and not more  # newest first
+    assert [c.votes for c in listed] == [VoteCounts(), VoteCounts(a=1, b=2, tie=1)]
+    page, more = store.list_comparisons("p", limit=1)
+    assert [c.id for c in page] == [other] and more
+    assert [c.id for c in store.list_comparisons("p", after=other)[0]] == [cid]
 
 
 def test_reconcile_requeues_then_fails_an_interrupted_comparison(db_url: str) -> None:

@@ -260,7 +260,19 @@ class Comparisons:
                     )
                 )
             rows = conn.execute(query.limit(limit + 1)).all()
-            page = [_view(r, self._tally(conn, r.id)) for r in rows[:limit]]
+            tallies: dict[str, list[Any]] = {}
+            if rows:
+                for vote in conn.execute(
+                    sa.select(
+                        comparison_votes.c.comparison_id,
+                        comparison_votes.c.winner,
+                        sa.func.count().label("n"),
+                    )
+                    .where(comparison_votes.c.comparison_id.in_([r.id for r in rows[:limit]]))
+                    .group_by(comparison_votes.c.comparison_id, comparison_votes.c.winner)
+                ):
+                    tallies.setdefault(vote.comparison_id, []).append(vote)
+        page = [_view(r, _counts(tallies.get(r.id, []))) for r in rows[:limit]]
         return page, len(rows) > limit
 
     def items(
