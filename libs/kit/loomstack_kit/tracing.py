@@ -76,22 +76,34 @@ def configure_tracing(service: str, exporter: str) -> None:
     _configured = True
 
 
+def tracing_enabled() -> bool:
+    """Whether `configure_tracing` installed an exporter in this process."""
+    return _configured
+
+
 def server_interceptors() -> list[Any]:
-    """gRPC server interceptors that continue the caller's trace."""
+    """gRPC server interceptors that continue the caller's trace (none when tracing is off:
+    an interceptor costs every RPC a wrapper and a context switch for spans nobody exports)."""
+    if not _configured:
+        return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor()]
 
 
 def client_interceptors() -> list[Any]:
-    """gRPC client interceptors that propagate the current trace."""
+    """gRPC client interceptors that propagate the current trace (none when tracing is off)."""
+    if not _configured:
+        return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     return list(aio_client_interceptors())
 
 
 def instrument_sqlalchemy(engine: Any) -> None:
-    """Adds a span per SQL statement, as a child of the current RPC's span."""
+    """Adds a span per SQL statement, as a child of the current RPC's span (tracing on only)."""
+    if not _configured:
+        return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     SQLAlchemyInstrumentor().instrument(engine=engine)
