@@ -26,7 +26,7 @@ from .validation import ValidationReport, parse_batch_input
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 MAX_METADATA_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512
-INSERT_CHUNK = 2000
+INSERT_CHUNK = 500
 FINALIZE_RETRY_SECONDS = 120.0
 ENGINE_FRESH_SECONDS = 30.0
 
@@ -79,6 +79,30 @@ _SUMS = sa.select(
     sa.func.sum(shards.c.cached_tokens).label("cached_tokens"),
     sa.func.sum(shards.c.output_tokens).label("output_tokens"),
 ).group_by(shards.c.batch_id)
+
+# The read path's statements, built once with bind parameters: clients poll GetBatch, and on
+# SQLite building a Core statement costs several times more than running it.
+_BY_ID = sa.select(batches).where(batches.c.id == sa.bindparam("batch_id"))
+_BY_ID_IN_PROJECT = _BY_ID.where(batches.c.project == sa.bindparam("project"))
+_SUMS_OF = _SUMS.where(shards.c.batch_id == sa.bindparam("batch_id"))
+_AHEAD = sa.select(
+    sa.func.count(sa.distinct(shards.c.batch_id)),
+    sa.func.coalesce(sa.func.sum(shards.c.end_line - shards.c.start_line + 1), 0),
+).where(
+    shards.c.model == sa.bindparam("model"),
+    shards.c.status.in_(("pending", "leased")),
+    shards.c.batch_id != sa.bindparam("batch_id"),
+    sa.or_(
+        shards.c.priority > sa.bindparam("priority"),
+        sa.and_(
+            shards.c.priority == sa.bindparam("priority"),
+            shards.c.batch_created_at < sa.bindparam("created_at"),
+        ),
+    ),
+)
+_FRESH_ENGINES = sa.select(engines.c.models_json, engines.c.requests_per_second).where(
+    engines.c.heartbeat_at > sa.bindparam("since"), engines.c.ready.is_(True)
+)
 
 
 def validate_metadata(metadata: dict[str, str]) -> None:
@@ -222,10 +246,11 @@ class Batches:
     # -- read ----------------------------------------------------------------------------------
 
     def _row(self, conn: sa.Connection, project: str | None, batch_id: str) -> sa.Row:
-        query = sa.select(batches).where(batches.c.id == batch_id)
-        if project is not None:
-            query = query.where(batches.c.project == project)
-        row = conn.execute(query).first()
+        if project is None:
+            row = conn.execute(_BY_ID, {"batch_id": batch_id}).first()
+        else:
+            params = {"batch_id": batch_id, "project": project}
+            row = conn.execute(_BY_ID_IN_PROJECT, params).first()
         if row is None:
             raise NotFound(
                 f"no batch with id {batch_id!r}", param="batch_id", code="batch_not_found"
@@ -262,30 +287,18 @@ class Batches:
     def _estimate(self, conn: sa.Connection, view: BatchView) -> None:
         """Queue position and start/finish estimates from the engines' measured request rate."""
         ahead = conn.execute(
-            sa.select(
-                sa.func.count(sa.distinct(shards.c.batch_id)),
-                sa.func.coalesce(sa.func.sum(shards.c.end_line - shards.c.start_line + 1), 0),
-            ).where(
-                shards.c.model == view.model,
-                shards.c.status.in_(("pending", "leased")),
-                shards.c.batch_id != view.id,
-                sa.or_(
-                    shards.c.priority > view.priority,
-                    sa.and_(
-                        shards.c.priority == view.priority,
-                        shards.c.batch_created_at < view.times["created_at"],
-                    ),
-                ),
-            )
+            _AHEAD,
+            {
+                "model": view.model,
+                "batch_id": view.id,
+                "priority": view.priority,
+                "created_at": view.times["created_at"],
+            },
         ).one()
         view.queue_position = int(ahead[0])
         now = time.time()
         rate = 0.0
-        for eng in conn.execute(
-            sa.select(engines.c.models_json, engines.c.requests_per_second).where(
-                engines.c.heartbeat_at > now - ENGINE_FRESH_SECONDS, engines.c.ready.is_(True)
-            )
-        ):
+        for eng in conn.execute(_FRESH_ENGINES, {"since": now - ENGINE_FRESH_SECONDS}):
             if view.model in orjson.loads(eng.models_json):
                 rate += eng.requests_per_second
         if rate > 0:
@@ -297,7 +310,7 @@ class Batches:
         """One batch with counts and estimates."""
         with self.engine.connect() as conn:
             row = self._row(conn, project, batch_id)
-            sums = conn.execute(_SUMS.where(shards.c.batch_id == batch_id)).first()
+            sums = conn.execute(_SUMS_OF, {"batch_id": batch_id}).first()
             return self._view(conn, row, sums)
 
     def list_batches(
