@@ -9,6 +9,9 @@ Progress goes to the ORIGINAL stdout as one JSON object per line (`started`, `st
 `checkpoint`, `done`, `cancelled`); everything the libraries print is redirected to stderr,
 which the runner keeps as the job's log. SIGTERM (cancel) stops training at the end of the
 current step and saves a last checkpoint (before training starts it exits at once).
+
+The loss is taken on the assistant turns only: each example is tokenized here (the base model's
+chat template, as vLLM applies it) with labels -100 on the system and user turns.
 """
 
 from __future__ import annotations
@@ -37,6 +40,42 @@ def _load_examples(path: str) -> list[list[dict[str, str]]]:
     """Chat examples (the service validated the file and wrote it as `messages` lines)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def assistant_spans(
+    render: Any, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The chat as the template renders it, and the character spans of the assistant turns.
+
+    `render(messages, add_generation_prompt)` is the base model's chat template. A turn's span
+    runs from the end of the prompt before it (rendered with the generation prompt) to the end
+    of the chat through it, so it holds the answer and the template's end-of-turn marker: the
+    model learns to answer and to stop, never to write the user's or the system's turns. A
+    template whose renderings are not prefixes of each other gives no spans (the caller then
+    trains on the whole text and says so).
+    """
+    text = render(messages, False)
+    spans: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(messages[:i], True)
+        through = render(messages[: i + 1], False)
+        if not (text.startswith(through) and through.startswith(before)):
+            return text, []
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def assistant_labels(
+    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
+    """`input_ids` where a token starts inside an assistant span, -100 (no loss) elsewhere."""
+    labels = [-100] * len(input_ids)
+    for index, (start, _end) in enumerate(offsets):
+        if any(lo <= start < hi for lo, hi in spans):
+            labels[index] = input_ids[index]
+    return labels
 
 
 def main(argv: list[str]) -> int:
@@ -88,18 +127,42 @@ def main(argv: list[str]) -> int:
         use_gradient_checkpointing=False,
         random_state=config["seed"],
     )
-    # The base model's own chat template, exactly as the engine applies it when serving.
-    texts = [
-        tokenizer.apply_chat_template(messages, tokenize=False)
-        for messages in _load_examples(config["train_file"])
-    ]
-    example_tokens = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
-    dataset = Dataset.from_dict({"text": texts})
+
+    # The base model's own chat template, exactly as the engine applies it when serving; the
+    # loss is taken on the assistant turns only (labels -100 on the prompt and system turns).
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        text: str = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return text
+
+    columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+    whole_text = 0
+    for messages in _load_examples(config["train_file"]):
+        text, spans = assistant_spans(render, messages)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        if spans:
+            labels = assistant_labels(ids, list(encoded["offset_mapping"]), spans)
+        else:
+            whole_text += 1
+            labels = list(ids)
+        columns["input_ids"].append(ids)
+        columns["labels"].append(labels)
+    if whole_text:
+        print(
+            f"the chat template's renderings are not prefixes of each other for {whole_text} "
+            "example(s): those train on the whole text, not on the assistant turns only",
+            file=sys.stderr,
+        )
+    examples = columns["input_ids"]
+    example_tokens = [len(ids) for ids in examples]
+    dataset = Dataset.from_dict(columns)
     batch_size: int = hp["batch_size"]
-    steps_per_epoch = max(1, -(-len(texts) // batch_size))
+    steps_per_epoch = max(1, -(-len(examples) // batch_size))
     total_steps = hp.get("max_steps") or steps_per_epoch * hp["n_epochs"]
     mean_tokens = sum(example_tokens) / max(1, len(example_tokens))
-    progress.emit("started", total_steps=total_steps, examples=len(texts))
+    progress.emit("started", total_steps=total_steps, examples=len(examples))
 
     class _Report(TrainerCallback):  # type: ignore[misc]
         """Steps, checkpoints and the cancel request, as the trainer sees them."""
@@ -152,7 +215,6 @@ def main(argv: list[str]) -> int:
         callbacks=[report],
         args=SFTConfig(
             output_dir=os.path.join(output_dir, "checkpoints"),
-            dataset_text_field="text",
             max_length=hp["max_seq_length"],
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=1,
