@@ -19,6 +19,7 @@ from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
 
+from .adapters import AdapterCache
 from .batches import Batches
 from .engine import VllmEngine
 from .files import FileStore
@@ -78,7 +79,7 @@ async def serve(settings: InferenceSettings) -> None:
         ),
         Registration(
             models_pb2_grpc.add_ModelServiceServicer_to_server,
-            ModelServicer(registry),
+            ModelServicer(registry, files),
             "loomstack.inference.v1.ModelService",
         ),
         Registration(
@@ -126,7 +127,8 @@ async def serve(settings: InferenceSettings) -> None:
             log.info("released leases of an earlier run", extra={"shards": released})
         queue = LeaseQueue(db, f"{engine_id}:{uuid.uuid4().hex[:8]}", settings.lease_seconds)
         assert vllm is not None
-        runner = Runner(settings, queue, vllm, batches, registry, engine_id, address)
+        adapter_cache = AdapterCache(files, settings.home / "adapters", max_bytes=8 * 1024**3)
+        runner = Runner(settings, queue, vllm, batches, registry, engine_id, address, adapter_cache)
         tasks.append(asyncio.create_task(_start_engine(server, vllm, runner)))
     try:
         await server.wait_for_stop()

@@ -104,6 +104,7 @@ class VllmEngine:
         # Adapters of this base model from the registry (name → directory); the runner keeps
         # it current, and each is loaded into vLLM the first time a request names it.
         self.adapters: dict[str, str] = {}
+        self._loaded: dict[str, str] = {}  # adapters loaded into vLLM: name → directory
         self._serving_models: Any = None
         self._client_cm: Any = None
         self.client: Any = None
@@ -173,7 +174,10 @@ class VllmEngine:
         """Loads a registered adapter into vLLM once; its `LoRARequest` then applies per request."""
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
-        if name in self._serving_models.lora_requests:
+        if (
+            name in self._serving_models.lora_requests
+            and self._loaded.get(name) == (self.adapters[name])
+        ):
             return
         result = await self._serving_models.load_lora_adapter(
             LoadLoRAAdapterRequest(lora_name=name, lora_path=self.adapters[name]),
@@ -181,7 +185,23 @@ class VllmEngine:
         )
         if not isinstance(result, str) and name not in self._serving_models.lora_requests:
             raise EngineRequestError(*self._error_of(result))
+        self._loaded[name] = self.adapters[name]
         log.info("LoRA adapter loaded", extra={"model": name, "path": self.adapters[name]})
+
+    async def set_adapters(self, adapters: dict[str, str]) -> None:
+        """The adapters to serve (name → directory); unloads the ones deleted or replaced."""
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        self.adapters = adapters
+        for name, path in list(self._loaded.items()):
+            if adapters.get(name) == path:
+                continue
+            del self._loaded[name]
+            if self._serving_models is not None and name in self._serving_models.lora_requests:
+                await self._serving_models.unload_lora_adapter(
+                    UnloadLoRAAdapterRequest(lora_name=name)
+                )
+                log.info("LoRA adapter unloaded", extra={"model": name, "path": path})
 
     async def close(self) -> None:
         """Shuts the engine (and its engine-core process) down."""

@@ -17,7 +17,9 @@ from .ids import new_id
 from .tables import files
 
 UPLOAD_PURPOSES = ("batch", "fine-tune", "user_data")
-SYSTEM_PURPOSES = ("batch_output", "fine-tune-results")
+# Written by the services only: batch results, fine-tuning results, LoRA adapter archives.
+ADAPTER_PURPOSE = "adapter"
+SYSTEM_PURPOSES = ("batch_output", "fine-tune-results", ADAPTER_PURPOSE)
 
 
 @dataclass(frozen=True)

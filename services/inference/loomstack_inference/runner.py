@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .adapters import AdapterCache
 from .batches import Batches
 from .engine import VllmEngine
 from .leases import Lease, LeaseQueue, PendingLine, ResultRow
@@ -49,8 +50,11 @@ class Runner:
         registry: Registry,
         engine_id: str,
         address: str,
+        adapter_cache: AdapterCache | None = None,
     ) -> None:
         self.settings = settings
+        self.adapter_cache = adapter_cache
+        self._fetches: dict[str, asyncio.Task[str]] = {}
         self.queue = queue
         self.engine = engine
         self.batches = batches
@@ -193,8 +197,44 @@ class Runner:
         except Exception:
             log.exception("reading the registered adapters failed")
             return
-        self.engine.adapters = adapters
-        self.models = [self.engine.served_name, *sorted(adapters)]
+        local = self._local_adapters(adapters)
+        try:
+            await self.engine.set_adapters(local)
+        except Exception:
+            log.exception("unloading a deleted adapter failed")
+        self.models = [self.engine.served_name, *sorted(local)]
+
+    def _local_adapters(self, adapters: dict[str, str]) -> dict[str, str]:
+        """name → directory of the adapters whose files are on this engine's disk.
+
+        An uploaded archive not fetched yet is fetched in the background (never in the
+        heartbeat itself, which renews the leases); the adapter is advertised, so claimed and
+        served here, from the first refresh after its files are in place. A failed fetch is
+        logged and retried at the next refresh.
+        """
+        if self.adapter_cache is None:
+            return adapters
+        local: dict[str, str] = {}
+        for name, source in adapters.items():
+            path = self.adapter_cache.cached(source)
+            if path is not None:
+                local[name] = path
+                continue
+            task = self._fetches.get(source)
+            if task is None:
+                self._fetches[source] = asyncio.create_task(
+                    asyncio.to_thread(self.adapter_cache.fetch, source)
+                )
+            elif task.done():
+                del self._fetches[source]
+                if task.cancelled() or task.exception() is not None:
+                    log.error(
+                        "fetching an adapter failed",
+                        extra={"model": name, "source": source, "error": str(task.exception())},
+                    )
+                else:
+                    local[name] = task.result()
+        return local
 
     async def _heartbeat_loop(self) -> None:
         interval = max(1.0, self.settings.lease_seconds / 4)
