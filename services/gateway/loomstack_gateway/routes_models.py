@@ -36,4 +36,13 @@ def models_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
         )
         return OrjsonResponse(openai_shapes.model_object(resp))
 
+    @router.delete("/{model_id:path}", summary="Delete a fine-tuned model")
+    async def delete_model(request: Request, model_id: str) -> Response:
+        resp = await inference.models.DeleteModel(
+            models_pb2.DeleteModelRequest(model_id=model_id),
+            metadata=caller_of(request).metadata,
+            timeout=timeout,
+        )
+        return OrjsonResponse({"id": resp.model_id, "object": "model", "deleted": resp.deleted})
+
     return router

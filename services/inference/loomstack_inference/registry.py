@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from loomstack_kit.database import write_transaction
-from loomstack_kit.errors import NotFound
+from loomstack_kit.errors import FailedPrecondition, NotFound, PermissionDenied
 
 from .tables import engines, models
 
@@ -141,6 +141,30 @@ class Registry:
                 sa.select(models.c.id, models.c.source).where(models.c.parent == base_model)
             ).all()
         return {r.id: r.source for r in rows}
+
+    def delete_model(self, model_id: str, project: str | None) -> None:
+        """Removes an adapter its project owns (any adapter for an admin, `project` None).
+
+        NotFound for an unknown id, FailedPrecondition for a base model (the engines' own
+        model: only a deployment change removes it), PermissionDenied for another project's.
+        """
+        with write_transaction(self.engine) as conn:
+            row = conn.execute(
+                sa.select(models.c.parent, models.c.owned_by).where(models.c.id == model_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"no model {model_id!r}", param="model", code="model_not_found")
+            if row.parent is None:
+                raise FailedPrecondition(
+                    f"{model_id!r} is a base model; only fine-tuned models (adapters) can be "
+                    "deleted",
+                    param="model",
+                )
+            if project is not None and row.owned_by != project:
+                raise PermissionDenied(
+                    f"model {model_id!r} belongs to another project", param="model"
+                )
+            conn.execute(models.delete().where(models.c.id == model_id))
 
     def get_model(self, model_id: str) -> ModelInfo:
         """One model, or NotFound."""

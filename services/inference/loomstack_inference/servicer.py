@@ -25,9 +25,10 @@ from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable, from_rp
 from loomstack_kit.identity import calling_service, owner_project, project_of
 from loomstack_kit.tracing import client_interceptors
 
+from .adapters import is_file_source
 from .batches import Batches, BatchView
 from .engine import EngineRequestError, VllmEngine
-from .files import FileRecord, FileStore
+from .files import ADAPTER_PURPOSE, FileRecord, FileStore
 from .registry import ModelInfo, Registry
 
 _STATUS = {
@@ -277,8 +278,9 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     """The model registry over gRPC."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, files: FileStore | None = None) -> None:
         self.registry = registry
+        self.files = files
 
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: Any
@@ -295,6 +297,14 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         if not request.model_id or not request.source:
             raise InvalidArgument("model_id and source are required", param="model_id")
         parent = await asyncio.to_thread(self.registry.get_model, request.parent)
+        if is_file_source(request.source) and self.files is not None:
+            record = await asyncio.to_thread(self.files.get, None, request.source)
+            if record.purpose != ADAPTER_PURPOSE:
+                raise InvalidArgument(
+                    f"file {request.source!r} has purpose {record.purpose!r}; an adapter "
+                    f"source file has purpose {ADAPTER_PURPOSE!r}",
+                    param="source",
+                )
         if parent.parent:
             raise InvalidArgument(
                 f"{request.parent!r} is an adapter; an adapter's parent must be a base model",
@@ -309,6 +319,12 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             owned_by=owner_project(project_of(context)),
         )
         return model_to_proto(await asyncio.to_thread(self.registry.get_model, request.model_id))
+
+    async def DeleteModel(
+        self, request: models_pb2.DeleteModelRequest, context: Any
+    ) -> models_pb2.DeleteModelResponse:
+        await asyncio.to_thread(self.registry.delete_model, request.model_id, project_of(context))
+        return models_pb2.DeleteModelResponse(model_id=request.model_id, deleted=True)
 
 
 def _engine_error(exc: EngineRequestError) -> InvalidArgument | NotFound | Unavailable:

@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#loomstack/inference/v1/models.proto\x12\x16loomstack.inference.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0e\n\x06parent\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x15\n\rmax_model_len\x18\x06 \x01(\x03\x12\x1b\n\rready_engines\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12*\n\x1cthroughput_tokens_per_second\x18\x08 \x01(\x01\x42\x04\xe2\x41\x01\x03\"\x13\n\x11ListModelsRequest\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.loomstack.inference.v1.Model\")\n\x0fGetModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"X\n\x12\x43reateModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06parent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06source\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x32\xeb\x02\n\x0cModelService\x12w\n\nListModels\x12).loomstack.inference.v1.ListModelsRequest\x1a*.loomstack.inference.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12q\n\x08GetModel\x12\'.loomstack.inference.v1.GetModelRequest\x1a\x1d.loomstack.inference.v1.Model\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model_id}\x12o\n\x0b\x43reateModel\x12*.loomstack.inference.v1.CreateModelRequest\x1a\x1d.loomstack.inference.v1.Model\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/models:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#loomstack/inference/v1/models.proto\x12\x16loomstack.inference.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0e\n\x06parent\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x15\n\rmax_model_len\x18\x06 \x01(\x03\x12\x1b\n\rready_engines\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12*\n\x1cthroughput_tokens_per_second\x18\x08 \x01(\x01\x42\x04\xe2\x41\x01\x03\"\x13\n\x11ListModelsRequest\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.loomstack.inference.v1.Model\")\n\x0fGetModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"X\n\x12\x43reateModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06parent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06source\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\",\n\x12\x44\x65leteModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x13\x44\x65leteModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x32\xf3\x03\n\x0cModelService\x12w\n\nListModels\x12).loomstack.inference.v1.ListModelsRequest\x1a*.loomstack.inference.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12q\n\x08GetModel\x12\'.loomstack.inference.v1.GetModelRequest\x1a\x1d.loomstack.inference.v1.Model\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model_id}\x12o\n\x0b\x43reateModel\x12*.loomstack.inference.v1.CreateModelRequest\x1a\x1d.loomstack.inference.v1.Model\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/models:\x01*\x12\x85\x01\n\x0b\x44\x65leteModel\x12*.loomstack.inference.v1.DeleteModelRequest\x1a+.loomstack.inference.v1.DeleteModelResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/models/{model_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,12 +48,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEMODELREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_CREATEMODELREQUEST'].fields_by_name['source']._loaded_options = None
   _globals['_CREATEMODELREQUEST'].fields_by_name['source']._serialized_options = b'\342A\001\002'
+  _globals['_DELETEMODELREQUEST'].fields_by_name['model_id']._loaded_options = None
+  _globals['_DELETEMODELREQUEST'].fields_by_name['model_id']._serialized_options = b'\342A\001\002'
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
   _globals['_MODELSERVICE'].methods_by_name['GetModel']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/models/{model_id}'
   _globals['_MODELSERVICE'].methods_by_name['CreateModel']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['CreateModel']._serialized_options = b'\202\323\344\223\002\017\"\n/v1/models:\001*'
+  _globals['_MODELSERVICE'].methods_by_name['DeleteModel']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['DeleteModel']._serialized_options = b'\202\323\344\223\002\027*\025/v1/models/{model_id}'
   _globals['_MODEL']._serialized_start=160
   _globals['_MODEL']._serialized_end=380
   _globals['_LISTMODELSREQUEST']._serialized_start=382
@@ -64,6 +68,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_end=513
   _globals['_CREATEMODELREQUEST']._serialized_start=515
   _globals['_CREATEMODELREQUEST']._serialized_end=603
-  _globals['_MODELSERVICE']._serialized_start=606
-  _globals['_MODELSERVICE']._serialized_end=969
+  _globals['_DELETEMODELREQUEST']._serialized_start=605
+  _globals['_DELETEMODELREQUEST']._serialized_end=649
+  _globals['_DELETEMODELRESPONSE']._serialized_start=651
+  _globals['_DELETEMODELRESPONSE']._serialized_end=707
+  _globals['_MODELSERVICE']._serialized_start=710
+  _globals['_MODELSERVICE']._serialized_end=1209
 # @@protoc_insertion_point(module_scope)

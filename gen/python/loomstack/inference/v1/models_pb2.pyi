@@ -148,7 +148,10 @@ class CreateModelRequest(_message.Message):
     parent: _builtins.str
     """The registered base model the adapter applies to."""
     source: _builtins.str
-    """The adapter's directory (a PEFT LoRA adapter) as the engines see it."""
+    """Where the engines find the PEFT LoRA adapter: a directory they can read, or the id of a
+    file with purpose `adapter` (a tar.gz of the adapter directory) that each engine fetches
+    from the blob store and unpacks once.
+    """
     def __init__(
         self,
         *,
@@ -163,3 +166,51 @@ class CreateModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateModelRequest: _TypeAlias = CreateModelRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelRequest(_message.Message):
+    """Request of DeleteModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The adapter's id."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelRequest: _TypeAlias = DeleteModelRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelResponse(_message.Message):
+    """Response of DeleteModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The deleted model's id."""
+    deleted: _builtins.bool
+    """Always true: a model that is not there is NOT_FOUND."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class ModelServiceStub:
                 request_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.CreateModelRequest.SerializeToString,
                 response_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.Model.FromString,
                 _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/loomstack.inference.v1.ModelService/DeleteModel',
+                request_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -79,6 +84,14 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteModel(self, request, context):
+        """Deletes a LoRA adapter (OpenAI's "delete a fine-tuned model"); base models cannot be
+        deleted. Engines stop advertising it at their next refresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.CreateModel,
                     request_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.CreateModelRequest.FromString,
                     response_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.Model.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=loomstack_dot_inference_dot_v1_dot_models__pb2.DeleteModelRequest.FromString,
+                    response_serializer=loomstack_dot_inference_dot_v1_dot_models__pb2.DeleteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class ModelService:
             '/loomstack.inference.v1.ModelService/CreateModel',
             loomstack_dot_inference_dot_v1_dot_models__pb2.CreateModelRequest.SerializeToString,
             loomstack_dot_inference_dot_v1_dot_models__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.inference.v1.ModelService/DeleteModel',
+            loomstack_dot_inference_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+            loomstack_dot_inference_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

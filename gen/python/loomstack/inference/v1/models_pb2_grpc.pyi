@@ -42,6 +42,10 @@ class ModelServiceStub:
     a fine-tuning job is promoted). Engines serving the base model pick it up and serve it
     through vLLM LoRA. Registering the same id again updates it.
     """
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_models_pb2.DeleteModelRequest, _models_pb2.DeleteModelResponse]
+    """Deletes a LoRA adapter (OpenAI's "delete a fine-tuned model"); base models cannot be
+    deleted. Engines stop advertising it at their next refresh.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -56,6 +60,10 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Registers a LoRA adapter of a registered base model (the training service calls this when
     a fine-tuning job is promoted). Engines serving the base model pick it up and serve it
     through vLLM LoRA. Registering the same id again updates it.
+    """
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_models_pb2.DeleteModelRequest, _models_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """Deletes a LoRA adapter (OpenAI's "delete a fine-tuned model"); base models cannot be
+    deleted. Engines stop advertising it at their next refresh.
     """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -86,6 +94,16 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         """Registers a LoRA adapter of a registered base model (the training service calls this when
         a fine-tuning job is promoted). Engines serving the base model pick it up and serve it
         through vLLM LoRA. Registering the same id again updates it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _models_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.DeleteModelResponse, _abc.Awaitable[_models_pb2.DeleteModelResponse]]:
+        """Deletes a LoRA adapter (OpenAI's "delete a fine-tuned model"); base models cannot be
+        deleted. Engines stop advertising it at their next refresh.
         """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
