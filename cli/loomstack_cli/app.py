@@ -7,6 +7,7 @@ printed as one line `error: <message> (param: ..., line: ...)`.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from .batch_commands import batch_app
 from .curation_commands import curation_app
+from .fine_tune_commands import fine_tune_app
 from .gateway_client import CliError, api_key, client, describe, root_url
 from .local_stack import DEFAULT_MODEL_PATH, LocalStack, StackError
 
@@ -31,6 +33,7 @@ app = typer.Typer(
 )
 app.add_typer(batch_app, name="batch")
 app.add_typer(curation_app, name="curation")
+app.add_typer(fine_tune_app, name="fine-tune")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -99,8 +102,14 @@ def up(
 
 
 @app.command()
-def down(home: HomeOption = Path(".loomstack")) -> None:
-    """Stop the local stack (SIGTERM, then SIGKILL after 60 s)."""
+def down(
+    home: HomeOption = Path(".loomstack"),
+    label_studio: Annotated[
+        bool,
+        typer.Option(help="Also stop the Label Studio `make labelstudio` started under HOME."),
+    ] = True,
+) -> None:
+    """Stop the local stack (SIGTERM, then SIGKILL after 60 s), and its Label Studio."""
     stack = LocalStack(home)
     with err_console.status("stopping"):
         stopped = stack.stop()
@@ -108,6 +117,13 @@ def down(home: HomeOption = Path(".loomstack")) -> None:
         console.print("not running")
     for state in stopped:
         console.print(f"stopped {state.name} (pid {state.pid})")
+    ls_dir = home / "labelstudio"
+    if label_studio and (ls_dir / "server.pid").exists():
+        # Its data stays; the next `make labelstudio` or `make demo` starts it again.
+        stop = ["stop", "--data-dir", str(ls_dir)]
+        subprocess.run(
+            [sys.executable, "-m", "loomstack_curation.labelstudio_server", *stop], check=False
+        )
 
 
 @app.command()

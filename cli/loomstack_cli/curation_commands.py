@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the JSON respons
 
 def request(method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One gateway call; an error response becomes a CliError with the service's message."""
+    response = _send(method, path, **kwargs)
+    if response.status_code >= 400:
+        raise CliError(_message(response))
+    return response
+
+
+def _send(method: str, path: str, **kwargs: Any) -> httpx.Response:
     try:
         response = httpx.request(
             method,
@@ -40,14 +48,56 @@ def request(method: str, path: str, **kwargs: Any) -> httpx.Response:
         raise CliError(
             f"cannot reach the gateway at {base_url()} (is `loomstack up` running?)"
         ) from None
-    if response.status_code >= 400:
-        try:
-            error = response.json().get("error", {})
-        except ValueError:
-            error = {"message": response.text or f"HTTP {response.status_code}"}
-        param = f" (param: {error['param']})" if error.get("param") else ""
-        raise CliError(f"{error.get('message')}{param}")
     return response
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        error = {"message": response.text or f"HTTP {response.status_code}"}
+    param = f" (param: {error['param']})" if error.get("param") else ""
+    return f"{error.get('message')}{param}"
+
+
+def get_import(batch_id: str) -> dict[str, Any] | None:
+    """A batch's import, or None while there is none (the batch has not completed, or the
+    curation service has not seen its event yet)."""
+    response = _send("GET", f"/imports/{batch_id}")
+    if response.status_code == 404:
+        return None
+    if response.status_code >= 400:
+        raise CliError(_message(response))
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def follow_import(
+    batch_id: str, out: Console, timeout: float = 600.0, interval: float = 1.0
+) -> dict[str, Any]:
+    """Waits until a batch's import into Label Studio completed; its import object. A failed
+    import, or one still retrying after `timeout` s, is a CliError with the last error."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    with out.status(f"waiting for the import of {batch_id}") as spinner:
+        while True:
+            last = get_import(batch_id)
+            if last is not None:
+                if last["status"] == "completed":
+                    return last
+                if last["status"] == "failed":
+                    raise CliError(f"the import of {batch_id} failed: {last['error']}")
+                spinner.update(
+                    f"import of {batch_id}: {last['status']}, "
+                    f"{last['imported_tasks']}/{last['result_lines']} tasks"
+                    + (f" (retrying: {last['error']})" if last.get("error") else "")
+                )
+            if time.monotonic() > deadline:
+                state = f"{last['status']}: {last['error'] or 'no error'}" if last else "not queued"
+                raise CliError(
+                    f"the import of {batch_id} did not complete within {timeout:.0f} s ({state})"
+                )
+            time.sleep(interval)
 
 
 def _print_json(body: Any) -> None:
@@ -175,6 +225,39 @@ def imports(as_json: JsonOption = False) -> None:
             i["error"][:60],
         )
     console.print(table)
+
+
+def _print_import(i: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{i['batch_id']}[/bold]  {i['schema_type']}  {i['status']}  "
+        f"tasks {i['imported_tasks']}/{i['result_lines']}  skipped {i['skipped_lines']}  "
+        f"predictions that did not fit {i['prediction_problems']}  "
+        f"Label Studio project {i['label_studio_project_id'] or '-'}",
+        highlight=False,
+    )
+    if i.get("error"):
+        console.print(f"  last error: {i['error']}", highlight=False)
+
+
+@curation_app.command("import")
+def import_status(
+    batch_id: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it completed.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600.0,
+    as_json: JsonOption = False,
+) -> None:
+    """One batch's import into Label Studio; with --wait, follow it until it completed."""
+    if wait:
+        found: dict[str, Any] | None = follow_import(batch_id, Console(stderr=True), timeout)
+    else:
+        found = get_import(batch_id)
+        if found is None:
+            raise CliError(
+                f"no import for batch {batch_id!r} (only completed batches with "
+                "metadata.schema_type are imported)"
+            )
+    assert found is not None
+    _print_json(found) if as_json else _print_import(found)
 
 
 def _print_snapshot(s: dict[str, Any]) -> None:
