@@ -78,8 +78,14 @@ lint: $(STAMP) proto-check
 test: $(STAMP) model labelstudio-install training-install lint helm-lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-demo: $(STAMP) model
-	$(PY) scripts/demo.py
+# The whole loop: Label Studio and the trainer's environment too (see scripts/demo.py).
+DEMO_MAX_STEPS ?= 12
+
+demo: $(STAMP) model labelstudio-install training-install
+	$(PY) scripts/demo.py --label-studio-venv $(LABEL_STUDIO_VENV) \
+		--label-studio-dir $(LABEL_STUDIO_DIR) --label-studio-port $(LABEL_STUDIO_PORT) \
+		--label-studio-user $(LABEL_STUDIO_USER) --label-studio-password $(LABEL_STUDIO_PASSWORD) \
+		--max-steps $(DEMO_MAX_STEPS)
 
 up: $(STAMP) model
 	$(BIN)/loomstack up
