@@ -66,7 +66,7 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
         seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
     )
-    assert job.status in ("queued", "running")
+    assert job.status in ("validating_files", "queued", "running")
     assert job.seed == 7 and job.hyperparameters.batch_size == 4
 
     def finished() -> object:
@@ -109,6 +109,10 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
     # Served with the adapter: GET /v1/models lists it; chat and a batch naming it use it.
     models = {m.id: m for m in openai.models.list().data}
     assert name in models and models[name].parent == MODEL_NAME  # type: ignore[attr-defined]
+    assert f"{name}:candidate" not in models  # the eval gate's candidate is deleted again
+    # The adapter reached the engine as an archive in the blob store, not through a shared path.
+    archives = [f.filename for f in openai.files.list(purpose="adapter").data]
+    assert f"{name.replace(':', '-')}.tar.gz" in archives
     training_inference.wait_ready(300)  # type: ignore[attr-defined]
     question = [{"role": "user", "content": QUESTIONS[0]}]
 

@@ -51,11 +51,11 @@ async def serve(settings: TrainingSettings) -> None:
 
     async def register(job: JobView, name: str, adapter_dir: Path) -> None:
         await asyncio.to_thread(
-            inference.register_adapter,
+            inference.publish_adapter,
             job.project,
             name,
             parent=job.model,
-            source=str(adapter_dir),
+            adapter_dir=adapter_dir,
         )
 
     gate = EvalGate(

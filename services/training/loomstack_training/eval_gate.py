@@ -2,8 +2,9 @@
 
 Each validation example's last assistant turn is the reference (the human label); the turns
 before it are the prompt. The adapter is registered as a candidate model
-(`<fine-tuned name>:candidate`), both models answer every prompt as inference batches (greedy),
-and both are scored by exact match and token overlap. The job is promoted, i.e. the adapter
+(`<fine-tuned name>:candidate`, deleted again once both have answered), both models answer
+every prompt as inference batches (greedy), and both are scored by exact match and token
+overlap. The job is promoted, i.e. the adapter
 registered under its final name, only when the fine-tuned token overlap beats the base's by
 more than the configured margin. The result carries both scores either way.
 """
@@ -50,21 +51,24 @@ class EvalGate:
         pairs = [split_example(m) for m in examples]
         prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
         candidate = f"{name}:candidate"
-        self.inference.register_adapter(
-            job.project, candidate, parent=job.model, source=str(adapter_dir)
+        self.inference.publish_adapter(
+            job.project, candidate, parent=job.model, adapter_dir=adapter_dir
         )
         results: dict[str, list[str]] = {}
-        for key, model in (("base", job.model), ("fine_tuned", candidate)):
-            answers = answer_prompts(
-                self.inference,
-                job.project,
-                model,
-                prompts,
-                max_tokens=self.max_tokens,
-                timeout=self.timeout_seconds,
-                purpose="fine-tuning eval",
-            )
-            results[key] = [a.text for a in answers]
+        try:
+            for key, model in (("base", job.model), ("fine_tuned", candidate)):
+                answers = answer_prompts(
+                    self.inference,
+                    job.project,
+                    model,
+                    prompts,
+                    max_tokens=self.max_tokens,
+                    timeout=self.timeout_seconds,
+                    purpose="fine-tuning eval",
+                )
+                results[key] = [a.text for a in answers]
+        finally:  # the candidate is not a model anyone should keep using
+            self.inference.delete_model(job.project, candidate)
         base, tuned = score(results["base"], references), score(results["fine_tuned"], references)
         return {
             "examples": len(references),

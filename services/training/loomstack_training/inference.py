@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from loomstack.inference.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
+from loomstack_kit.archives import pack_directory
 from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
 from loomstack_kit.identity import project_metadata, service_metadata
 
@@ -159,6 +161,31 @@ class InferenceClient:
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+
+    def publish_adapter(
+        self, project: str, model_id: str, *, parent: str, adapter_dir: Path
+    ) -> str:
+        """Uploads the adapter directory as an archive (purpose `adapter`) and registers it as
+        `model_id`: every engine of `parent` fetches it from the blob store, so no volume has
+        to be shared between the trainers and the engines. Returns the archive's file id."""
+        file_id = self.upload(
+            project, f"{model_id.replace(':', '-')}.tar.gz", pack_directory(adapter_dir), "adapter"
+        )
+        self.register_adapter(project, model_id, parent=parent, source=file_id)
+        return file_id
+
+    def delete_model(self, project: str, model_id: str) -> None:
+        """Deletes a registered adapter; one that is already gone is fine."""
+        try:
+            self.models.DeleteModel(
+                models_pb2.DeleteModelRequest(model_id=model_id),
+                metadata=tuple(project_metadata(project)),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            if not isinstance(error, NotFound):
+                raise error from None
 
     def upload(self, project: str, filename: str, content: bytes, purpose: str) -> str:
         """Stores a file; returns its id."""
