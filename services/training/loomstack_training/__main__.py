@@ -118,10 +118,19 @@ async def serve(settings: TrainingSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(comparison_task, 30)
 
-    server = GrpcServer(settings, registrations, on_shutdown=[stop_runner, stop_comparisons])
+    async def stop_validations() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(submissions.stop(), 30)
+
+    server = GrpcServer(
+        settings, registrations, on_shutdown=[stop_runner, stop_comparisons, stop_validations]
+    )
     await server.start()
     server.install_signal_handlers()
     runner_task = asyncio.create_task(runner.run())
+    resumed = submissions.resume()
+    if resumed:
+        log.info("validating the files of jobs an earlier run left", extra={"jobs": resumed})
     comparison_task = asyncio.create_task(comparison_runner.run())
     await server.set_started()
     await server.set_ready(True)

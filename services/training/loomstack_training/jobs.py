@@ -408,12 +408,18 @@ class Jobs:
         return [orjson.loads(r.metrics_json) for r in rows]
 
     def unfinished(self, runner: str) -> list[JobView]:
-        """Jobs of this runner a previous process left `validating_files` or `running`."""
+        """Jobs of this runner a previous process left `running`."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(jobs).where(
-                    jobs.c.runner == runner, jobs.c.status.in_([VALIDATING, RUNNING])
-                )
+                sa.select(jobs).where(jobs.c.runner == runner, jobs.c.status == RUNNING)
+            ).all()
+        return [_view(r) for r in rows]
+
+    def validating(self) -> list[JobView]:
+        """Jobs whose files are still to be checked, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(jobs).where(jobs.c.status == VALIDATING).order_by(jobs.c.created_at)
             ).all()
         return [_view(r) for r in rows]
 

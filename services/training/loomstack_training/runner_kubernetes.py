@@ -27,7 +27,7 @@ from loomstack_kit.blobstore import BlobStore
 from loomstack_kit.kubernetes_api import api_client as kubernetes_api_client
 
 from .artifacts import read_bytes
-from .jobs import CANCELLED, RUNNING, VALIDATING, Jobs, JobView
+from .jobs import CANCELLED, RUNNING, Jobs, JobView
 from .progress import ProgressRecorder
 from .promotion import Promotion
 from .runner_local import trainer_config
@@ -155,12 +155,12 @@ class KubernetesRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def reconcile(self) -> list[str]:
-        """Re-attaches to running Jobs; fails jobs left half-validated or whose Job is gone."""
+        """Re-attaches to running Jobs; fails jobs whose Job was never created or is gone."""
         from kubernetes.client.exceptions import ApiException
 
         failed = []
         for job in await asyncio.to_thread(self.jobs.unfinished, RUNNER):
-            if job.status == VALIDATING or not job.runner_ref:
+            if not job.runner_ref:
                 if await asyncio.to_thread(
                     self.jobs.fail,
                     job.id,

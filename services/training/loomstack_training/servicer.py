@@ -170,6 +170,7 @@ class FineTuningServicer(training_pb2_grpc.FineTuningServiceServicer):
             metadata=dict(request.metadata),
             runner=self.runner,
         )
+        self.submissions.start_validation(job.id)
         return job_to_proto(job)
 
     async def GetFineTuningJob(
