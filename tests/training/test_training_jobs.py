@@ -173,10 +173,22 @@ def test_bad_requests_through_the_openai_client(gateway: GatewayProcess) -> None
     bad = openai.files.create(
         file=("bad.jsonl", jsonl(examples(5)) + b"{broken\n"), purpose="fine-tune"
     )
-    with pytest.raises(openai_module.BadRequestError) as info:
-        openai.fine_tuning.jobs.create(model=MODEL_NAME, training_file=bad.id)
-    assert "line 6: not valid JSON" in info.value.message
-    assert info.value.param == "training_file"
+    # The file's content is checked while the job is validating_files; the job fails with
+    # OpenAI's error object.
+    job = openai.fine_tuning.jobs.create(model=MODEL_NAME, training_file=bad.id)
+    assert job.status == "validating_files"
+    failed = wait_until(
+        lambda: (j := openai.fine_tuning.jobs.retrieve(job.id)).status != "validating_files" and j,
+        60,
+        0.2,
+        "the file check",
+    )
+    assert failed.status == "failed" and failed.error is not None
+    assert "line 6: not valid JSON" in failed.error.message
+    assert (failed.error.code, failed.error.param) == ("invalid_training_file", "training_file")
+    with pytest.raises(openai_module.BadRequestError) as info:  # the request itself: at once
+        openai.fine_tuning.jobs.create(model="no-such-model", training_file=bad.id)
+    assert info.value.param == "model"
     good = openai.files.create(file=("t.jsonl", jsonl(examples(6))), purpose="fine-tune")
     with pytest.raises(openai_module.BadRequestError) as info:
         openai.fine_tuning.jobs.create(
