@@ -41,8 +41,22 @@ class EngineRequestError(Exception):
         self.error = error
 
 
+def splittable(line: str) -> str:
+    """The JSON line with U+2028, U+2029 and U+0085 escaped.
+
+    JSON allows them raw inside strings, and orjson and pydantic write them raw, but Python's
+    `str.splitlines()` (and JavaScript before ES2019) break lines there: a model's answer
+    containing one would split an output line in two for such readers. Escaped, the line means
+    the same and breaks only at its newline.
+    """
+    if "\u2028" in line or "\u2029" in line or "\x85" in line:
+        line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        line = line.replace("\x85", "\\u0085")
+    return line
+
+
 def _error_line(custom_id: str, status_code: int, error: dict[str, Any]) -> str:
-    return orjson.dumps(
+    text = orjson.dumps(
         {
             "id": new_id("batch_req_"),
             "custom_id": custom_id,
@@ -57,6 +71,7 @@ def _error_line(custom_id: str, status_code: int, error: dict[str, Any]) -> str:
             },
         }
     ).decode()
+    return splittable(text)
 
 
 def preferred_dtype(requested: str = "auto") -> str:
@@ -246,7 +261,11 @@ class VllmEngine:
                 + b'},"error":null}'
             )
             return LineOutcome(
-                True, line.decode(), usage.prompt_tokens, cached, usage.completion_tokens or 0
+                True,
+                splittable(line.decode()),
+                usage.prompt_tokens,
+                cached,
+                usage.completion_tokens or 0,
             )
         status, error = self._error_of(response)
         return LineOutcome(False, _error_line(custom_id, status, error))
