@@ -16,8 +16,8 @@ import orjson
 from loomstack_kit.errors import InvalidArgument
 
 from .batch_answers import Messages, split_example
+from .validation import chat_messages
 
-ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 5
 PARAM = "input_file_id"
 
@@ -35,19 +35,9 @@ def _prompt_of(obj: Any, line: int) -> tuple[ComparisonPrompt | None, str | None
     """The line's prompt, or what is wrong with it."""
     if not isinstance(obj, dict) or "messages" not in obj:
         return None, "expected an object with `messages`"
-    messages = obj["messages"]
-    if not isinstance(messages, list) or not messages:
-        return None, "`messages` must be a non-empty list"
-    turns: Messages = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            return None, f"messages[{i}] must be an object"
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            return None, f"messages[{i}].role is {role!r}: use one of {', '.join(ROLES)}"
-        if not isinstance(content, str):
-            return None, f"messages[{i}].content must be a string"
-        turns.append({"role": role, "content": content})
+    turns, problem = chat_messages(obj["messages"])
+    if turns is None:
+        return None, problem
     if turns[-1]["role"] != "assistant":
         return ComparisonPrompt(line, turns, None), None
     prompt, reference = split_example(turns)

@@ -39,17 +39,8 @@ def _line_format(obj: Any) -> str | None:
     return None
 
 
-def _messages_of(obj: dict[str, Any], fmt: str) -> tuple[Messages | None, str | None]:
-    """The example as chat messages, or what is wrong with it."""
-    if fmt == PROMPT_COMPLETION:
-        prompt, completion = obj["prompt"], obj["completion"]
-        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
-            return None, "`prompt` and `completion` must be strings, `completion` non-empty"
-        return [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": completion},
-        ], None
-    messages = obj["messages"]
+def chat_messages(messages: Any) -> tuple[Messages | None, str | None]:
+    """A `messages` value as role/content turns, or what is wrong with it (which turn)."""
     if not isinstance(messages, list) or not messages:
         return None, "`messages` must be a non-empty list"
     out: Messages = []
@@ -62,6 +53,22 @@ def _messages_of(obj: dict[str, Any], fmt: str) -> tuple[Messages | None, str | 
         if not isinstance(content, str):
             return None, f"messages[{i}].content must be a string"
         out.append({"role": role, "content": content})
+    return out, None
+
+
+def _messages_of(obj: dict[str, Any], fmt: str) -> tuple[Messages | None, str | None]:
+    """The example as chat messages, or what is wrong with it."""
+    if fmt == PROMPT_COMPLETION:
+        prompt, completion = obj["prompt"], obj["completion"]
+        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
+            return None, "`prompt` and `completion` must be strings, `completion` non-empty"
+        return [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": completion},
+        ], None
+    out, problem = chat_messages(obj["messages"])
+    if out is None:
+        return None, problem
     if not any(m["role"] == "assistant" for m in out):
         return None, "no assistant message: every example needs an assistant turn to learn from"
     return out, None
