@@ -144,12 +144,16 @@ def _healthy(connection: Path) -> bool:
     return health(_connection(connection).get("LABEL_STUDIO_URL", ""))
 
 
-def start_stack(restart: bool, home: Path) -> None:
+def start_stack(started_label_studio: bool, connection: Path, home: Path) -> None:
     loomstack = str(BIN / "loomstack")
-    if restart and (home / "run" / "gateway.url").exists():
-        # The running curation service was started without this Label Studio (or its token).
+    running = home / "run" / "gateway.url"
+    # A running curation service reads Label Studio's connection file only when it starts.
+    stale = running.exists() and (
+        started_label_studio or connection.stat().st_mtime > running.stat().st_mtime
+    )
+    if stale:
         console.print("restarting the stack: its curation service must connect to Label Studio")
-        _run([loomstack, "down"], "loomstack down", home / "logs")
+        _run([loomstack, "down", "--no-label-studio"], "loomstack down", home / "logs")
     _run([loomstack, "up"], "loomstack up", home / "logs")
 
 
@@ -363,7 +367,7 @@ def main() -> int:
         with stages.stage("Label Studio", ROOT / args.label_studio_dir / "server.log"):
             started = start_label_studio(args, home)
         with stages.stage("local stack (loomstack up)", logs):
-            start_stack(started, home)
+            start_stack(started, ROOT / args.label_studio_dir / "connection.env", home)
         api = client()
         with stages.stage("example batch", logs / "inference.log"):
             example_batch(home)
