@@ -66,8 +66,8 @@ def follow(client: openai.OpenAI, batch: Batch, console: Console, interval: floa
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[tokens]:,} tokens"),
-        TextColumn("{task.fields[rate]:,.0f} tok/s"),
+        TextColumn("{task.fields[tokens]:,} output tokens"),
+        TextColumn("{task.fields[rate]:,.0f} output tok/s"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
@@ -87,7 +87,7 @@ def follow(client: openai.OpenAI, batch: Batch, console: Console, interval: floa
                 description=_describe(batch),
                 completed=done,
                 total=(counts.total or None) if counts else None,
-                tokens=usage.total_tokens if usage else 0,
+                tokens=output_tokens,
                 rate=rate,
             )
             if batch.status in TERMINAL:
