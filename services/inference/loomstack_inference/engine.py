@@ -93,6 +93,22 @@ def preferred_dtype(requested: str = "auto") -> str:
     return "float32"
 
 
+def memory_args(extra_args: list[str], cpu_memory_fraction: float) -> list[str]:
+    """`--gpu-memory-utilization` for a CPU engine, unless the engine arguments set it.
+
+    On the CPU backend that flag is the share of the machine's memory vLLM reserves for the
+    KV cache, and vLLM refuses to start when that much is not free: its default (0.92) fails as
+    soon as anything else on the machine (Label Studio, a trainer, a test run) holds a few GiB.
+    On a GPU the flag keeps its meaning and vLLM's default.
+    """
+    import torch
+
+    given = any(a.startswith("--gpu-memory-utilization") for a in extra_args)
+    if given or torch.cuda.is_available():
+        return []
+    return ["--gpu-memory-utilization", str(cpu_memory_fraction)]
+
+
 class VllmEngine:
     """Owns the `AsyncLLM` client and the chat serving object."""
 
@@ -107,6 +123,7 @@ class VllmEngine:
         extra_args: str = "",
         max_lora_rank: int = 0,
         max_loras: int = 4,
+        cpu_memory_fraction: float = 0.15,
     ) -> None:
         self.model_path = model_path
         self.served_name = served_name
@@ -116,6 +133,7 @@ class VllmEngine:
         self.extra_args = extra_args
         self.max_lora_rank = max_lora_rank
         self.max_loras = max_loras
+        self.cpu_memory_fraction = cpu_memory_fraction
         # Adapters of this base model from the registry (name → directory); the runner keeps
         # it current, and each is loaded into vLLM the first time a request names it.
         self.adapters: dict[str, str] = {}
@@ -134,6 +152,7 @@ class VllmEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+        extra = shlex.split(self.extra_args)
         argv = [
             "-i",
             "unused",
@@ -160,7 +179,8 @@ class VllmEngine:
                 if self.lora_enabled
                 else []
             ),
-            *shlex.split(self.extra_args),
+            *memory_args(extra, self.cpu_memory_fraction),
+            *extra,
         ]
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
         self._client_cm = build_async_engine_client(

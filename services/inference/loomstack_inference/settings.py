@@ -33,6 +33,16 @@ class InferenceSettings(ServiceSettings):
         ),
     )
     engine_args: str = Field("", description="Extra vLLM engine arguments, shell-style.")
+    cpu_memory_fraction: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description=(
+            "On a CPU engine: the share of the machine's memory vLLM reserves for the KV cache "
+            "(its --gpu-memory-utilization, which engine_args may set instead). vLLM's own "
+            "default, 0.92, refuses to start while other processes hold a few GiB."
+        ),
+    )
     max_lora_rank: int = Field(
         0,
         description=(
