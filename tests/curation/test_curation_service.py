@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from curation_support import (
     ticket,
     ticket_answer,
 )
+from google.protobuf.timestamp_pb2 import Timestamp
 from label_studio_sdk.client import LabelStudio
 from support import MODEL_NAME, InferenceClient, wait_until
 
@@ -372,3 +374,52 @@ def test_the_gateway_serves_curation(
         assert failed.returncode == 2 and failed.stderr.startswith("error: unknown schema 'nope'")
     finally:
         stop(gateway.proc)
+
+
+def test_auto_accept_through_the_api(service: CurationProcess, inference_api: Any) -> None:
+    """A batch with `curation_auto_accept`: the import, its tasks and a snapshot say which
+    annotations are auto-accepted predictions, and a snapshot can take people's only."""
+    stubs = Stubs(service.address)
+    inference = InferenceClient(inference_api.address)
+    started = time.time()
+    batch = inference.create_batch(
+        [input_line(f"t{i}", ticket(i)) for i in range(4)],
+        metadata={"schema_type": "classify_ticket", "curation_auto_accept": "true"},
+    )
+    finish_batch(Path(inference_api.home), batch.id, set())
+
+    def completed() -> Any:
+        try:
+            reply = stubs.imports.GetImport(
+                curation_pb2.GetImportRequest(batch_id=batch.id), metadata=META
+            )
+        except grpc.RpcError:
+            return None
+        return reply if reply.status == curation_pb2.IMPORT_STATUS_COMPLETED else None
+
+    done = wait_until(completed, 60, 0.2, "the auto-accepted import")
+    assert done.auto_accept and (done.imported_tasks, done.auto_accepted_tasks) == (4, 4)
+    tasks = stubs.tasks.ListTasks(
+        curation_pb2.ListTasksRequest(batch_id=batch.id), metadata=META
+    ).tasks
+    assert len(tasks) == 4
+    assert all(t.auto_accepted and t.status == curation_pb2.TASK_STATUS_ANNOTATED for t in tasks)
+
+    since = Timestamp()
+    since.FromNanoseconds(int(started * 1e9))
+    snap = stubs.snapshots.CreateSnapshot(
+        curation_pb2.CreateSnapshotRequest(
+            name="svc-auto", filter=curation_pb2.SnapshotFilter(start_time=since)
+        ),
+        metadata=META,
+    )
+    assert (snap.training_examples, snap.auto_accepted_examples) == (4, 4)
+    with pytest.raises(grpc.RpcError) as caught:
+        stubs.snapshots.CreateSnapshot(
+            curation_pb2.CreateSnapshotRequest(
+                name="svc-people",
+                filter=curation_pb2.SnapshotFilter(start_time=since, exclude_auto_accepted=True),
+            ),
+            metadata=META,
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -146,6 +146,7 @@ def task_message(row: sa.Row) -> Any:
         data_json=row.data_json,
         create_time=_ts(row.created_at),
         annotate_time=_ts(row.annotated_at),
+        auto_accepted=bool(row.auto_accepted),
     )
     if row.agreement is not None:
         message.agreement = row.agreement
@@ -239,6 +240,8 @@ def import_message(row: sa.Row) -> Any:
         next_attempt_time=_ts(row.next_attempt_at) if row.status == "queued" else None,
         create_time=_ts(row.created_at),
         update_time=_ts(row.updated_at),
+        auto_accept=bool(row.auto_accept),
+        auto_accepted_tasks=row.auto_accepted_tasks,
     )
 
 
@@ -282,6 +285,7 @@ def snapshot_message(record: SnapshotRecord) -> Any:
             start_time=_ts(f.start_time),
             end_time=_ts(f.end_time),
             limit=f.limit,
+            exclude_auto_accepted=f.exclude_auto_accepted,
         ),
         validation_fraction=record.validation_fraction,
         training_file_id=record.training_file_id,
@@ -293,6 +297,7 @@ def snapshot_message(record: SnapshotRecord) -> Any:
         manifest_json=json.dumps(record.manifest),
         create_time=_ts(record.created_at),
         project=record.project,
+        auto_accepted_examples=int(record.manifest.get("counts", {}).get("auto_accepted", 0)),
     )
 
 
@@ -314,6 +319,7 @@ class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
             start_time=_seconds(f.start_time),
             end_time=_seconds(f.end_time),
             limit=f.limit,
+            exclude_auto_accepted=f.exclude_auto_accepted,
         )
         fmt = _FORMAT_NAME.get(request.format, "openai_chat")
         record = await asyncio.to_thread(

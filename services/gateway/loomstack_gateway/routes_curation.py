@@ -104,6 +104,7 @@ class SnapshotFilterBody(BaseModel):
     start_time: datetime | None = None
     end_time: datetime | None = None
     limit: int = 0
+    exclude_auto_accepted: bool = False
 
 
 class CreateSnapshotBody(BaseModel):
@@ -292,6 +293,7 @@ def curation_router(
                     start_time=_ts(f.start_time),
                     end_time=_ts(f.end_time),
                     limit=f.limit,
+                    exclude_auto_accepted=f.exclude_auto_accepted,
                 ),
                 format=_FORMATS[body.format],
                 validation_fraction=body.validation_fraction,

@@ -377,6 +377,7 @@ class Task(_message.Message):
     DATA_JSON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ANNOTATE_TIME_FIELD_NUMBER: _builtins.int
+    AUTO_ACCEPTED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The Label Studio task id."""
     label_studio_project_id: _builtins.int
@@ -403,6 +404,10 @@ class Task(_message.Message):
     """Whether the latest annotation differs from the model's prediction."""
     data_json: _builtins.str
     """The task's data as Label Studio shows it, as JSON."""
+    auto_accepted: _builtins.bool
+    """Whether the latest annotation is an auto-accepted prediction (annotator `auto-accept`),
+    not a person's.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the task was imported."""
@@ -429,10 +434,11 @@ class Task(_message.Message):
         data_json: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         annotate_time: _timestamp_pb2.Timestamp | None = ...,
+        auto_accepted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_agreement", b"_agreement", "_rating", b"_rating", "agreement", b"agreement", "annotate_time", b"annotate_time", "create_time", b"create_time", "rating", b"rating"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agreement", b"_agreement", "_rating", b"_rating", "agreement", b"agreement", "annotate_time", b"annotate_time", "annotation_count", b"annotation_count", "batch_id", b"batch_id", "corrected", b"corrected", "create_time", b"create_time", "custom_id", b"custom_id", "data_json", b"data_json", "gold", b"gold", "id", b"id", "label_studio_project_id", b"label_studio_project_id", "rating", b"rating", "schema_id", b"schema_id", "schema_version", b"schema_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agreement", b"_agreement", "_rating", b"_rating", "agreement", b"agreement", "annotate_time", b"annotate_time", "annotation_count", b"annotation_count", "auto_accepted", b"auto_accepted", "batch_id", b"batch_id", "corrected", b"corrected", "create_time", b"create_time", "custom_id", b"custom_id", "data_json", b"data_json", "gold", b"gold", "id", b"id", "label_studio_project_id", b"label_studio_project_id", "rating", b"rating", "schema_id", b"schema_id", "schema_version", b"schema_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__agreement: _TypeAlias = _typing.Literal["agreement"]  # noqa: Y015
     _WhichOneofArgType__agreement: _TypeAlias = _typing.Literal["_agreement", b"_agreement"]  # noqa: Y015
@@ -702,6 +708,8 @@ class Import(_message.Message):
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    AUTO_ACCEPT_FIELD_NUMBER: _builtins.int
+    AUTO_ACCEPTED_TASKS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch id."""
     schema_type: _builtins.str
@@ -722,6 +730,12 @@ class Import(_message.Message):
     """Lines whose answer did not (fully) fit the schema; imported without those predictions."""
     label_studio_project_id: _builtins.int
     """The Label Studio project the tasks went to."""
+    auto_accept: _builtins.bool
+    """The batch asked for auto-accept (`metadata.curation_auto_accept = "true"`) and the service
+    honours it.
+    """
+    auto_accepted_tasks: _builtins.int
+    """Tasks whose fitting prediction was stored as an accepted annotation."""
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
         """When the next attempt is due (queued imports)."""
@@ -750,10 +764,12 @@ class Import(_message.Message):
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        auto_accept: _builtins.bool = ...,
+        auto_accepted_tasks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "create_time", b"create_time", "error", b"error", "imported_tasks", b"imported_tasks", "label_studio_project_id", b"label_studio_project_id", "next_attempt_time", b"next_attempt_time", "prediction_problems", b"prediction_problems", "result_lines", b"result_lines", "schema_type", b"schema_type", "skipped_lines", b"skipped_lines", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "auto_accept", b"auto_accept", "auto_accepted_tasks", b"auto_accepted_tasks", "batch_id", b"batch_id", "create_time", b"create_time", "error", b"error", "imported_tasks", b"imported_tasks", "label_studio_project_id", b"label_studio_project_id", "next_attempt_time", b"next_attempt_time", "prediction_problems", b"prediction_problems", "result_lines", b"result_lines", "schema_type", b"schema_type", "skipped_lines", b"skipped_lines", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -849,6 +865,7 @@ class SnapshotFilter(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    EXCLUDE_AUTO_ACCEPTED_FIELD_NUMBER: _builtins.int
     schema_id: _builtins.str
     """Only tasks of this schema id; empty for every schema."""
     schema_version: _builtins.int
@@ -861,6 +878,8 @@ class SnapshotFilter(_message.Message):
     """Only tasks rated at least this; 0 for no limit."""
     limit: _builtins.int
     """At most this many examples; 0 for no limit."""
+    exclude_auto_accepted: _builtins.bool
+    """Leave out tasks whose annotation is an auto-accepted prediction (people's only)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only tasks annotated at or after this time."""
@@ -880,10 +899,11 @@ class SnapshotFilter(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         limit: _builtins.int = ...,
+        exclude_auto_accepted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "gold_only", b"gold_only", "limit", b"limit", "min_agreement", b"min_agreement", "min_rating", b"min_rating", "schema_id", b"schema_id", "schema_version", b"schema_version", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "exclude_auto_accepted", b"exclude_auto_accepted", "gold_only", b"gold_only", "limit", b"limit", "min_agreement", b"min_agreement", "min_rating", b"min_rating", "schema_id", b"schema_id", "schema_version", b"schema_version", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -910,6 +930,7 @@ class Snapshot(_message.Message):
     MANIFEST_JSON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    AUTO_ACCEPTED_EXAMPLES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Generated id, `snap_<hex>`."""
     name: _builtins.str
@@ -936,6 +957,8 @@ class Snapshot(_message.Message):
     """The manifest (counts, filter, schemas, task ids) as JSON."""
     project: _builtins.str
     """The owning project."""
+    auto_accepted_examples: _builtins.int
+    """Examples whose annotation is an auto-accepted prediction."""
     @_builtins.property
     def filter(self) -> Global___SnapshotFilter:
         """The filter it was built with."""
@@ -962,10 +985,11 @@ class Snapshot(_message.Message):
         manifest_json: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         project: _builtins.str = ...,
+        auto_accepted_examples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duplicates_removed", b"duplicates_removed", "filter", b"filter", "format", b"format", "id", b"id", "incomplete_skipped", b"incomplete_skipped", "manifest_json", b"manifest_json", "name", b"name", "project", b"project", "training_examples", b"training_examples", "training_file_id", b"training_file_id", "validation_examples", b"validation_examples", "validation_file_id", b"validation_file_id", "validation_fraction", b"validation_fraction", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_accepted_examples", b"auto_accepted_examples", "create_time", b"create_time", "duplicates_removed", b"duplicates_removed", "filter", b"filter", "format", b"format", "id", b"id", "incomplete_skipped", b"incomplete_skipped", "manifest_json", b"manifest_json", "name", b"name", "project", b"project", "training_examples", b"training_examples", "training_file_id", b"training_file_id", "validation_examples", b"validation_examples", "validation_file_id", b"validation_file_id", "validation_fraction", b"validation_fraction", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
