@@ -230,9 +230,9 @@ def fine_tuning_router(training: Training, settings: GatewaySettings) -> APIRout
         )
         if body.seed is not None:
             req.seed = body.seed
-        # Validation reads both files and tokenizes every example: allow it more time.
+        # The files' content is checked after this returns (the job is `validating_files`).
         resp = await training.jobs.CreateFineTuningJob(
-            req, metadata=caller_of(request).metadata, timeout=max(timeout, 300)
+            req, metadata=caller_of(request).metadata, timeout=timeout
         )
         return OrjsonResponse(job_object(resp))
 
