@@ -112,7 +112,7 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
     assert f"{name}:candidate" not in models  # the eval gate's candidate is deleted again
     # The adapter reached the engine as an archive in the blob store, not through a shared path.
     archives = [f.filename for f in openai.files.list(purpose="adapter").data]
-    assert f"{name.replace(':', '-')}.tar.gz" in archives
+    assert f"{name.replace(':', '-')}.tar" in archives
     training_inference.wait_ready(300)  # type: ignore[attr-defined]
     question = [{"role": "user", "content": QUESTIONS[0]}]
 

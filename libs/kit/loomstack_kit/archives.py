@@ -1,6 +1,9 @@
-"""Directories as gzip'd tar archives: how adapters and checkpoints travel between services.
+"""Directories as tar archives: how adapters and checkpoints travel between services.
 
-`pack_directory` writes a directory's regular files under their relative names;
+`pack_directory` writes a directory's regular files under their relative names, uncompressed:
+weights and optimizer state are floats that gzip shrinks by a tenth at several seconds of CPU
+per checkpoint (60 MB: 3.3 s at level 1, 4.4 s at the default), CPU taken from the trainer
+running beside it. `unpack_archive` also reads gzip'd archives;
 `unpack_archive` is the safe inverse: it refuses absolute names, `..`, links, devices and
 archives that unpack to more than a size limit, and it writes into a fresh directory that is
 renamed into place only when every member is out, so a reader never sees half an archive.
@@ -22,9 +25,9 @@ MAX_UNPACKED_BYTES = 8 * 1024**3
 
 
 def pack_directory(directory: Path) -> bytes:
-    """The regular files under `directory` (relative names, sorted) as a tar.gz archive."""
+    """The regular files under `directory` (relative names, sorted) as a tar archive."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(directory.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
@@ -46,19 +49,19 @@ def unpack_archive(
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    archive = staging.with_suffix(".tar.gz")
+    archive = staging.with_suffix(".tar")
     try:
         with archive.open("wb") as out:
             for chunk in chunks:
                 out.write(chunk)
         try:
-            with tarfile.open(archive, mode="r:gz") as tar:
+            with tarfile.open(archive, mode="r:*") as tar:
                 members = tar.getmembers()
                 _check_members(members, max_bytes)
                 staging.mkdir()
                 tar.extractall(staging, members=members, filter="data")
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise InvalidArgument(f"not a readable tar.gz archive: {exc}", param="source") from exc
+            raise InvalidArgument(f"not a readable tar archive: {exc}", param="source") from exc
         if required is not None and not (staging / required).is_file():
             raise InvalidArgument(f"the archive has no {required} at its top", param="source")
         try:

@@ -2,7 +2,7 @@
 
 A registered adapter's `source` is either a directory the engine can read (the local stack, a
 shared volume) or the id of a file in this service's Files store (purpose `adapter`): a
-tar.gz of the adapter directory, uploaded by the training service. On Kubernetes the training
+tar of the adapter directory, uploaded by the training service. On Kubernetes the training
 pods and the engines share no volume, so every engine fetches such an archive from the blob
 store the first time it serves the adapter and unpacks it once into its local cache
 (`<home>/adapters/<file id>`); later engines' and later calls' lookups are a stat.

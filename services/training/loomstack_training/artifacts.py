@@ -12,7 +12,7 @@ from loomstack_kit.blobstore import BlobStore
 
 
 def store_directory(blobs: BlobStore, blob_id: str, directory: Path) -> str:
-    """Archives `directory` (the kit's tar.gz format) into one blob; returns the blob id."""
+    """Archives `directory` (the kit's tar format) into one blob; returns the blob id."""
     store_bytes(blobs, blob_id, pack_directory(directory))
     return blob_id
 

@@ -169,7 +169,7 @@ class InferenceClient:
         `model_id`: every engine of `parent` fetches it from the blob store, so no volume has
         to be shared between the trainers and the engines. Returns the archive's file id."""
         file_id = self.upload(
-            project, f"{model_id.replace(':', '-')}.tar.gz", pack_directory(adapter_dir), "adapter"
+            project, f"{model_id.replace(':', '-')}.tar", pack_directory(adapter_dir), "adapter"
         )
         self.register_adapter(project, model_id, parent=parent, source=file_id)
         return file_id

@@ -149,7 +149,7 @@ class CreateModelRequest(_message.Message):
     """The registered base model the adapter applies to."""
     source: _builtins.str
     """Where the engines find the PEFT LoRA adapter: a directory they can read, or the id of a
-    file with purpose `adapter` (a tar.gz of the adapter directory) that each engine fetches
+    file with purpose `adapter` (a tar of the adapter directory) that each engine fetches
     from the blob store and unpacks once.
     """
     def __init__(
