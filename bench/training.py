@@ -186,19 +186,36 @@ def run_service(workdir: Path) -> dict[str, Any]:
         inference.stop()
 
 
-def scenario_training(out: Path) -> dict[str, Any]:
-    """Both runs, one after the other on the same machine; writes `<out>/training.json`."""
+def scenario_training(out: Path, rounds: int = 3) -> dict[str, Any]:
+    """Direct and service runs taking turns (`rounds` of each, so drifting load on a shared
+    machine hits both alike); the ratio is of the medians. Writes `<out>/training.json`."""
+    direct_runs: list[dict[str, Any]] = []
+    service_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
-        direct = run_direct(Path(tmp))
-        service = run_service(Path(tmp))
+        for i in range(rounds):
+            work = Path(tmp) / f"round-{i}"
+            direct_runs.append(run_direct(work))
+            service_runs.append(run_service(work))
+
+    def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return sorted(runs, key=lambda r: float(r["tokens_per_second"]))[(len(runs) - 1) // 2]
+
+    direct, service = median(direct_runs), median(service_runs)
     result = {
         "scenario": "training",
         "hyperparameters": HYPERPARAMETERS,
         "examples": 64,
+        "rounds": rounds,
         "direct": direct,
         "service": service,
+        "direct_runs": direct_runs,
+        "service_runs": service_runs,
         "service_vs_direct_tokens_per_second": service["tokens_per_second"]
         / direct["tokens_per_second"],
+        "per_round_ratios": [
+            s["tokens_per_second"] / d["tokens_per_second"]
+            for d, s in zip(direct_runs, service_runs, strict=True)
+        ],
         "load_average": os.getloadavg(),
     }
     out.mkdir(parents=True, exist_ok=True)
