@@ -18,7 +18,7 @@ from .comparison_runner import ComparisonRunner
 from .comparisons import Comparisons
 from .eval_gate import EvalGate
 from .inference import InferenceClient
-from .jobs import Jobs, JobView
+from .jobs import Jobs, JobView, fine_tuned_model_name
 from .promotion import Promotion
 from .runner_kubernetes import KubernetesRunner
 from .runner_local import LocalRunner
@@ -49,13 +49,13 @@ async def serve(settings: TrainingSettings) -> None:
     jobs = Jobs(db)
     submissions = Submissions(settings, jobs, blobs, inference)
 
-    async def register(job: JobView, name: str, adapter_dir: Path) -> None:
+    async def publish(job: JobView, adapter_dir: Path) -> str:
+        name = fine_tuned_model_name(job.model, job.suffix, job.id)
+        return await asyncio.to_thread(inference.upload_adapter, job.project, name, adapter_dir)
+
+    async def register(job: JobView, name: str, source: str) -> None:
         await asyncio.to_thread(
-            inference.publish_adapter,
-            job.project,
-            name,
-            parent=job.model,
-            adapter_dir=adapter_dir,
+            inference.register_adapter, job.project, name, parent=job.model, source=source
         )
 
     gate = EvalGate(
@@ -71,7 +71,9 @@ async def serve(settings: TrainingSettings) -> None:
             inference.upload, job.project, filename, content, "fine-tune-results"
         )
 
-    promotion = Promotion(jobs, blobs, register=register, eval_gate=gate, store_result=store_result)
+    promotion = Promotion(
+        jobs, blobs, register=register, eval_gate=gate, store_result=store_result, publish=publish
+    )
     runner: LocalRunner | KubernetesRunner
     if settings.runner == "kubernetes":
         runner = KubernetesRunner(settings, jobs, blobs, promotion)

@@ -12,7 +12,6 @@ more than the configured margin. The result carries both scores either way.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -44,16 +43,14 @@ class EvalGate:
         self.max_tokens = max_tokens
         self.timeout_seconds = timeout_seconds
 
-    def evaluate(self, job: JobView, adapter_dir: Path, name: str) -> dict[str, Any]:
+    def evaluate(self, job: JobView, source: str, name: str) -> dict[str, Any]:
         """Blocking: registers the candidate, runs both batches, scores them."""
         data = read_bytes(self.blobs, f"{job.id}-validation")
         examples = [orjson.loads(line)["messages"] for line in data.splitlines() if line.strip()]
         pairs = [split_example(m) for m in examples]
         prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
         candidate = f"{name}:candidate"
-        self.inference.publish_adapter(
-            job.project, candidate, parent=job.model, adapter_dir=adapter_dir
-        )
+        self.inference.register_adapter(job.project, candidate, parent=job.model, source=source)
         results: dict[str, list[str]] = {}
         try:
             for key, model in (("base", job.model), ("fine_tuned", candidate)):
@@ -80,5 +77,5 @@ class EvalGate:
             "promoted": promoted(base, tuned, self.margin),
         }
 
-    async def __call__(self, job: JobView, adapter_dir: Path, name: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.evaluate, job, adapter_dir, name)
+    async def __call__(self, job: JobView, source: str, name: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.evaluate, job, source, name)

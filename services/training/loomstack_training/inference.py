@@ -162,17 +162,13 @@ class InferenceClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    def publish_adapter(
-        self, project: str, model_id: str, *, parent: str, adapter_dir: Path
-    ) -> str:
-        """Uploads the adapter directory as an archive (purpose `adapter`) and registers it as
-        `model_id`: every engine of `parent` fetches it from the blob store, so no volume has
-        to be shared between the trainers and the engines. Returns the archive's file id."""
-        file_id = self.upload(
+    def upload_adapter(self, project: str, model_id: str, adapter_dir: Path) -> str:
+        """Uploads the adapter directory as an archive (purpose `adapter`); returns its file id,
+        the `source` to register it with: every engine fetches it from the blob store, so no
+        volume has to be shared between the trainers and the engines."""
+        return self.upload(
             project, f"{model_id.replace(':', '-')}.tar", pack_directory(adapter_dir), "adapter"
         )
-        self.register_adapter(project, model_id, parent=parent, source=file_id)
-        return file_id
 
     def delete_model(self, project: str, model_id: str) -> None:
         """Deletes a registered adapter; one that is already gone is fine."""

@@ -32,10 +32,12 @@ CSV_COLUMNS = (
     "epoch",
 )
 
-# (job, adapter directory) -> the eval result dict (with `promoted`), or None for no gate.
-EvalGate = Callable[[JobView, Path, str], Awaitable[dict[str, Any] | None]]
-# (job, model name, adapter directory) -> None; registers the adapter as a model.
-Registrar = Callable[[JobView, str, Path], Awaitable[None]]
+# (job, adapter directory) -> where the engines find the adapter (the uploaded archive's id).
+Publisher = Callable[[JobView, Path], Awaitable[str]]
+# (job, adapter source, model name) -> the eval result dict (with `promoted`), or None.
+EvalGate = Callable[[JobView, str, str], Awaitable[dict[str, Any] | None]]
+# (job, model name, adapter source) -> None; registers the adapter as a model.
+Registrar = Callable[[JobView, str, str], Awaitable[None]]
 # (job, filename, content) -> file id of a stored result file.
 ResultStore = Callable[[JobView, str, bytes], Awaitable[str]]
 
@@ -61,12 +63,14 @@ class Promotion:
         store_result: ResultStore | None = None,
         eval_gate: EvalGate | None = None,
         register: Registrar | None = None,
+        publish: Publisher | None = None,
     ) -> None:
         self.jobs = jobs
         self.blobs = blobs
         self.store_result = store_result
         self.eval_gate = eval_gate
         self.register = register
+        self.publish = publish
 
     async def finish(self, job: JobView, adapter_dir: Path, done: dict[str, Any]) -> None:
         """Adapter → blob, metrics → result file, gate, register, `succeeded`."""
@@ -86,12 +90,16 @@ class Promotion:
                     self.jobs.add_event, job.id, "warn", f"Metrics file not stored: {exc}"
                 )
         name = fine_tuned_model_name(job.model, job.suffix, job.id)
+        # Uploaded once: the gate's candidate and the promoted model share the archive.
+        source = str(adapter_dir)
+        if self.publish is not None:
+            source = await self.publish(job, adapter_dir)
         eval_result = None
         if self.eval_gate is not None and job.validation_file:
             await asyncio.to_thread(
                 self.jobs.add_event, job.id, "info", "Evaluating base and fine-tuned model"
             )
-            eval_result = await self.eval_gate(job, adapter_dir, name)
+            eval_result = await self.eval_gate(job, source, name)
             if eval_result is not None:
                 verdict = "promoted" if eval_result.get("promoted") else "not promoted"
                 await asyncio.to_thread(
@@ -106,7 +114,7 @@ class Promotion:
                 )
         promoted = eval_result is None or bool(eval_result.get("promoted"))
         if promoted and self.register is not None:
-            await self.register(job, name, adapter_dir)
+            await self.register(job, name, source)
         if promoted:
             message = f"The job has successfully completed: {name}"
         else:
