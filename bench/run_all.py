@@ -703,6 +703,9 @@ def scenario_gateway(cfg: Config) -> dict[str, Any]:
     return {
         "scenario": "gateway",
         "batch_id": batch_id,
+        # The services default to Loomstack's GRPC_EXPERIMENTS (loomstack_kit.grpc_core); the
+        # direct client here is a plain grpc client unless the bench's environment sets it.
+        "direct_client_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
         "warmup_calls": cfg.warmup_calls,
         "latency_calls": cfg.latency_calls,
         "latency": latency,
@@ -1087,7 +1090,8 @@ def summary_markdown(cfg: Config, machine: dict[str, Any], results: dict[str, An
         healthz = gw["throughput"][2]
         rows += [
             f"| gateway | GetBatch p50 / p99, direct gRPC | {lat['grpc']['p50_ms']} / "
-            f"{lat['grpc']['p99_ms']} ms ({lat['grpc']['count']} calls) | |",
+            f"{lat['grpc']['p99_ms']} ms ({lat['grpc']['count']} calls; client "
+            f"GRPC_EXPERIMENTS={gw.get('direct_client_grpc_experiments') or 'unset'}) | |",
             f"| gateway | GET /v1/batches/{{id}} p50 / p99 via gateway (http.client) | "
             f"{lat['gateway']['p50_ms']} / {lat['gateway']['p99_ms']} ms | |",
             f"| gateway | added p50 / p99 | **{gw['added_latency']['p50_ms']} / "

@@ -1,7 +1,8 @@
 """The FastAPI app: `create_app(settings)` wires the upstream clients, routes and middleware.
 
-Middleware is pure ASGI (metrics outermost, then auth) so that the hot path pays two function
-calls, not a `BaseHTTPMiddleware` task per request.
+Middleware is pure ASGI (metrics outermost, then auth, then the direct routes) so that the hot
+path pays a few function calls, not a `BaseHTTPMiddleware` task per request; routes that take only
+path parameters skip FastAPI's request handling (see `direct_routes.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from loomstack_kit.errors import Unavailable
 from loomstack_kit.tracing import configure_tracing
 
 from .auth import ApiKeys, AuthMiddleware
+from .direct_routes import DirectRoutes
 from .http_errors import error_response, install_error_handlers
 from .metrics import GatewayMetrics, MetricsMiddleware
 from .responses import OrjsonResponse
@@ -93,6 +95,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_api_route(
         "/metrics", metrics.endpoint, methods=["GET"], tags=["health"], include_in_schema=False
     )
+    # Added first, so innermost: auth and metrics wrap the direct routes too.
+    app.add_middleware(DirectRoutes, fastapi_app=app)
     app.add_middleware(AuthMiddleware, keys=ApiKeys.from_settings(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.openapi = _openapi_with_bearer(app)  # type: ignore[method-assign]
