@@ -193,8 +193,11 @@ class GrpcServer:
         await self.stop()
 
     async def stop(self) -> None:
-        """Readiness NOT_SERVING, shutdown hooks, then `stop(grace)` for in-flight RPCs."""
+        """Readiness NOT_SERVING, shutdown hooks, the rest of `drain_seconds`, then `stop(grace)`
+        for in-flight RPCs."""
         log.info("graceful stop: readiness NOT_SERVING")
+        loop = asyncio.get_running_loop()
+        drained_at = loop.time() + self.settings.drain_seconds
         await self.set_ready(False)
         await self.health.enter_graceful_shutdown()
         for hook in self._on_shutdown:
@@ -202,5 +205,8 @@ class GrpcServer:
                 await hook()
             except Exception:
                 log.exception("shutdown hook failed")
+        # `stop` refuses new RPCs at once, health checks included: until then NOT_SERVING is
+        # what a health-checking client or load balancer is told.
+        await asyncio.sleep(max(0.0, drained_at - loop.time()))
         await self.server.stop(self.settings.grace_seconds)
         log.info("gRPC server stopped")

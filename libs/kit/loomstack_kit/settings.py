@@ -28,6 +28,15 @@ class ServiceSettings(BaseSettings):
     port: int = Field(0, description="gRPC port; 0 picks a free one (tests).")
     metrics_port: int = Field(0, description="Prometheus HTTP port; 0 disables it.")
     grace_seconds: float = Field(10.0, description="Graceful stop budget after SIGTERM.")
+    drain_seconds: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "After SIGTERM, how long readiness answers NOT_SERVING while the server still takes "
+            "new RPCs (health-checking clients see it before the port closes); the shutdown "
+            "hooks run within this time."
+        ),
+    )
     log_level: str = Field("INFO", description="Root log level.")
     log_json: bool = Field(True, description="One JSON object per log line.")
     otel_exporter: str = Field(
