@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from loomstack_gateway.app import create_app
-from loomstack_gateway.direct_routes import DirectRoutes, direct_table
+from loomstack_gateway.direct_routes import DirectRoutes, why_not_direct
 from loomstack_gateway.http_errors import install_error_handlers
 from loomstack_gateway.responses import OrjsonResponse
 from loomstack_gateway.settings import GatewaySettings
@@ -32,6 +32,11 @@ def make_app(*, direct: bool) -> FastAPI:
     @router.get("")
     async def list_items(request: Request, limit: int = 3) -> Response:
         return OrjsonResponse({"limit": limit, "via": served_by(request)})
+
+    # An earlier literal route FastAPI tries first, before the direct-eligible `/{item_id}`.
+    @router.get("/special")
+    async def special(request: Request, flag: bool = False) -> Response:
+        return OrjsonResponse({"special": flag, "via": served_by(request)})
 
     @router.get("/{item_id}")
     async def get_item(request: Request, item_id: str) -> Response:
@@ -71,37 +76,50 @@ def make_app(*, direct: bool) -> FastAPI:
     return app
 
 
-def templates(app: FastAPI) -> set[tuple[str, str]]:
+def eligible(app: FastAPI) -> set[tuple[str, str]]:
+    """(method, template) of the routes the layer may serve."""
     return {
-        (method, d.route.path)
-        for routes in direct_table(app.routes).values()
-        for d in routes
-        for method in d.route.methods
+        (method, route.path)
+        for route in app.routes
+        if why_not_direct(route) is None
+        for method in getattr(route, "methods", ())
     }
 
 
+def served_directly(app: FastAPI, method: str, path: str) -> bool:
+    layer = DirectRoutes(app, fastapi_app=app)
+    return layer.find({"type": "http", "method": method, "path": path, "root_path": ""}) is not None
+
+
 def test_only_path_only_routes_are_direct() -> None:
-    assert templates(make_app(direct=False)) == {
+    app = make_app(direct=False)
+    assert eligible(app) == {
         ("GET", "/v1/items/{item_id}"),
         ("DELETE", "/v1/items/{item_id}/tags/{tag:path}"),
         ("GET", "/v1/items/{item_id}/missing"),
         ("GET", "/v1/items/{item_id}/broken"),
+        ("GET", "/v1/items/shadow/{other}"),
     }
+    assert served_directly(app, "GET", "/v1/items/abc")
+    # FastAPI's order holds: an earlier route that matches first keeps the request.
+    assert not served_directly(app, "GET", "/v1/items/special")
+    assert not served_directly(app, "GET", "/v1/items/shadow/x")
+    assert not served_directly(app, "POST", "/v1/items/abc")
 
 
 def test_the_gateways_polled_reads_are_direct() -> None:
-    direct = templates(create_app(GatewaySettings(api_keys="sk-t:default")))
-    for route in [
-        ("GET", "/v1/batches/{batch_id}"),
-        ("GET", "/v1/files/{file_id}"),
-        ("GET", "/v1/fine_tuning/jobs/{job_id}"),
+    app = create_app(GatewaySettings(api_keys="sk-t:default"))
+    for method, path in [
+        ("GET", "/v1/batches/batch_abc"),
+        ("GET", "/v1/files/file-abc"),
+        ("GET", "/v1/fine_tuning/jobs/ftjob-abc"),
         ("POST", "/v1/chat/completions"),
         ("GET", "/healthz"),
     ]:
-        assert route in direct
+        assert served_directly(app, method, path), path
     # Query parameters (pagination) need FastAPI's validation.
-    assert ("GET", "/v1/batches") not in direct
-    assert ("GET", "/v1/fine_tuning/jobs/{job_id}/events") not in direct
+    assert not served_directly(app, "GET", "/v1/batches")
+    assert not served_directly(app, "GET", "/v1/fine_tuning/jobs/ftjob-abc/events")
 
 
 async def call(app: FastAPI, method: str, path: str) -> httpx.Response:
@@ -128,6 +146,9 @@ def without_via(doc: Any) -> Any:
         ("GET", "/v1/items/abc/count/7", None),
         ("GET", "/v1/items/abc/count/seven", None),
         ("GET", "/v1/items/shadow/x?suffix=!", "fastapi"),
+        ("GET", "/v1/items/shadow/x", "fastapi"),
+        ("GET", "/v1/items/special?flag=true", "fastapi"),
+        ("GET", "/v1/items/special", "fastapi"),
         ("POST", "/v1/items/abc", None),
         ("GET", "/v1/nothing/here", None),
     ],

@@ -5,9 +5,10 @@ Such a route gains nothing from FastAPI's request handling: there is nothing to 
 inject. Yet that handling (Starlette's linear scan over ~50 routes, dependency solving, two
 `AsyncExitStack`s and the exception wrappers) cost about 0.2 ms of CPU per request on the bench
 machine, as much as the rest of the gateway's work on `GET /v1/batches/{id}`. This ASGI layer
-finds such a route with one dict lookup (by the path's first two segments, then the route's own
-compiled pattern), calls its endpoint with the same arguments FastAPI would pass, and renders
-its errors with the app's exception handlers. Every other request goes on to FastAPI.
+looks up the routes that can match the path by its first two segments (one dict lookup), takes
+the first that fully matches, in the app's order, and when that is such a route calls its
+endpoint with the same arguments FastAPI would pass and renders its errors with the app's
+exception handlers. Every other request goes on to FastAPI.
 
 The routes stay ordinary FastAPI routes: one endpoint function, one OpenAPI entry. The layer sits
 inside the auth and metrics middleware, so both apply to every request either way.
@@ -26,7 +27,7 @@ from fastapi.routing import APIRoute
 from starlette.convertors import PathConvertor, StringConvertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -51,22 +52,13 @@ def _bucket(path: str) -> str:
     return "/".join(parts[:3])
 
 
-def _template_bucket(template: str) -> str | None:
-    """The bucket of every path a template matches, or None when a parameter comes too early."""
-    bucket = _bucket(template)
+def _template_bucket(route: BaseRoute) -> str | None:
+    """The bucket of every path `route` matches, or None when it may match paths in any bucket
+    (a parameter within the first two segments, a mount, a route of another kind)."""
+    if not isinstance(route, Route):
+        return None
+    bucket = _bucket(route.path)
     return None if "{" in bucket else bucket
-
-
-def _probe(template: str) -> str:
-    """A concrete path the template matches (each parameter replaced by `probe`)."""
-    out: list[str] = []
-    rest = template
-    while "{" in rest:
-        head, _, tail = rest.partition("{")
-        _, _, rest = tail.partition("}")
-        out.extend((head, "probe"))
-    out.append(rest)
-    return "".join(out)
 
 
 def why_not_direct(route: BaseRoute) -> str | None:
@@ -92,51 +84,45 @@ def why_not_direct(route: BaseRoute) -> str | None:
     for name, convertor in route.param_convertors.items():
         if not isinstance(convertor, _TEXT_CONVERTORS):
             return f"path parameter {name!r} uses a converting convertor"
-    if _template_bucket(route.path) is None:
+    if _template_bucket(route) is None:
         return "a parameter within the first two path segments"
     return None
 
 
-def direct_table(routes: list[BaseRoute]) -> dict[str, list[DirectRoute]]:
-    """Bucket → the routes the layer serves, in the app's order.
+# One entry of a bucket: a route in the app's order, and how the layer serves it (None: FastAPI).
+Entry = tuple[BaseRoute, DirectRoute | None]
 
-    A route stays with FastAPI when an earlier route FastAPI would try first also matches it
-    (checked on a probe path), so the layer never answers a request FastAPI would have given to
-    another route.
+
+def direct_table(routes: list[BaseRoute]) -> dict[str, list[Entry]]:
+    """Bucket → every route that can match a path in it, in the app's order, for each bucket
+    that holds a route the layer serves.
+
+    Keeping FastAPI's routes in the list keeps FastAPI's precedence: the first route that fully
+    matches a request decides, and when it is not one the layer serves, FastAPI answers.
     """
-    table: dict[str, list[DirectRoute]] = {}
-    earlier: list[BaseRoute] = []
+    entries: list[tuple[str | None, Entry]] = []
     for route in routes:
         reason = why_not_direct(route)
+        direct = None
         if reason is None:
             assert isinstance(route, APIRoute)
-            probe = {"type": "http", "path": _probe(route.path), "root_path": ""}
-            for method in route.methods:
-                probe["method"] = method
-                shadow = next((e for e in earlier if e.matches(probe)[0] is Match.FULL), None)
-                if shadow is not None:
-                    reason = (
-                        f"an earlier route matches it first ({getattr(shadow, 'path', shadow)})"
-                    )
-                    break
-        if reason is None:
-            assert isinstance(route, APIRoute)
-            bucket = _template_bucket(route.path)
-            assert bucket is not None
-            table.setdefault(bucket, []).append(
-                DirectRoute(
-                    route,
-                    route.dependant.request_param_name,
-                    tuple(p.name for p in route.dependant.path_params),
-                )
+            direct = DirectRoute(
+                route,
+                route.dependant.request_param_name,
+                tuple(p.name for p in route.dependant.path_params),
             )
         else:
             log.debug(
                 "route served by FastAPI",
                 extra={"route": getattr(route, "path", ""), "why": reason},
             )
-        earlier.append(route)
-    return table
+        entries.append((_template_bucket(route), (route, direct)))
+    served = {bucket for bucket, (_, direct) in entries if direct is not None}
+    return {
+        bucket: [entry for where, entry in entries if where in (bucket, None)]
+        for bucket in served
+        if bucket is not None
+    }
 
 
 def _handler_for(
@@ -163,21 +149,25 @@ class DirectRoutes:
         self.handlers: dict[Any, ExceptionHandler] = dict(fastapi_app.exception_handlers)
 
     def find(self, scope: Scope) -> tuple[DirectRoute, dict[str, str]] | None:
-        """The direct route `scope` fully matches and its path parameters, or None."""
+        """The direct route that is the first to fully match `scope`, and its path parameters;
+        None when there is none or an earlier FastAPI route matches first."""
         if scope.get("root_path"):
             return None
         path: str = scope["path"]
-        candidates = self.table.get(_bucket(path))
-        if candidates is None:
+        entries = self.table.get(_bucket(path))
+        if entries is None:
             return None
         method = scope["method"]
-        for direct in candidates:
-            route = direct.route
-            if method not in route.methods:
+        for route, direct in entries:
+            if not isinstance(route, Route):
+                if route.matches(scope)[0] is Match.FULL:
+                    return None
                 continue
+            # Route.matches without building a child scope: FULL is the pattern and the method.
             match = route.path_regex.fullmatch(path)
-            if match is not None:
-                return direct, match.groupdict()
+            if match is None or (route.methods is not None and method not in route.methods):
+                continue
+            return None if direct is None else (direct, match.groupdict())
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
