@@ -21,13 +21,21 @@ class LoomstackError(Exception):
     """Base of every error a service reports to its callers."""
 
     def __init__(
-        self, message: str, *, code: str | None = None, param: str | None = None, line: int = 0
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        line: int = 0,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or _TABLE[type(self)].default_code
         self.param = param
         self.line = line
+        # Seconds a client should wait before retrying (HTTP `Retry-After`); None = no advice.
+        self.retry_after = retry_after
 
 
 class InvalidArgument(LoomstackError):
@@ -56,6 +64,11 @@ class PermissionDenied(LoomstackError):
 
 class TooLarge(LoomstackError):
     """A file or request is over a configured limit."""
+
+
+class RateLimited(LoomstackError):
+    """The caller sent more than its limit (requests per minute, concurrent requests, or an
+    engine's online queue); retry after `retry_after` seconds."""
 
 
 class Unavailable(LoomstackError):
@@ -94,10 +107,19 @@ _TABLE: dict[type[LoomstackError], _Mapping] = {
     TooLarge: _Mapping(
         grpc.StatusCode.RESOURCE_EXHAUSTED, 413, "invalid_request_error", "too_large"
     ),
+    RateLimited: _Mapping(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "requests", "rate_limit_exceeded"
+    ),
     Unavailable: _Mapping(grpc.StatusCode.UNAVAILABLE, 503, "server_error", "unavailable"),
     Internal: _Mapping(grpc.StatusCode.INTERNAL, 500, "server_error", "internal_error"),
 }
-_BY_GRPC = {m.grpc_code: cls for cls, m in _TABLE.items()}
+# Several classes may share a gRPC code (TooLarge and RateLimited: RESOURCE_EXHAUSTED); the
+# ErrorInfo's `kind` names the class, and the first class of a code is what a status without one
+# (from gRPC itself, or an older peer) becomes.
+_BY_GRPC: dict[grpc.StatusCode, type[LoomstackError]] = {}
+for _cls, _m in _TABLE.items():
+    _BY_GRPC.setdefault(_m.grpc_code, _cls)
+_BY_KIND = {cls.__name__: cls for cls in _TABLE}
 
 
 def mapping(error: LoomstackError) -> _Mapping:
@@ -109,6 +131,9 @@ def to_grpc_status(error: LoomstackError) -> tuple[grpc.StatusCode, str, tuple[t
     """Code, message and trailing metadata (with an ErrorInfo detail) for a gRPC abort."""
     m = mapping(error)
     info = error_details_pb2.ErrorInfo(reason=error.code, domain=_DOMAIN)
+    info.metadata["kind"] = type(error).__name__
+    if error.retry_after is not None:
+        info.metadata["retry_after"] = f"{error.retry_after:g}"
     if error.param:
         info.metadata["param"] = error.param
     if error.line:
@@ -125,7 +150,7 @@ def from_rpc_error(exc: grpc.RpcError) -> LoomstackError:
     cls = _BY_GRPC.get(code)
     if cls is None:
         cls = Unavailable if code == grpc.StatusCode.DEADLINE_EXCEEDED else Internal
-    reason, param, line = None, None, 0
+    reason, param, line, retry_after = None, None, 0, None
     trailers: Any = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
     for key, value in trailers:
         if key != DETAILS_KEY:
@@ -137,9 +162,12 @@ def from_rpc_error(exc: grpc.RpcError) -> LoomstackError:
                 reason = info.reason
                 param = info.metadata.get("param")
                 line = int(info.metadata.get("line", "0"))
+                cls = _BY_KIND.get(info.metadata.get("kind", ""), cls)
+                if "retry_after" in info.metadata:
+                    retry_after = float(info.metadata["retry_after"])
     if code == grpc.StatusCode.UNAVAILABLE and reason is None:
         message = f"service unavailable: {message}"
-    return cls(message, code=reason, param=param, line=line)
+    return cls(message, code=reason, param=param, line=line, retry_after=retry_after)
 
 
 def openai_error_body(error: LoomstackError) -> dict[str, object]:

@@ -7,6 +7,7 @@ line; request validation, unknown routes and unexpected exceptions get the same 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import grpc
@@ -32,10 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def error_response(error: LoomstackError, status_code: int | None = None) -> Response:
-    """OpenAI's error JSON with the table's HTTP status (or `status_code`)."""
-    return OrjsonResponse(
+    """OpenAI's error JSON with the table's HTTP status (or `status_code`), and `Retry-After`
+    when the error advises one."""
+    response = OrjsonResponse(
         openai_error_body(error), status_code=status_code or mapping(error).http_status
     )
+    if error.retry_after is not None:
+        response.headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
+    return response
 
 
 def _param_of(loc: Sequence[object]) -> str | None:
