@@ -246,3 +246,40 @@ def test_label_studio_down_keeps_the_import_queued_with_backoff(
     row = _import(cur, "batch_d")
     assert (row.status, row.attempts, row.imported_tasks) == ("completed", 3, 40)
     assert len(ls_tasks(label_studio, row.ls_project_id)) == 40
+
+
+def test_failed_imports_never_starve_a_new_one(db_url: str, tmp_path: Path) -> None:
+    """More imports failing for an unknown schema than a page of the queue (which used to
+    take the oldest rows and then drop the failed ones): a new import is still the next due,
+    and the failed ones come back, once, when their schema appears."""
+    cur = make_curation(db_url, None, tmp_path)
+    page = 10
+    failing = 6 * page  # more than the old query's page of limit * 5 rows
+
+    def never_read(_item: Any) -> Any:
+        raise AssertionError("a failed import must not read its batch")
+
+    for i in range(failing):
+        item = cur.queue(f"batch_f{i:03}", schema_type=f"later_{i % 3}")
+        assert cur.importer.attempt(item, never_read) == "failed"
+    cur.queue("batch_new")  # queued after every failed one: the youngest row
+    assert [d.batch_id for d in cur.importer.due(limit=page)] == ["batch_new"]
+    assert [d.batch_id for d in cur.importer.due(limit=1)] == ["batch_new"]
+
+    # One of the three unknown schemas appears: its imports are queued again, the others wait.
+    text = (cur.schemas_dir / "classify_ticket.yaml").read_text()
+    (cur.schemas_dir / "later_1.yaml").write_text(
+        text.replace("id: classify_ticket", "id: later_1")
+    )
+    assert cur.catalog.refresh()
+    due = {d.batch_id for d in cur.importer.due(limit=1000)}
+    assert due == {"batch_new"} | {f"batch_f{i:03}" for i in range(1, failing, 3)}
+    with cur.engine.connect() as conn:
+        statuses = dict(
+            conn.execute(
+                sa.select(tables.imports.c.status, sa.func.count()).group_by(
+                    tables.imports.c.status
+                )
+            ).all()
+        )
+    assert statuses == {"queued": 1 + failing // 3, "failed": failing - failing // 3}

@@ -38,6 +38,8 @@ class SchemaCatalog:
         self._lock = threading.Lock()
         self._stamp: tuple[tuple[str, float, int], ...] | None = None
         self._registry = TaskRegistry()
+        # Counts reloads, so a reader can tell cheaply whether anything changed since it looked.
+        self.generation = 0
         self.refresh()
 
     def _current_stamp(self) -> tuple[tuple[str, float, int], ...]:
@@ -62,6 +64,7 @@ class SchemaCatalog:
                 else TaskRegistry(problems=[f"{self.directory}: not a directory"])
             )
             self._registry, self._stamp = registry, stamp
+            self.generation += 1
             return True
 
     @property

@@ -12,7 +12,8 @@ data and prediction from the schema (predictions.py), and imports them in chunks
   records those instead of importing them again.
 
 Label Studio down or slow → the import goes back to the queue with exponential backoff; an
-unknown schema → `failed` with the reason, retried as soon as the schema appears.
+unknown schema → `failed` with the reason, queued again as soon as the schema appears (failed
+imports wait outside the queue, so any number of them never delays a new import).
 
 With auto-accept (auto_accept.py) the tasks whose prediction fits are imported with it as an
 annotation too, and those annotations are recorded in the transaction that records the task
@@ -179,6 +180,8 @@ class Importer:
         self.after_chunk: Callable[[int], None] | None = None
         # Sends a chunk to Label Studio, returns the new task ids in order.
         self.send: Callable[[LabelStudio, int, list[dict[str, Any]]], list[int]] = import_tasks
+        # The catalog generation `revive` last looked at (None: not since this process started).
+        self._revived_generation: int | None = None
 
     @property
     def client(self) -> LabelStudio:
@@ -236,41 +239,71 @@ class Importer:
         return True
 
     def due(self, now: float | None = None, limit: int = 10) -> list[QueuedImport]:
-        """Imports whose attempt is due: queued ones past their time, interrupted ones, and
-        failed ones for an unknown schema that the catalog knows now."""
+        """Imports whose attempt is due, oldest first: queued ones past their time and
+        interrupted ones.
+
+        A failed import (unknown schema) is never among them, however many pile up: it waits
+        outside the queue and goes back into it when the catalog can resolve its schema
+        (`revive`), so it can never take the place of a new import in the page.
+        """
         now = time.time() if now is None else now
+        if self._revived_generation != self.catalog.generation:
+            self.revive(now)
         c = tables.imports.c
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(tables.imports)
-                .where(
-                    sa.or_(
-                        sa.and_(c.status.in_((QUEUED, RUNNING)), c.next_attempt_at <= now),
-                        sa.and_(c.status == FAILED, c.error_code == "unknown_schema"),
-                    )
-                )
-                .order_by(c.next_attempt_at)
-                .limit(limit * 5)
+                .where(c.status.in_((QUEUED, RUNNING)), c.next_attempt_at <= now)
+                .order_by(c.next_attempt_at, c.batch_id)
+                .limit(limit)
             ).all()
-        due: list[QueuedImport] = []
-        for row in rows:
-            if row.status == FAILED:
-                try:
-                    self.catalog.resolve(row.schema_type)
-                except NotFound:
-                    continue
-            due.append(
-                QueuedImport(
-                    row.batch_id,
-                    row.project,
-                    row.schema_type,
-                    row.model,
-                    row.input_file_id,
-                    row.output_file_id,
-                    bool(row.auto_accept),
-                )
+        return [
+            QueuedImport(
+                row.batch_id,
+                row.project,
+                row.schema_type,
+                row.model,
+                row.input_file_id,
+                row.output_file_id,
+                bool(row.auto_accept),
             )
-        return due[:limit]
+            for row in rows
+        ]
+
+    def revive(self, now: float | None = None) -> int:
+        """Queues again the imports that failed for an unknown schema the catalog knows now;
+        returns how many. `due` calls it once per catalog change (not per poll): the distinct
+        schema types of the failed imports are looked at, not each of them."""
+        now = time.time() if now is None else now
+        generation = self.catalog.generation
+        c = tables.imports.c
+        waiting = (c.status == FAILED, c.error_code == "unknown_schema")
+        with self.engine.connect() as conn:
+            schema_types = list(
+                conn.execute(sa.select(c.schema_type).where(*waiting).distinct()).scalars()
+            )
+        known = []
+        for schema_type in schema_types:
+            try:
+                self.catalog.resolve(schema_type)
+            except NotFound:
+                continue
+            known.append(schema_type)
+        revived = 0
+        for start in range(0, len(known), 500):
+            with write_transaction(self.engine) as conn:
+                revived += (
+                    conn.execute(
+                        tables.imports.update()
+                        .where(*waiting, c.schema_type.in_(known[start : start + 500]))
+                        .values(status=QUEUED, next_attempt_at=now, updated_at=now)
+                    ).rowcount
+                    or 0
+                )
+        self._revived_generation = generation
+        if revived:
+            log.info("imports queued again: their schema is known now", extra={"count": revived})
+        return revived
 
     def _update(self, batch_id: str, **values: Any) -> None:
         with write_transaction(self.engine) as conn:
