@@ -284,6 +284,14 @@ def test_recommended_labels_everywhere(objects: Objects) -> None:
                 assert pod_labels.get(label), f"{obj['metadata']['name']} pods: no {label}"
 
 
+def test_every_object_names_the_release_namespace(objects: Objects) -> None:
+    """An explicit `metadata.namespace` on every (namespaced) object: `kubectl apply -f` of the
+    rendered manifests, or a GitOps tool that applies them, never lands in `default`."""
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert obj["metadata"].get("namespace") == helm_chart.NAMESPACE, where
+
+
 # -- RBAC and ServiceAccounts ------------------------------------------------------------------
 
 
