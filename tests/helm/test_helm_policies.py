@@ -295,23 +295,32 @@ def test_every_object_names_the_release_namespace(objects: Objects) -> None:
 # -- RBAC and ServiceAccounts ------------------------------------------------------------------
 
 
-def rules_of(role: dict[str, Any]) -> set[tuple[str, str, frozenset[str]]]:
+Rule = tuple[str, str, frozenset[str], frozenset[str]]  # group, resource, verbs, resourceNames
+
+
+def rules_of(role: dict[str, Any]) -> set[Rule]:
     return {
-        (group, resource, frozenset(rule["verbs"]))
+        (group, resource, frozenset(rule["verbs"]), frozenset(rule.get("resourceNames", [])))
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
     }
 
 
-GATEWAY_RULES = {
-    ("apps", "deployments", frozenset({"get", "list", "patch"})),
-    ("", "pods", frozenset({"get", "list"})),
-}
+def gateway_rules(deployments: set[str]) -> set[Rule]:
+    """What /admin/services needs (admin_kubernetes.py): list Deployments and pods, get and patch
+    this release's own Deployments by name."""
+    return {
+        ("apps", "deployments", frozenset({"list"}), frozenset()),
+        ("apps", "deployments", frozenset({"get", "patch"}), frozenset(deployments)),
+        ("", "pods", frozenset({"list"}), frozenset()),
+    }
+
+
 TRAINING_RULES = {
-    ("batch", "jobs", frozenset({"create", "get", "watch", "delete"})),
-    ("", "pods", frozenset({"get", "list"})),
-    ("", "pods/log", frozenset({"get"})),
+    ("batch", "jobs", frozenset({"create", "get", "watch", "delete"}), frozenset()),
+    ("", "pods", frozenset({"get", "list"}), frozenset()),
+    ("", "pods/log", frozenset({"get"}), frozenset()),
 }
 
 
@@ -327,7 +336,7 @@ def test_rbac_is_least_privilege(objects: Objects, values: dict[str, Any]) -> No
     expected = set()
     if values["gateway"]["admin"]["enabled"]:
         expected.add("gateway")
-        assert rules_of(roles["gateway"]) == GATEWAY_RULES
+        assert rules_of(roles["gateway"]) == gateway_rules(set(by_kind(objects, "Deployment")))
     if values["training"]["enabled"]:
         expected.add("training")
         assert rules_of(roles["training"]) == TRAINING_RULES
@@ -341,13 +350,34 @@ def test_rbac_is_least_privilege(objects: Objects, values: dict[str, Any]) -> No
 def test_gateway_may_read_events_only_when_asked(render_with: Callable[..., Objects]) -> None:
     objects = render_with({"gateway": {"admin": {"readEvents": True}}})
     role = by_kind(objects, "Role")["loomstack-gateway"]
-    assert rules_of(role) == {*GATEWAY_RULES, ("", "events", frozenset({"list"}))}
+    assert rules_of(role) == {
+        *gateway_rules(set(by_kind(objects, "Deployment"))),
+        ("", "events", frozenset({"list"}), frozenset()),
+    }
     env = env_of(
         by_kind(objects, "Deployment")["loomstack-gateway"]["spec"]["template"]["spec"][
             "containers"
         ][0]
     )
     assert env["LOOMSTACK_GATEWAY_ADMIN_EVENTS"] == "true"
+
+
+def test_gateway_may_touch_only_this_releases_deployments(objects: Objects) -> None:
+    """Every verb that can name an object is bound to this release's Deployments by name: all of
+    them (curation, training, Label Studio and each engine when rendered), and nothing else."""
+    roles = [
+        r for r in by_kind(objects, "Role").values() if r["metadata"]["name"].endswith("gateway")
+    ]
+    if not roles:
+        return
+    deployments = set(by_kind(objects, "Deployment"))
+    assert {"loomstack-gateway", "loomstack-inference-api"} <= deployments
+    for rule in roles[0]["rules"]:
+        if set(rule["verbs"]) - {"list"}:
+            assert set(rule.get("resourceNames", [])) == deployments, rule
+            assert rule["resources"] == ["deployments"], rule
+        else:
+            assert "resourceNames" not in rule, "resourceNames cannot restrict list"
 
 
 def test_role_bindings_and_service_accounts(objects: Objects) -> None:

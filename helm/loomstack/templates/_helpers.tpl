@@ -276,3 +276,22 @@ the schema cannot express. Returns YAML `{engines: [...]}`.
 {{- end -}}
 {{- join " " $args -}}
 {{- end -}}
+
+{{/*
+Names of every Deployment this release renders, as a JSON list: the gateway's Role may get and
+patch exactly these (`resourceNames`). Keep in step with the templates that create Deployments.
+*/}}
+{{- define "loomstack.deploymentNames" -}}
+{{- $components := list "gateway" "inference-api" -}}
+{{- range $e := (include "loomstack.engines" . | fromYaml).engines -}}
+{{- $components = append $components (printf "engine-%s" $e.name) -}}
+{{- end -}}
+{{- if .Values.curation.enabled }}{{ $components = append $components "curation" }}{{ end -}}
+{{- if .Values.training.enabled }}{{ $components = append $components "training" }}{{ end -}}
+{{- if eq .Values.labelStudio.mode "bundled" }}{{ $components = append $components "label-studio" }}{{ end -}}
+{{- $names := list -}}
+{{- range $components -}}
+{{- $names = append $names (include "loomstack.componentName" (dict "root" $ "component" .)) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
