@@ -398,7 +398,14 @@ def _normal(values: Mapping[str, Any]) -> str:
 
 
 def _rating(schema: TaskSchema, answers: Mapping[str, Any]) -> int | None:
+    """The first rating question's answer; None when it is not a whole number of stars the
+    question allows (Label Studio's API takes any value, our column and proto an int32)."""
     for question in schema.questions:
         if isinstance(question, RatingQuestion) and question.name in answers:
-            return int(answers[question.name])
+            value = answers[question.name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            if value != int(value) or not 0 <= value <= question.max:
+                return None
+            return int(value)
     return None

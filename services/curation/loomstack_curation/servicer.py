@@ -14,6 +14,7 @@ from loomstack.curation.v1 import curation_pb2, curation_pb2_grpc
 from loomstack_kit.errors import InvalidArgument
 from loomstack_kit.identity import owner_project, project_of
 
+from . import field_checks as check
 from .catalog import SchemaCatalog
 from .importer import get_import, list_imports
 from .label_config import label_config
@@ -53,24 +54,6 @@ def _ts(seconds: float | None) -> Timestamp | None:
     return ts
 
 
-def _seconds(ts: Timestamp) -> float:
-    return ts.ToNanoseconds() / 1e9 if ts.seconds or ts.nanos else 0.0
-
-
-def _page(page_size: int, default: int = 100, most: int = 1000) -> int:
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative", param="page_size")
-    return min(page_size or default, most)
-
-
-def _offset(token: str) -> int:
-    if not token:
-        return 0
-    if not token.isdigit():
-        raise InvalidArgument("invalid page_token", param="page_token")
-    return int(token)
-
-
 def schema_message(schema: TaskSchema, catalog: SchemaCatalog, projects: ProjectMap) -> Any:
     """A schema as its proto."""
     registry = catalog.registry
@@ -96,12 +79,14 @@ class SchemaServicer(curation_pb2_grpc.SchemaServiceServicer):
     def _schema(self, schema_id: str, version: int) -> TaskSchema:
         if not schema_id:
             raise InvalidArgument("schema_id is required", param="schema_id")
-        return self.catalog.get(schema_id, version or None)
+        check.text(schema_id, "schema_id")
+        return self.catalog.get(schema_id, check.non_negative(version, "version") or None)
 
     async def ListSchemas(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await asyncio.to_thread(self.catalog.refresh)
-        limit = _page(request.page_size)
-        schemas = [s for s in self.catalog.registry.latest() if s.id > request.page_token]
+        limit = check.page_size(request.page_size)
+        after = check.text(request.page_token, "page_token")
+        schemas = [s for s in self.catalog.registry.latest() if s.id > after]
         page = schemas[:limit]
         messages = await asyncio.to_thread(
             lambda: [schema_message(s, self.catalog, self.projects) for s in page]
@@ -173,19 +158,19 @@ class TaskServicer(curation_pb2_grpc.TaskServiceServicer):
         self.queries = queries
 
     async def ListTasks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        limit = _page(request.page_size)
+        limit = check.page_size(request.page_size)
         flt = TaskFilter(
-            schema_id=request.schema_id,
-            status=_TASK_STATUS_NAME.get(request.status, ""),
+            schema_id=check.text(request.schema_id, "schema_id"),
+            status=check.enum(request.status, _TASK_STATUS_NAME, "status", ""),
             gold_only=request.gold_only,
-            batch_id=request.batch_id,
+            batch_id=check.text(request.batch_id, "batch_id"),
         )
         rows = await asyncio.to_thread(
             self.queries.list_tasks,
             project_of(context),
             flt,
             limit + 1,
-            _offset(request.page_token),
+            check.number_token(request.page_token),
         )
         page = rows[:limit]
         return curation_pb2.ListTasksResponse(
@@ -194,14 +179,16 @@ class TaskServicer(curation_pb2_grpc.TaskServiceServicer):
         )
 
     async def SetTasksGold(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        task_ids = check.ids(list(request.task_ids), "task_ids")
         rows = await asyncio.to_thread(
-            self.queries.set_gold, project_of(context), list(request.task_ids), request.gold
+            self.queries.set_gold, project_of(context), task_ids, request.gold
         )
         return curation_pb2.SetTasksGoldResponse(tasks=[task_message(r) for r in rows])
 
     async def GetTaskStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        schema_id = check.text(request.schema_id, "schema_id")
         per_schema = await asyncio.to_thread(
-            self.queries.statistics, project_of(context), request.schema_id
+            self.queries.statistics, project_of(context), schema_id
         )
         tasks = sum(s.tasks for s in per_schema)
         multi = sum(s.multi_annotated for s in per_schema)
@@ -252,7 +239,8 @@ class ImportServicer(curation_pb2_grpc.ImportServiceServicer):
         self.engine = engine
 
     async def ListImports(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        limit, offset = _page(request.page_size), _offset(request.page_token)
+        limit = check.page_size(request.page_size)
+        offset = check.number_token(request.page_token)
         rows = await asyncio.to_thread(
             list_imports, self.engine, project_of(context), limit + 1, offset
         )
@@ -262,9 +250,8 @@ class ImportServicer(curation_pb2_grpc.ImportServiceServicer):
         )
 
     async def GetImport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        row = await asyncio.to_thread(
-            get_import, self.engine, project_of(context), request.batch_id
-        )
+        batch_id = check.text(request.batch_id, "batch_id")
+        row = await asyncio.to_thread(get_import, self.engine, project_of(context), batch_id)
         return import_message(row)
 
 
@@ -311,17 +298,17 @@ class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
     async def CreateSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         f = request.filter
         flt = SnapshotFilter(
-            schema_id=f.schema_id,
+            schema_id=check.text(f.schema_id, "filter.schema_id"),
             schema_version=f.schema_version,
             gold_only=f.gold_only,
             min_agreement=f.min_agreement,
             min_rating=f.min_rating,
-            start_time=_seconds(f.start_time),
-            end_time=_seconds(f.end_time),
+            start_time=check.timestamp(f.start_time, "filter.start_time"),
+            end_time=check.timestamp(f.end_time, "filter.end_time"),
             limit=f.limit,
             exclude_auto_accepted=f.exclude_auto_accepted,
         )
-        fmt = _FORMAT_NAME.get(request.format, "openai_chat")
+        fmt = check.enum(request.format, _FORMAT_NAME, "format", "openai_chat")
         record = await asyncio.to_thread(
             self.store.create,
             owner_project(project_of(context)),
@@ -334,13 +321,16 @@ class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
         return snapshot_message(record)
 
     async def GetSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        record = await asyncio.to_thread(self.store.get, project_of(context), request.snapshot_id)
+        snapshot_id = check.text(request.snapshot_id, "snapshot_id")
+        record = await asyncio.to_thread(self.store.get, project_of(context), snapshot_id)
         return snapshot_message(record)
 
     async def ListSnapshots(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        limit, offset = _page(request.page_size), _offset(request.page_token)
+        limit = check.page_size(request.page_size)
+        offset = check.number_token(request.page_token)
+        name = check.text(request.name, "name")
         records = await asyncio.to_thread(
-            self.store.list_snapshots, project_of(context), request.name, limit + 1, offset
+            self.store.list_snapshots, project_of(context), name, limit + 1, offset
         )
         return curation_pb2.ListSnapshotsResponse(
             snapshots=[snapshot_message(r) for r in records[:limit]],

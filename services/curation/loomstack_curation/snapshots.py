@@ -33,7 +33,7 @@ from .importer import ANNOTATED
 
 FORMATS = ("openai_chat", "alpaca", "sharegpt", "chatml")
 MAX_VALIDATION_FRACTION = 0.5
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # upload(project, filename, content) → file id of a stored `fine-tune` file.
 Upload = Callable[[str, str, bytes], str]
 
@@ -250,7 +250,7 @@ class SnapshotStore:
         upload: Upload,
     ) -> SnapshotRecord:
         """Builds and stores the next version of dataset `name`."""
-        if not _NAME.match(name or ""):
+        if not _NAME.fullmatch(name or ""):
             raise InvalidArgument(
                 "name must be 1-128 letters, digits, '_', '-' or '.', starting with a letter "
                 "or digit",
