@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,9 +133,23 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
 # -- processes ---------------------------------------------------------------------------------
 
 
+# The run's service secret: every process the bench starts holds it, and the bench's own gRPC
+# clients sign the identity they send with it, as the gateway does.
+SERVICE_SECRET = f"bench-{uuid.uuid4().hex}"
+
+
+def signer() -> Any:
+    """An identity signer for the bench's direct gRPC clients (acting as the gateway)."""
+    from loomstack_kit.identity import GATEWAY, IdentitySigner
+
+    return IdentitySigner(SERVICE_SECRET.encode(), GATEWAY)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any LOOMSTACK_ setting, plus ``extra``."""
+    """This process's environment without any LOOMSTACK_ setting but the run's service secret,
+    plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOMSTACK_")}
+    env["LOOMSTACK_SERVICE_SECRET"] = SERVICE_SECRET
     env.update(extra)
     return env
 

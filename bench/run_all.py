@@ -65,6 +65,7 @@ from harness import (
     latency_summary,
     load_average,
     machine_info,
+    signer,
     start_gateway,
     start_inference,
 )
@@ -339,7 +340,7 @@ def scenario_stack(cfg: Config, raw: dict[str, Any] | None) -> dict[str, Any]:
         stub = batches_pb2_grpc.BatchServiceStub(channel)
         exact = stub.GetBatch(
             batches_pb2.GetBatchRequest(batch_id=batch.id),
-            metadata=(("x-loomstack-project", PROJECT),),
+            metadata=signer().metadata(PROJECT),
             timeout=10,
         )
         channel.close()
@@ -552,7 +553,8 @@ async def _grpc_load(
     """The same load straight at ``BatchService.GetBatch`` with grpc.aio."""
     ok = errors = 0
     request = batches_pb2.GetBatchRequest(batch_id=batch_id)
-    metadata = (("x-loomstack-project", PROJECT),)
+    identity = signer()
+    metadata = identity.metadata(PROJECT)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = batches_pb2_grpc.BatchServiceStub(channel)
         await stub.GetBatch(request, metadata=metadata, timeout=10)
@@ -562,7 +564,7 @@ async def _grpc_load(
             nonlocal ok, errors
             while time.perf_counter() < deadline:
                 try:
-                    await stub.GetBatch(request, metadata=metadata, timeout=30)
+                    await stub.GetBatch(request, metadata=identity.metadata(PROJECT), timeout=30)
                     ok += 1
                 except grpc.aio.AioRpcError:
                     errors += 1
@@ -616,7 +618,7 @@ def scenario_gateway(cfg: Config) -> dict[str, Any]:
         channel = grpc.insecure_channel(address)
         stub = batches_pb2_grpc.BatchServiceStub(channel)
         request = batches_pb2.GetBatchRequest(batch_id=batch_id)
-        metadata = (("x-loomstack-project", PROJECT),)
+        identity = signer()
         http = httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
         )
@@ -627,7 +629,7 @@ def scenario_gateway(cfg: Config) -> dict[str, Any]:
         lean = KeepAliveClient("127.0.0.1", gateway.port, API_KEY)
 
         def grpc_call() -> object:
-            return stub.GetBatch(request, metadata=metadata, timeout=10)
+            return stub.GetBatch(request, metadata=identity.metadata(PROJECT), timeout=10)
 
         def http_call() -> object:
             return lean.get(f"/v1/batches/{batch_id}")

@@ -25,7 +25,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import MODEL_NAME, MODEL_PATH, REPO, Service, clean_env, start_inference
+from harness import MODEL_NAME, MODEL_PATH, REPO, Service, clean_env, signer, start_inference
 
 from loomstack.inference.v1 import files_pb2, files_pb2_grpc
 from loomstack.training.v1 import training_pb2, training_pb2_grpc
@@ -128,7 +128,6 @@ def run_service(workdir: Path) -> dict[str, Any]:
     )
     try:
         training.start("loomstack_training")
-        meta = (("x-loomstack-project", "default"),)
         files = files_pb2_grpc.FileServiceStub(grpc.insecure_channel(f"127.0.0.1:{inference.port}"))
         jobs = training_pb2_grpc.FineTuningServiceStub(
             grpc.insecure_channel(f"127.0.0.1:{training.port}")
@@ -145,7 +144,7 @@ def run_service(workdir: Path) -> dict[str, Any]:
                     files_pb2.UploadFileRequest(chunk=content),
                 ]
             ),
-            metadata=meta,
+            metadata=signer().metadata("default"),
         ).id
         hp = training_pb2.Hyperparameters(**HYPERPARAMETERS)
         created = time.time()
@@ -153,7 +152,7 @@ def run_service(workdir: Path) -> dict[str, Any]:
             training_pb2.CreateFineTuningJobRequest(
                 model=MODEL_NAME, training_file=file_id, hyperparameters=hp, seed=SEED
             ),
-            metadata=meta,
+            metadata=signer().metadata("default"),
             timeout=300,
         )
         final = {
@@ -162,7 +161,8 @@ def run_service(workdir: Path) -> dict[str, Any]:
         }
         while (
             current := jobs.GetFineTuningJob(
-                training_pb2.GetFineTuningJobRequest(job_id=job.id), metadata=meta
+                training_pb2.GetFineTuningJobRequest(job_id=job.id),
+                metadata=signer().metadata("default"),
             )
         ).status not in final:
             time.sleep(0.5)
@@ -170,7 +170,7 @@ def run_service(workdir: Path) -> dict[str, Any]:
             raise RuntimeError(f"job failed: {current.error.message}")
         events = jobs.ListFineTuningJobEvents(
             training_pb2.ListFineTuningJobEventsRequest(job_id=job.id, page_size=1000),
-            metadata=meta,
+            metadata=signer().metadata("default"),
         ).events
         metrics = sorted((e for e in events if e.type == "metrics"), key=lambda e: e.metrics.step)
         first = metrics[0].create_time.ToNanoseconds() / 1e9

@@ -22,6 +22,16 @@ MODEL_PATH = os.environ.get(
 )
 MODEL_NAME = "SmolLM2-135M-Instruct"
 PG_ADMIN_URL = os.environ.get("LOOMSTACK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# One service secret for the whole run: every process a test starts inherits it, and the tests'
+# own gRPC clients sign with it as the gateway would.
+SERVICE_SECRET = os.environ.setdefault("LOOMSTACK_SERVICE_SECRET", f"test-{uuid.uuid4().hex}")
+
+
+def signed(project: str | None, service: str = "gateway") -> tuple[tuple[str, str | bytes], ...]:
+    """Signed identity metadata for `project` (None = admin), as `service` sends it."""
+    from loomstack_kit.identity import IdentitySigner
+
+    return IdentitySigner(SERVICE_SECRET.encode(), service).metadata(project)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -179,10 +189,15 @@ class InferenceClient:
         from loomstack.inference.v1 import batches_pb2_grpc, chat_pb2_grpc, files_pb2_grpc
 
         self.channel = grpc.insecure_channel(address)
-        self.metadata = (("x-loomstack-project", project),)
+        self.project = project
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.batches = batches_pb2_grpc.BatchServiceStub(self.channel)
         self.chat = chat_pb2_grpc.ChatServiceStub(self.channel)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Signed afresh for each call (a signature is valid for minutes, a test may run longer)."""
+        return signed(self.project)
 
     def upload(self, lines: list[dict[str, object]], purpose: str = "batch") -> str:
         import json

@@ -41,6 +41,8 @@ DEFAULT_MODEL_PATH = Path(".cache/models/SmolLM2-135M-Instruct")
 TRAINER_PYTHON = Path(".cache/training-venv/bin/python")
 # LoRA rank the local engine serves adapters up to (fine-tuned models, the eval gate).
 LOCAL_MAX_LORA_RANK = "16"
+# The file the services also read when no secret is configured (loomstack_kit.identity).
+SERVICE_SECRET_FILE = "service-secret"
 
 
 class StackError(Exception):
@@ -142,6 +144,10 @@ class LocalStack:
         return url
 
     def _spawn(self, name: str, env: dict[str, str]) -> None:
+        if not env.get("LOOMSTACK_SERVICE_SECRET"):
+            # The services sign the identities they forward to each other with it.
+            self._kept_secret(SERVICE_SECRET_FILE)
+            env.setdefault("LOOMSTACK_SERVICE_SECRET_FILE", str(self.home / SERVICE_SECRET_FILE))
         with self.log_file(name).open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", MODULES[name]],
@@ -187,16 +193,22 @@ class LocalStack:
             "LOOMSTACK_CURATION_LABEL_STUDIO_TOKEN": found["LABEL_STUDIO_API_KEY"],
         }
 
-    def _webhook_secret(self) -> str:
-        """A secret kept across restarts (Label Studio's webhooks were registered with it)."""
-        path = self.home / "curation-webhook.secret"
+    def _kept_secret(self, name: str) -> str:
+        """A random secret under the home, generated once and kept across restarts (mode 0600)."""
+        path = self.home / name
         with contextlib.suppress(OSError):
             if secret := path.read_text().strip():
                 return secret
-        secret = secrets.token_hex(20)
-        path.write_text(secret)
-        path.chmod(0o600)
+        secret = secrets.token_hex(32)
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret)
         return secret
+
+    def _webhook_secret(self) -> str:
+        """The curation webhook's secret (Label Studio's webhooks were registered with it)."""
+        return self._kept_secret("curation-webhook.secret")
 
     def _start_curation(
         self, inference_port: int, deadline: float, on_wait: Callable[[str], None]

@@ -31,7 +31,7 @@ from curation_support import (
 )
 from google.protobuf.timestamp_pb2 import Timestamp
 from label_studio_sdk.client import LabelStudio
-from support import MODEL_NAME, InferenceClient, wait_until
+from support import MODEL_NAME, InferenceClient, signed, wait_until
 
 from loomstack.curation.v1 import curation_pb2, curation_pb2_grpc
 from loomstack_curation.labelstudio_server import LabelStudioServer, free_port
@@ -47,7 +47,6 @@ from loomstack_kit.database import create_db_engine
 pytestmark = pytest.mark.labelstudio
 SECRET = "s3cret-webhook-value"
 N = 60
-META = (("x-loomstack-project", "default"),)
 
 
 class Stubs:
@@ -135,7 +134,7 @@ def test_a_finished_batch_flows_through_the_service(
     def import_in(batch_id: str, status: int) -> Any:
         try:
             reply = stubs.imports.GetImport(
-                curation_pb2.GetImportRequest(batch_id=batch_id), metadata=META
+                curation_pb2.GetImportRequest(batch_id=batch_id), metadata=signed("default")
             )
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.NOT_FOUND  # not queued yet
@@ -151,7 +150,9 @@ def test_a_finished_batch_flows_through_the_service(
     )
     assert "unknown schema 'nope'" in bad.error
     with pytest.raises(grpc.RpcError) as caught:
-        stubs.imports.GetImport(curation_pb2.GetImportRequest(batch_id=plain.id), metadata=META)
+        stubs.imports.GetImport(
+            curation_pb2.GetImportRequest(batch_id=plain.id), metadata=signed("default")
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
     # Tasks through the API, paged; Label Studio has exactly these.
@@ -159,7 +160,7 @@ def test_a_finished_batch_flows_through_the_service(
     while True:
         page = stubs.tasks.ListTasks(
             curation_pb2.ListTasksRequest(batch_id=batch.id, page_size=25, page_token=token),
-            metadata=META,
+            metadata=signed("default"),
         )
         seen += list(page.tasks)
         token = page.next_page_token
@@ -170,9 +171,7 @@ def test_a_finished_batch_flows_through_the_service(
     ls_ids = {t.id for t in label_studio.tasks.list(project=done.label_studio_project_id)}
     assert ls_ids == {t.id for t in seen}
     # Another project sees none of them.
-    other = stubs.tasks.ListTasks(
-        curation_pb2.ListTasksRequest(), metadata=(("x-loomstack-project", "other"),)
-    )
+    other = stubs.tasks.ListTasks(curation_pb2.ListTasksRequest(), metadata=signed("other"))
     assert list(other.tasks) == []
 
     # The webhook refuses a missing or wrong secret, and records nothing.
@@ -180,7 +179,9 @@ def test_a_finished_batch_flows_through_the_service(
     payload = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": seen[0].id}}
     assert httpx.post(url, json=payload).status_code == 401
     assert httpx.post(url, json=payload, headers={SECRET_HEADER: "wrong"}).status_code == 401
-    stats = stubs.tasks.GetTaskStatistics(curation_pb2.GetTaskStatisticsRequest(), metadata=META)
+    stats = stubs.tasks.GetTaskStatistics(
+        curation_pb2.GetTaskStatisticsRequest(), metadata=signed("default")
+    )
     assert stats.annotated == 0
 
     # People annotate in Label Studio; Label Studio calls our webhook itself.
@@ -201,7 +202,7 @@ def test_a_finished_batch_flows_through_the_service(
             s
             if (
                 s := stubs.tasks.GetTaskStatistics(
-                    curation_pb2.GetTaskStatisticsRequest(), metadata=META
+                    curation_pb2.GetTaskStatisticsRequest(), metadata=signed("default")
                 )
             ).annotated
             == 11
@@ -219,7 +220,7 @@ def test_a_finished_batch_flows_through_the_service(
         curation_pb2.CreateSnapshotRequest(
             name="svc-gold", filter=curation_pb2.SnapshotFilter(gold_only=True)
         ),
-        metadata=META,
+        metadata=signed("default"),
     )
     assert (snap.version, snap.training_examples) == (1, 10)
     lines = inference.content(snap.training_file_id).decode().splitlines()
@@ -233,26 +234,33 @@ def test_a_finished_batch_flows_through_the_service(
             curation_pb2.CreateSnapshotRequest(
                 name="nothing", filter=curation_pb2.SnapshotFilter(min_rating=3)
             ),
-            metadata=META,
+            metadata=signed("default"),
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    listed = stubs.snapshots.ListSnapshots(curation_pb2.ListSnapshotsRequest(), metadata=META)
+    listed = stubs.snapshots.ListSnapshots(
+        curation_pb2.ListSnapshotsRequest(), metadata=signed("default")
+    )
     assert [s.id for s in listed.snapshots] == [snap.id]
 
     # Schemas and their renderings.
-    schemas = stubs.schemas.ListSchemas(curation_pb2.ListSchemasRequest(), metadata=META)
+    schemas = stubs.schemas.ListSchemas(
+        curation_pb2.ListSchemasRequest(), metadata=signed("default")
+    )
     by_id = {s.id: s for s in schemas.schemas}
     assert by_id["classify_ticket"].label_studio_project_id == done.label_studio_project_id
     config = stubs.schemas.RenderLabelConfig(
-        curation_pb2.RenderLabelConfigRequest(schema_id="classify_ticket"), metadata=META
+        curation_pb2.RenderLabelConfigRequest(schema_id="classify_ticket"),
+        metadata=signed("default"),
     )
     assert config.label_config.startswith("<View>")
     prompt = stubs.schemas.RenderPrompt(
-        curation_pb2.RenderPromptRequest(schema_id="classify_ticket"), metadata=META
+        curation_pb2.RenderPromptRequest(schema_id="classify_ticket"), metadata=signed("default")
     )
     assert json.loads(prompt.response_format_json)["type"] == "json_schema"
     with pytest.raises(grpc.RpcError) as caught:
-        stubs.schemas.GetSchema(curation_pb2.GetSchemaRequest(schema_id="nope"), metadata=META)
+        stubs.schemas.GetSchema(
+            curation_pb2.GetSchemaRequest(schema_id="nope"), metadata=signed("default")
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
     # The ML backend protocol.
@@ -276,12 +284,16 @@ def test_a_finished_batch_flows_through_the_service(
     service.start()
     stubs = Stubs(service.address)
     listed_imports = wait_until(
-        lambda: stubs.imports.ListImports(curation_pb2.ListImportsRequest(), metadata=META),
+        lambda: stubs.imports.ListImports(
+            curation_pb2.ListImportsRequest(), metadata=signed("default")
+        ),
         10,
         what="the restarted service",
     )
     assert sorted(i.batch_id for i in listed_imports.imports) == sorted([batch.id, unknown.id])
-    after = stubs.tasks.GetTaskStatistics(curation_pb2.GetTaskStatisticsRequest(), metadata=META)
+    after = stubs.tasks.GetTaskStatistics(
+        curation_pb2.GetTaskStatisticsRequest(), metadata=signed("default")
+    )
     assert (after.tasks, after.annotated, after.gold) == (N - 3, 11, 10)
     assert len(list(label_studio.projects.list())) == projects_before
     assert len(list(label_studio.tasks.list(project=done.label_studio_project_id))) == N - 3
@@ -391,7 +403,7 @@ def test_auto_accept_through_the_api(service: CurationProcess, inference_api: An
     def completed() -> Any:
         try:
             reply = stubs.imports.GetImport(
-                curation_pb2.GetImportRequest(batch_id=batch.id), metadata=META
+                curation_pb2.GetImportRequest(batch_id=batch.id), metadata=signed("default")
             )
         except grpc.RpcError:
             return None
@@ -400,7 +412,7 @@ def test_auto_accept_through_the_api(service: CurationProcess, inference_api: An
     done = wait_until(completed, 60, 0.2, "the auto-accepted import")
     assert done.auto_accept and (done.imported_tasks, done.auto_accepted_tasks) == (4, 4)
     tasks = stubs.tasks.ListTasks(
-        curation_pb2.ListTasksRequest(batch_id=batch.id), metadata=META
+        curation_pb2.ListTasksRequest(batch_id=batch.id), metadata=signed("default")
     ).tasks
     assert len(tasks) == 4
     assert all(t.auto_accepted and t.status == curation_pb2.TASK_STATUS_ANNOTATED for t in tasks)
@@ -411,7 +423,7 @@ def test_auto_accept_through_the_api(service: CurationProcess, inference_api: An
         curation_pb2.CreateSnapshotRequest(
             name="svc-auto", filter=curation_pb2.SnapshotFilter(start_time=since)
         ),
-        metadata=META,
+        metadata=signed("default"),
     )
     assert (snap.training_examples, snap.auto_accepted_examples) == (4, 4)
     with pytest.raises(grpc.RpcError) as caught:
@@ -420,6 +432,6 @@ def test_auto_accept_through_the_api(service: CurationProcess, inference_api: An
                 name="svc-people",
                 filter=curation_pb2.SnapshotFilter(start_time=since, exclude_auto_accepted=True),
             ),
-            metadata=META,
+            metadata=signed("default"),
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

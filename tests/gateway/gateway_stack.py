@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 from openai import OpenAI
+from support import SERVICE_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -33,8 +34,10 @@ START_TIMEOUT = 60.0
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any LOOMSTACK_ setting, plus `extra`."""
+    """This process's environment without any LOOMSTACK_ setting but the run's service secret
+    (every process of a stack holds the same one), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOMSTACK_")}
+    env["LOOMSTACK_SERVICE_SECRET"] = SERVICE_SECRET
     env.update(extra)
     return env
 

@@ -20,7 +20,7 @@ from loomstack_training.__main__ import MIGRATIONS, VERSION_TABLE
 from loomstack_training.batch_answers import Answer
 from loomstack_training.comparison_file import ComparisonPrompt, parse_comparison_file
 from loomstack_training.comparisons import Comparisons, VoteCounts
-from support import MODEL_NAME, wait_until
+from support import MODEL_NAME, signed, wait_until
 from training_support import GatewayProcess, TrainingProcess
 
 CAPITAL = "What is the capital of France?"
@@ -343,7 +343,6 @@ def test_stopped_or_crashed_service_reruns_the_comparison_after_the_restart(
     while it runs again: the restarted service re-queues it. Either way it runs to the end and
     is never left `running`."""
     file_id = _upload(gateway, PROMPTS[:2])
-    meta = (("x-loomstack-project", "default"),)
     channel = grpc.insecure_channel(training_service.address)
     comparisons = training_pb2_grpc.ComparisonServiceStub(channel)
 
@@ -356,7 +355,7 @@ def test_stopped_or_crashed_service_reruns_the_comparison_after_the_restart(
     def get(cid: str) -> training_pb2.Comparison:
         request = training_pb2.GetComparisonRequest(comparison_id=cid)
         reply: training_pb2.Comparison = comparisons.GetComparison(
-            request, metadata=meta, timeout=10
+            request, metadata=signed("default"), timeout=10
         )
         return reply
 
@@ -372,7 +371,7 @@ def test_stopped_or_crashed_service_reruns_the_comparison_after_the_restart(
             training_pb2.CreateComparisonRequest(
                 model_a=MODEL_NAME, model_b=MODEL_NAME, input_file_id=file_id, max_tokens=8
             ),
-            metadata=meta,
+            metadata=signed("default"),
             timeout=120,
         )
         started = wait_status(created.id, training_pb2.COMPARISON_STATUS_RUNNING, 60)
@@ -397,7 +396,7 @@ def test_stopped_or_crashed_service_reruns_the_comparison_after_the_restart(
         assert done.start_time.ToNanoseconds() > again.start_time.ToNanoseconds()
         items = comparisons.ListComparisonItems(
             training_pb2.ListComparisonItemsRequest(comparison_id=created.id),
-            metadata=meta,
+            metadata=signed("default"),
             timeout=10,
         ).items
         assert len(items) == 2 and all(i.answer_a and i.answer_b for i in items)

@@ -15,7 +15,7 @@ import grpc
 
 from loomstack.inference.v1 import files_pb2, files_pb2_grpc
 from loomstack.training.v1 import training_pb2, training_pb2_grpc
-from support import MODEL_NAME, ROOT, health_status, wait_until
+from support import MODEL_NAME, ROOT, health_status, signed, wait_until
 
 TRAINER_PYTHON = os.environ.get(
     "LOOMSTACK_TRAINING_TRAINER_PYTHON", str(ROOT / ".cache" / "training-venv" / "bin" / "python")
@@ -126,10 +126,15 @@ class TrainingClient:
     """Synchronous stubs of the training service and the inference FileService."""
 
     def __init__(self, training: str, inference: str, project: str = "default") -> None:
-        self.metadata = (("x-loomstack-project", project),)
+        self.project = project
         self._channels = [grpc.insecure_channel(training), grpc.insecure_channel(inference)]
         self.jobs = training_pb2_grpc.FineTuningServiceStub(self._channels[0])
         self.files = files_pb2_grpc.FileServiceStub(self._channels[1])
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Signed afresh for each call."""
+        return signed(self.project)
 
     def upload(self, lines: list[Any], purpose: str = "fine-tune") -> str:
         data = "".join(x if isinstance(x, str) else json.dumps(x) for x in lines)

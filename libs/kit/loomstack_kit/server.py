@@ -13,6 +13,7 @@ service names Kubernetes probes ask for:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -24,7 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from .errors import Internal, LoomstackError, to_grpc_status
+from .errors import Internal, LoomstackError, Unauthenticated, to_grpc_status
+from .identity import IdentityVerifier, request_id_of
+from .ids import new_request_id
 from .settings import ServiceSettings
 from .tracing import server_interceptors
 
@@ -49,6 +52,14 @@ async def _abort(context: grpc.aio.ServicerContext, error: LoomstackError) -> No
     await context.abort(code, message, trailing_metadata=trailers)
 
 
+def _internal(context: grpc.aio.ServicerContext, what: str) -> Internal:
+    """Logs the exception being handled under a request id; the caller gets only the id (an
+    exception's text may carry paths, addresses or data of another project)."""
+    request_id = request_id_of(context) or new_request_id()
+    log.exception(what, extra={"request_id": request_id})
+    return Internal(f"internal error (request id {request_id})")
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -57,9 +68,8 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
             await _abort(context, error)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception as exc:
-            log.exception("unhandled error in RPC")
-            await _abort(context, Internal(f"internal error: {type(exc).__name__}: {exc}"))
+        except Exception:
+            await _abort(context, _internal(context, "unhandled error in RPC"))
 
     return wrapper
 
@@ -73,11 +83,72 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[An
             await _abort(context, error)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception as exc:
-            log.exception("unhandled error in streaming RPC")
-            await _abort(context, Internal(f"internal error: {type(exc).__name__}: {exc}"))
+        except Exception:
+            await _abort(context, _internal(context, "unhandled error in streaming RPC"))
 
     return wrapper
+
+
+def _same_kind(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> Any:
+    """A method handler of `handler`'s kind (unary/stream either way) running `behavior`."""
+    if handler.unary_unary:
+        factory = grpc.unary_unary_rpc_method_handler
+    elif handler.stream_unary:
+        factory = grpc.stream_unary_rpc_method_handler
+    elif handler.unary_stream:
+        factory = grpc.unary_stream_rpc_method_handler
+    else:
+        factory = grpc.stream_stream_rpc_method_handler
+    return factory(behavior, handler.request_deserializer, handler.response_serializer)
+
+
+# Probes and tooling hold no secret: health checks and reflection need no identity.
+OPEN_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class IdentityInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call but health and reflection whose caller identity is not signed with
+    the installation's secret (UNAUTHENTICATED): the one place identities are checked."""
+
+    def __init__(self, verifier: IdentityVerifier) -> None:
+        self.verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        try:
+            self.verifier.verify(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        except Unauthenticated as error:
+            log.warning(
+                "refused a call without a valid identity",
+                extra={"method": method, "reason": error.code},
+            )
+            return _same_kind(handler, _refuse(error, streaming=bool(handler.request_streaming)))
+        return handler
+
+
+def _refuse(error: Unauthenticated, *, streaming: bool) -> Callable[..., Any]:
+    async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        if streaming:
+            # grpc.aio turns an abort while the client is still sending into INTERNAL; a
+            # bounded read lets the status through for the usual small stream.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    async for _ in request_or_iterator:
+                        pass
+        await _abort(context, error)
+
+    return refuse
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -132,8 +203,13 @@ class GrpcServer:
         self._registrations = list(registrations)
         self._on_shutdown = list(on_shutdown)
         self._stopping = asyncio.Event()
+        verifier = IdentityVerifier(settings.secret())
         self.server = grpc.aio.server(
-            interceptors=[*server_interceptors(), ErrorInterceptor()],
+            interceptors=[
+                *server_interceptors(),
+                IdentityInterceptor(verifier),
+                ErrorInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -152,7 +228,26 @@ class GrpcServer:
             ],
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        tls = settings.tls()
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            cert, key, ca = tls
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=True
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        # Kubernetes' gRPC probes speak no TLS: with mutual TLS, health alone is also served in
+        # plaintext on its own port (`health_port`).
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        if tls is not None and settings.health_port:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(
+                f"{settings.host}:{settings.health_port}"
+            )
 
     async def set_ready(self, ready: bool) -> None:
         """Readiness (and the overall "" status and each service name) follow this."""
@@ -170,6 +265,8 @@ class GrpcServer:
         await self.health.set(STARTUP, _NOT_SERVING)
         await self.set_ready(False)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         if self.settings.port_file:
             self.settings.port_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.settings.port_file.with_suffix(".tmp")
@@ -209,4 +306,6 @@ class GrpcServer:
         # what a health-checking client or load balancer is told.
         await asyncio.sleep(max(0.0, drained_at - loop.time()))
         await self.server.stop(self.settings.grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         log.info("gRPC server stopped")

@@ -107,3 +107,12 @@ def instrument_sqlalchemy(engine: Any) -> None:
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     SQLAlchemyInstrumentor().instrument(engine=engine)
+
+
+def sync_client_interceptors() -> list[Any]:
+    """The same for a blocking channel (`grpc.intercept_channel`)."""
+    if not _configured:
+        return []
+    from opentelemetry.instrumentation.grpc import client_interceptor
+
+    return [client_interceptor()]

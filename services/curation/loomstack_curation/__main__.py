@@ -78,7 +78,7 @@ async def serve(settings: CurationSettings) -> None:
     annotations = AnnotationStore(db, catalog)
     queries = TaskQueries(db, catalog, projects, annotations)
     snapshots = SnapshotStore(db, catalog)
-    inference = InferenceClient(settings.inference_address)
+    inference = InferenceClient(settings.inference_address, settings)
     consumer = FeedConsumer(db, importer)
 
     def upload(project: str, filename: str, content: bytes) -> str:

@@ -20,27 +20,25 @@ from loomstack.inference.v1 import (
     files_pb2,
     files_pb2_grpc,
 )
+from loomstack_kit.channels import open_channel
 from loomstack_kit.errors import from_rpc_error
-from loomstack_kit.identity import project_metadata
+from loomstack_kit.identity import IdentitySigner
+from loomstack_kit.settings import ServiceSettings
 
 from .feed import BatchEvent
 
 CHUNK = 256 * 1024
-_MAX_MESSAGE = 64 * 1024 * 1024
+SERVICE = "curation"
 
 
 class InferenceClient:
-    """One channel to the inference service."""
+    """One channel to the inference service; every call is signed as the curation service
+    acting for a project."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, settings: ServiceSettings) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ],
-        )
+        self.signer = IdentitySigner(settings.secret(), SERVICE)
+        self.channel = open_channel(address, settings)
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.batches = batches_pb2_grpc.BatchServiceStub(self.channel)
         self.chat = chat_pb2_grpc.ChatServiceStub(self.channel)
@@ -56,7 +54,7 @@ class InferenceClient:
                 part.chunk
                 for part in self.files.DownloadFileContent(
                     files_pb2.DownloadFileContentRequest(file_id=file_id),
-                    metadata=tuple(project_metadata(project)),
+                    metadata=self.signer.metadata(project),
                     timeout=300,
                 )
             )
@@ -78,7 +76,7 @@ class InferenceClient:
         try:
             return str(
                 self.files.UploadFile(
-                    messages(), metadata=tuple(project_metadata(project)), timeout=300
+                    messages(), metadata=self.signer.metadata(project), timeout=300
                 ).id
             )
         except grpc.RpcError as exc:
@@ -93,7 +91,7 @@ class InferenceClient:
                 batches_pb2.ListBatchEventsRequest(
                     after_sequence=after, page_size=page_size, wait_seconds=wait_seconds
                 ),
-                metadata=tuple(project_metadata(None)),
+                metadata=self.signer.metadata(None),
                 timeout=wait_seconds + 30,
             )
         except grpc.RpcError as exc:
@@ -120,7 +118,7 @@ class InferenceClient:
         try:
             reply = self.chat.CreateChatCompletion(
                 chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(request).encode()),
-                metadata=tuple(project_metadata(project)),
+                metadata=self.signer.metadata(project),
                 timeout=timeout,
             )
         except grpc.RpcError as exc:

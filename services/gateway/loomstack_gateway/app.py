@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from loomstack_kit.errors import Unavailable
+from loomstack_kit.identity import GATEWAY, IdentitySigner
 from loomstack_kit.tracing import configure_tracing
 
 from .auth import ApiKeys, AuthMiddleware
@@ -45,9 +46,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     tracing = settings.otel_exporter != "none"
     configure_tracing(SERVICE_NAME, settings.otel_exporter)
-    inference = Inference(settings.inference_address, max_message_bytes=settings.max_message_bytes)
-    curation = Curation(settings.curation_address)
-    training = Training(settings.training_address)
+    inference = Inference(
+        settings.inference_address, settings, max_message_bytes=settings.max_message_bytes
+    )
+    curation = Curation(settings.curation_address, settings)
+    training = Training(settings.training_address, settings)
+    signer = IdentitySigner(settings.secret(), GATEWAY)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
@@ -97,7 +101,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     # Added first, so innermost: auth and metrics wrap the direct routes too.
     app.add_middleware(DirectRoutes, fastapi_app=app)
-    app.add_middleware(AuthMiddleware, keys=ApiKeys.from_settings(settings))
+    app.add_middleware(AuthMiddleware, keys=ApiKeys.from_settings(settings, signer))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.openapi = _openapi_with_bearer(app)  # type: ignore[method-assign]
     if tracing:

@@ -20,7 +20,8 @@ from loomstack.inference.v1 import (
     models_pb2_grpc,
 )
 from loomstack.training.v1 import training_pb2_grpc
-from loomstack_kit.tracing import client_interceptors
+from loomstack_kit.channels import open_aio_channel
+from loomstack_kit.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from loomstack.curation.v1.curation_pb2_grpc import (
@@ -50,19 +51,19 @@ class Inference:
     chat: ChatServiceAsyncStub
     health: health_pb2_grpc.HealthStub
 
-    def __init__(self, address: str, *, max_message_bytes: int) -> None:
+    def __init__(self, address: str, settings: ServiceSettings, *, max_message_bytes: int) -> None:
         self.address = address
+        self.settings = settings
         self.max_message_bytes = max_message_bytes
         self._channel: grpc.aio.Channel | None = None
 
     async def open(self) -> None:
         """Opens the channel and builds the stubs."""
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = open_aio_channel(
             self.address,
-            interceptors=client_interceptors(),
+            self.settings,
+            max_message_bytes=self.max_message_bytes,
             options=[
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", self.max_message_bytes),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_permit_without_calls", 0),
             ],
@@ -100,13 +101,14 @@ class Curation:
     imports: ImportServiceAsyncStub
     snapshots: SnapshotServiceAsyncStub
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, settings: ServiceSettings) -> None:
         self.address = address
+        self.settings = settings
         self._channel: grpc.aio.Channel | None = None
 
     async def open(self) -> None:
         """Opens the channel and builds the stubs."""
-        self._channel = grpc.aio.insecure_channel(self.address, interceptors=client_interceptors())
+        self._channel = open_aio_channel(self.address, self.settings)
         self.schemas = curation_pb2_grpc.SchemaServiceStub(self._channel)
         self.tasks = curation_pb2_grpc.TaskServiceStub(self._channel)
         self.imports = curation_pb2_grpc.ImportServiceStub(self._channel)
@@ -125,13 +127,14 @@ class Training:
     jobs: FineTuningServiceAsyncStub
     comparisons: ComparisonServiceAsyncStub
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, settings: ServiceSettings) -> None:
         self.address = address
+        self.settings = settings
         self._channel: grpc.aio.Channel | None = None
 
     async def open(self) -> None:
         """Opens the channel and builds the stubs."""
-        self._channel = grpc.aio.insecure_channel(self.address, interceptors=client_interceptors())
+        self._channel = open_aio_channel(self.address, self.settings)
         self.jobs = training_pb2_grpc.FineTuningServiceStub(self._channel)
         self.comparisons = training_pb2_grpc.ComparisonServiceStub(self._channel)
 

@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from loomstack.inference.v1 import batches_pb2_grpc, chat_pb2_grpc, files_pb2_grpc, models_pb2_grpc
 from loomstack_kit.blobstore import open_blob_store
 from loomstack_kit.database import create_db_engine, migrate
+from loomstack_kit.identity import IdentitySigner
 from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
@@ -85,7 +86,13 @@ async def serve(settings: InferenceSettings) -> None:
         ),
         Registration(
             chat_pb2_grpc.add_ChatServiceServicer_to_server,
-            ChatServicer(vllm, engine_ready, registry),
+            ChatServicer(
+                vllm,
+                engine_ready,
+                registry,
+                settings=settings,
+                signer=IdentitySigner(settings.secret(), "inference"),
+            ),
             "loomstack.inference.v1.ChatService",
         ),
     ]

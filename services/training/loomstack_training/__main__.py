@@ -45,7 +45,7 @@ async def serve(settings: TrainingSettings) -> None:
     blobs = open_blob_store(
         settings.blob_backend, root=settings.resolved_blob_dir(), engine=db, table=blob_chunks
     )
-    inference = InferenceClient(settings.inference_address)
+    inference = InferenceClient(settings.inference_address, settings)
     jobs = Jobs(db)
     submissions = Submissions(settings, jobs, blobs, inference)
 

@@ -24,10 +24,12 @@ from loomstack.inference.v1 import (
     models_pb2_grpc,
 )
 from loomstack_kit.archives import pack_directory
+from loomstack_kit.channels import open_channel
 from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
-from loomstack_kit.identity import project_metadata, service_metadata
+from loomstack_kit.identity import IdentitySigner
+from loomstack_kit.settings import ServiceSettings
 
-_MAX_MESSAGE = 64 * 1024 * 1024
+SERVICE = "training"
 _CHUNK = 256 * 1024
 _BATCH_FINAL = frozenset(
     {
@@ -58,17 +60,13 @@ class RegisteredModel:
 
 
 class InferenceClient:
-    """One channel to the inference service."""
+    """One channel to the inference service; every call is signed as the training service
+    acting for a project."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, settings: ServiceSettings) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ],
-        )
+        self.signer = IdentitySigner(settings.secret(), SERVICE)
+        self.channel = open_channel(address, settings)
         self.files = files_pb2_grpc.FileServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self.batches = batches_pb2_grpc.BatchServiceStub(self.channel)
@@ -84,7 +82,7 @@ class InferenceClient:
         try:
             for part in self.files.DownloadFileContent(
                 files_pb2.DownloadFileContentRequest(file_id=file_id),
-                metadata=tuple(project_metadata(project)),
+                metadata=self.signer.metadata(project),
                 timeout=300,
             ):
                 size += len(part.chunk)
@@ -105,7 +103,7 @@ class InferenceClient:
         try:
             reply = self.files.GetFile(
                 files_pb2.GetFileRequest(file_id=file_id),
-                metadata=tuple(project_metadata(project)),
+                metadata=self.signer.metadata(project),
                 timeout=30,
             )
         except grpc.RpcError as exc:
@@ -119,7 +117,7 @@ class InferenceClient:
         try:
             return self.models.GetModel(
                 models_pb2.GetModelRequest(model_id=model_id),
-                metadata=tuple(project_metadata(project)),
+                metadata=self.signer.metadata(project),
                 timeout=30,
             )
         except grpc.RpcError as exc:
@@ -156,7 +154,7 @@ class InferenceClient:
         try:
             self.models.CreateModel(
                 models_pb2.CreateModelRequest(model_id=model_id, parent=parent, source=source),
-                metadata=tuple(project_metadata(project)),
+                metadata=self.signer.metadata(project),
                 timeout=30,
             )
         except grpc.RpcError as exc:
@@ -175,7 +173,7 @@ class InferenceClient:
         try:
             self.models.DeleteModel(
                 models_pb2.DeleteModelRequest(model_id=model_id),
-                metadata=tuple(project_metadata(project)),
+                metadata=self.signer.metadata(project),
                 timeout=30,
             )
         except grpc.RpcError as exc:
@@ -195,7 +193,7 @@ class InferenceClient:
 
         try:
             reply = self.files.UploadFile(
-                messages(), metadata=tuple(service_metadata(project, "training")), timeout=300
+                messages(), metadata=self.signer.metadata(project), timeout=300
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
@@ -218,7 +216,7 @@ class InferenceClient:
         stop = stop or threading.Event()
         content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
         file_id = self.upload(project, f"{purpose.replace(' ', '-')}.jsonl", content, "batch")
-        meta = tuple(project_metadata(project))
+        meta = self.signer.metadata(project)
         try:
             batch = self.batches.CreateBatch(
                 batches_pb2.CreateBatchRequest(
