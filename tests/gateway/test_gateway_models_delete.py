@@ -8,17 +8,17 @@ import uuid
 import grpc
 import openai
 import pytest
+from support import signed
 
 from gateway_stack import KEY_A, KEY_B, MODEL_NAME, Gateway
 from loomstack.inference.v1 import models_pb2, models_pb2_grpc
-from loomstack_kit.identity import service_metadata
 
 
 def _register(address: str, model_id: str, source: str, project: str = "team-a") -> None:
     with grpc.insecure_channel(address) as channel:
         models_pb2_grpc.ModelServiceStub(channel).CreateModel(
             models_pb2.CreateModelRequest(model_id=model_id, parent=MODEL_NAME, source=source),
-            metadata=tuple(service_metadata(project, "training")),
+            metadata=signed(project, "training"),
             timeout=30,
         )
 
@@ -31,9 +31,15 @@ def test_a_project_deletes_its_own_fine_tuned_model(
     owner, other = gateway.client(KEY_A), gateway.client(KEY_B)
     assert owner.models.retrieve(name).owned_by == "team-a"
 
-    with pytest.raises(openai.PermissionDeniedError) as denied:
+    # Another project is told what an unknown id is told: nothing confirms the model exists.
+    with pytest.raises(openai.NotFoundError) as denied:
         other.models.delete(name)
-    assert "another project" in denied.value.response.json()["error"]["message"]
+    unknown = f"ft:{MODEL_NAME}:del:{uuid.uuid4().hex[:8]}"
+    with pytest.raises(openai.NotFoundError) as missing:
+        other.models.delete(unknown)
+    assert denied.value.response.json()["error"]["message"] == missing.value.response.json()[
+        "error"
+    ]["message"].replace(unknown, name)
     with pytest.raises(openai.BadRequestError) as base:
         owner.models.delete(MODEL_NAME)
     assert "base model" in base.value.response.json()["error"]["message"]

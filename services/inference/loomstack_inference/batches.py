@@ -20,7 +20,8 @@ from loomstack_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from .files import FileStore
 from .ids import new_id
-from .tables import batch_events, batch_requests, batches, engines, models, results, shards
+from .registry import Registry
+from .tables import batch_events, batch_requests, batches, engines, results, shards
 from .validation import ValidationReport, parse_batch_input
 
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
@@ -179,8 +180,7 @@ class Batches:
                 param="input_file_id",
                 code="invalid_file_purpose",
             )
-        with self.engine.connect() as conn:
-            known = {r.id for r in conn.execute(sa.select(models.c.id))}
+        known = Registry(self.engine).model_ids(project)
         batch_id = new_id("batch_")
         now = time.time()
         report = ValidationReport()

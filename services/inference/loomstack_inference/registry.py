@@ -1,4 +1,10 @@
-"""The model registry and the engines that serve models (with their heartbeats)."""
+"""The model registry and the engines that serve models (with their heartbeats).
+
+Base models (no parent) are the installation's and every project sees them. A fine-tuned model
+(an adapter) belongs to the project that registered it: another project is told it does not
+exist, exactly as for an unknown id, so a refusal never confirms that it does. An admin caller
+(project None) sees every model.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,27 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from loomstack_kit.database import write_transaction
-from loomstack_kit.errors import FailedPrecondition, NotFound, PermissionDenied
+from loomstack_kit.errors import FailedPrecondition, NotFound
 
 from .tables import engines, models
 
 FRESH_SECONDS = 30.0
+
+
+def _visible_to(project: str | None) -> sa.ColumnElement[bool]:
+    """The models a project may see and use: base models, and its own adapters."""
+    if project is None:
+        return sa.true()
+    return sa.or_(models.c.parent.is_(None), models.c.owned_by == project)
+
+
+def model_not_found(model_id: str, param: str = "model") -> NotFound:
+    """The one error for a model a caller may not see: unknown and another project's alike."""
+    return NotFound(
+        f"the model {model_id!r} does not exist or you do not have access to it",
+        param=param,
+        code="model_not_found",
+    )
 
 
 @dataclass(frozen=True)
@@ -95,11 +117,29 @@ class Registry:
         with write_transaction(self.engine) as conn:
             conn.execute(engines.delete().where(engines.c.id == engine_id))
 
-    def list_models(self) -> list[ModelInfo]:
-        """Every model with its ready engines and summed throughput."""
+    def list_models(self, project: str | None) -> list[ModelInfo]:
+        """The models `project` may see (every model for an admin, None), with their ready
+        engines and summed throughput."""
+        return self._infos(_visible_to(project))
+
+    def model_ids(self, project: str | None) -> set[str]:
+        """The ids of the models `project` may use."""
+        with self.engine.connect() as conn:
+            return {r.id for r in conn.execute(sa.select(models.c.id).where(_visible_to(project)))}
+
+    def check_visible(self, model_id: str, project: str | None, param: str = "model") -> None:
+        """NotFound unless `project` may use `model_id`."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(models.c.id).where(models.c.id == model_id, _visible_to(project))
+            ).first()
+        if row is None:
+            raise model_not_found(model_id, param)
+
+    def _infos(self, where: sa.ColumnElement[bool]) -> list[ModelInfo]:
         now = time.time()
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(models).order_by(models.c.created_at)).all()
+            rows = conn.execute(sa.select(models).where(where).order_by(models.c.created_at)).all()
             live = conn.execute(
                 sa.select(engines.c.models_json, engines.c.output_tokens_per_second).where(
                     engines.c.heartbeat_at > now - FRESH_SECONDS, engines.c.ready.is_(True)
@@ -145,30 +185,26 @@ class Registry:
     def delete_model(self, model_id: str, project: str | None) -> None:
         """Removes an adapter its project owns (any adapter for an admin, `project` None).
 
-        NotFound for an unknown id, FailedPrecondition for a base model (the engines' own
-        model: only a deployment change removes it), PermissionDenied for another project's.
+        NotFound for an unknown id or another project's adapter, FailedPrecondition for a base
+        model (the engines' own model: only a deployment change removes it).
         """
         with write_transaction(self.engine) as conn:
             row = conn.execute(
-                sa.select(models.c.parent, models.c.owned_by).where(models.c.id == model_id)
+                sa.select(models.c.parent).where(models.c.id == model_id, _visible_to(project))
             ).first()
             if row is None:
-                raise NotFound(f"no model {model_id!r}", param="model", code="model_not_found")
+                raise model_not_found(model_id)
             if row.parent is None:
                 raise FailedPrecondition(
                     f"{model_id!r} is a base model; only fine-tuned models (adapters) can be "
                     "deleted",
                     param="model",
                 )
-            if project is not None and row.owned_by != project:
-                raise PermissionDenied(
-                    f"model {model_id!r} belongs to another project", param="model"
-                )
             conn.execute(models.delete().where(models.c.id == model_id))
 
-    def get_model(self, model_id: str) -> ModelInfo:
-        """One model, or NotFound."""
-        for info in self.list_models():
-            if info.id == model_id:
-                return info
-        raise NotFound(f"no model {model_id!r}", param="model", code="model_not_found")
+    def get_model(self, model_id: str, project: str | None, param: str = "model") -> ModelInfo:
+        """One model `project` may see, or NotFound."""
+        found = self._infos(sa.and_(models.c.id == model_id, _visible_to(project)))
+        if not found:
+            raise model_not_found(model_id, param)
+        return found[0]

@@ -21,9 +21,16 @@ from loomstack.inference.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
+from loomstack_kit.channels import open_aio_channel
 from loomstack_kit.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
-from loomstack_kit.identity import calling_service, owner_project, project_of
-from loomstack_kit.tracing import client_interceptors
+from loomstack_kit.identity import (
+    IdentitySigner,
+    calling_service,
+    forwarded,
+    owner_project,
+    project_of,
+)
+from loomstack_kit.settings import ServiceSettings
 
 from .adapters import is_file_source
 from .batches import Batches, BatchView
@@ -285,20 +292,25 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: Any
     ) -> models_pb2.ListModelsResponse:
-        infos = await asyncio.to_thread(self.registry.list_models)
+        infos = await asyncio.to_thread(self.registry.list_models, project_of(context))
         return models_pb2.ListModelsResponse(models=[model_to_proto(i) for i in infos])
 
     async def GetModel(self, request: models_pb2.GetModelRequest, context: Any) -> models_pb2.Model:
-        return model_to_proto(await asyncio.to_thread(self.registry.get_model, request.model_id))
+        info = await asyncio.to_thread(
+            self.registry.get_model, request.model_id, project_of(context)
+        )
+        return model_to_proto(info)
 
     async def CreateModel(
         self, request: models_pb2.CreateModelRequest, context: Any
     ) -> models_pb2.Model:
         if not request.model_id or not request.source:
             raise InvalidArgument("model_id and source are required", param="model_id")
-        parent = await asyncio.to_thread(self.registry.get_model, request.parent)
+        project = project_of(context)
+        parent = await asyncio.to_thread(self.registry.get_model, request.parent, project, "parent")
         if is_file_source(request.source) and self.files is not None:
-            record = await asyncio.to_thread(self.files.get, None, request.source)
+            # The caller's own file: an adapter archive of another project is not a source.
+            record = await asyncio.to_thread(self.files.get, project, request.source)
             if record.purpose != ADAPTER_PURPOSE:
                 raise InvalidArgument(
                     f"file {request.source!r} has purpose {record.purpose!r}; an adapter "
@@ -316,9 +328,10 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             request.source,
             parent.max_model_len,
             parent=parent.id,
-            owned_by=owner_project(project_of(context)),
+            owned_by=owner_project(project),
         )
-        return model_to_proto(await asyncio.to_thread(self.registry.get_model, request.model_id))
+        info = await asyncio.to_thread(self.registry.get_model, request.model_id, project)
+        return model_to_proto(info)
 
     async def DeleteModel(
         self, request: models_pb2.DeleteModelRequest, context: Any
@@ -343,10 +356,20 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """Online chat: on the local engine when it serves the model, else forwarded to an engine
     of that model found in the registry (so an api-only replica can take every request)."""
 
-    def __init__(self, engine: VllmEngine | None, ready: Any, registry: Registry) -> None:
+    def __init__(
+        self,
+        engine: VllmEngine | None,
+        ready: Any,
+        registry: Registry,
+        *,
+        settings: ServiceSettings,
+        signer: IdentitySigner,
+    ) -> None:
         self.engine = engine
         self.ready = ready
         self.registry = registry
+        self.settings = settings
+        self.signer = signer
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._next = 0
 
@@ -373,7 +396,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 f"the engine for {model!r} is still loading; retry shortly", code="engine_not_ready"
             )
         if not addresses:
-            await asyncio.to_thread(self.registry.get_model, model)  # NotFound if unknown
             raise Unavailable(
                 f"no engine is serving model {model!r} right now; retry shortly",
                 code="engine_not_ready",
@@ -381,21 +403,29 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._next += 1
         address = addresses[self._next % len(addresses)]
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(
-                address, interceptors=client_interceptors()
-            )
+            self._channels[address] = open_aio_channel(address, self.settings)
         return chat_pb2_grpc.ChatServiceStub(self._channels[address])
+
+    async def _route(self, request_json: bytes, context: Any) -> VllmEngine | None:
+        """The local engine for the request's model, or None to forward it; NotFound for a
+        model the caller may not use (another project's adapter reads as unknown)."""
+        model = self._model(request_json)
+        # The local engine's own model is a base model, which every project may use.
+        if self.engine is None or model != self.engine.served_name:
+            await asyncio.to_thread(self.registry.check_visible, model, project_of(context))
+        return self._local(model)
 
     async def CreateChatCompletion(
         self, request: chat_pb2.CreateChatCompletionRequest, context: Any
     ) -> chat_pb2.CreateChatCompletionResponse:
-        model = self._model(request.request_json)
-        engine = self._local(model)
+        engine = await self._route(request.request_json, context)
         if engine is None:
-            stub = await self._remote(model)
+            stub = await self._remote(self._model(request.request_json))
             try:
                 return await stub.CreateChatCompletion(  # type: ignore[misc]
-                    request, timeout=context.time_remaining()
+                    request,
+                    timeout=context.time_remaining(),
+                    metadata=forwarded(self.signer, context),
                 )
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from exc
@@ -408,12 +438,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamChatCompletion(
         self, request: chat_pb2.StreamChatCompletionRequest, context: Any
     ) -> AsyncIterator[chat_pb2.StreamChatCompletionResponse]:
-        model = self._model(request.request_json)
-        engine = self._local(model)
+        engine = await self._route(request.request_json, context)
         if engine is None:
-            stub = await self._remote(model)
+            stub = await self._remote(self._model(request.request_json))
             try:
-                async for chunk in stub.StreamChatCompletion(request):  # type: ignore[attr-defined]
+                async for chunk in stub.StreamChatCompletion(  # type: ignore[attr-defined]
+                    request, metadata=forwarded(self.signer, context)
+                ):
                     yield chunk
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from exc

@@ -166,8 +166,8 @@ def parse_batch_input(
             problem(
                 "model_not_found",
                 line_no,
-                f"model {model!r} is not registered; available: "
-                f"{', '.join(sorted(known_models)) or 'none'}",
+                f"the model {model!r} does not exist or you do not have access to it; "
+                f"available: {', '.join(sorted(known_models)) or 'none'}",
                 "body.model",
             )
         elif not report.model:
