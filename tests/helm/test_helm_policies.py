@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import helm_chart
-from helm_chart import containers, engines, load_values, pod_specs
+from helm_chart import PodOwner, containers, engines, load_values, pod_specs
 
 Objects = list[dict[str, Any]]
 SCENARIOS = list(helm_chart.scenarios())
@@ -51,6 +51,10 @@ def values(scenario: str) -> dict[str, Any]:
     return load_values(helm_chart.scenarios()[scenario])
 
 
+def mtls_on(values: dict[str, Any]) -> bool:
+    return bool(values["serviceAuth"]["mtls"]["enabled"])
+
+
 def by_kind(objects: Objects, kind: str) -> dict[str, dict[str, Any]]:
     return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
 
@@ -79,8 +83,12 @@ def all_containers(objects: Objects) -> Iterator[tuple[str, dict[str, Any]]]:
 # -- probes and shutdown -----------------------------------------------------------------------
 
 
-def test_every_grpc_container_has_native_grpc_probes(objects: Objects) -> None:
-    """startup/liveness/readiness: `grpc:` probes on the numeric gRPC port, the kit's names."""
+def test_every_grpc_container_has_native_grpc_probes(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """startup/liveness/readiness: `grpc:` probes on the numeric gRPC port, the kit's names;
+    with mTLS on the plaintext `health` port instead (the kubelet's probes speak no TLS)."""
+    probed = "health" if mtls_on(values) else "grpc"
     grpc_pods = 0
     for owner in pod_specs(objects):
         for container in owner.spec["containers"]:
@@ -94,7 +102,7 @@ def test_every_grpc_container_has_native_grpc_probes(objects: Objects) -> None:
                 grpc = container[probe].get("grpc")
                 assert grpc is not None, f"{where}: {probe} is not a native gRPC probe"
                 assert isinstance(grpc["port"], int), f"{where}: {probe} port must be numeric"
-                assert grpc["port"] == ports["grpc"], f"{where}: {probe} probes another port"
+                assert grpc["port"] == ports[probed], f"{where}: {probe} probes another port"
                 assert grpc["service"] == service, f"{where}: {probe} checks {grpc['service']!r}"
     components = {o.labels["app.kubernetes.io/component"] for o in pod_specs(objects)}
     expected = sum(
@@ -433,7 +441,12 @@ def test_only_the_gateway_is_reachable_from_outside(objects: Objects) -> None:
 # -- helm test ---------------------------------------------------------------------------------
 
 
-def test_helm_test_checks_the_gateway_and_every_grpc_service(objects: Objects) -> None:
+def test_helm_test_checks_the_gateway_and_every_grpc_service(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """The test pod checks each gRPC Service where the kubelet does: the gRPC port, or with mTLS
+    the plaintext health port (it has no client certificate)."""
+    probed = "health" if mtls_on(values) else "grpc"
     pods = [o for o in objects if o["kind"] == "Pod"]
     assert len(pods) == 1 and pods[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
     args = pods[0]["spec"]["containers"][0]["args"]
@@ -442,7 +455,7 @@ def test_helm_test_checks_the_gateway_and_every_grpc_service(objects: Objects) -
     for service in by_kind(objects, "Service").values():
         ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
         if "grpc" in ports:
-            assert f"{service['metadata']['name']}:{ports['grpc']}" in grpc_targets
+            assert f"{service['metadata']['name']}:{ports[probed]}" in grpc_targets
     assert "startup" in args[0] and "liveness" in args[0] and "readiness" in args[0]
 
 
@@ -498,8 +511,24 @@ def env_names(container: dict[str, Any]) -> set[str]:
 
 
 def setting_envs(settings_class: type, prefix: str) -> set[str]:
-    """The environment variable of every field of a pydantic-settings class."""
-    return {f"{prefix}{name.upper()}" for name in settings_class.model_fields}
+    """The environment variable of every field of a pydantic-settings class: the prefixed field
+    name, or its alias (the kit's installation-wide settings such as
+    `LOOMSTACK_SERVICE_SECRET_FILE` carry no service prefix)."""
+    names = set()
+    for name, field in settings_class.model_fields.items():  # type: ignore[attr-defined]
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        elif alias is not None:
+            names |= {choice for choice in alias.choices if isinstance(choice, str)}
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def image_name(image: str) -> str:
+    """`registry/repo/name:tag` or `...@sha256:...` → `name`."""
+    return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
 
 
 def test_curation_runs_the_service_with_its_settings(
@@ -520,9 +549,11 @@ def test_curation_runs_the_service_with_its_settings(
     container = spec["template"]["spec"]["containers"][0]
     assert container["args"] == ["serve"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": c["port"], "http": c["httpPort"]}
+    health = {"health": c["healthPort"]} if mtls_on(values) else {}
+    assert ports == {"grpc": c["port"], "http": c["httpPort"], **health}
+    probed = c["healthPort"] if mtls_on(values) else c["port"]
     for probe, service in GRPC_HEALTH_NAMES.items():
-        assert container[probe]["grpc"] == {"port": c["port"], "service": service}
+        assert container[probe]["grpc"] == {"port": probed, "service": service}
     names = env_names(container) - {"HOME"}
     known = setting_envs(CurationSettings, "LOOMSTACK_CURATION_")
     extra = {e["name"] for e in c["extraEnv"]}
@@ -556,6 +587,7 @@ def test_curation_runs_the_service_with_its_settings(
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
         "grpc": c["port"],
         "http": c["httpPort"],
+        **health,
     }
 
 
@@ -599,12 +631,12 @@ def test_migrations_include_curation_and_training_when_enabled(
     steps = job["spec"]["template"]["spec"]["containers"]
     assert all(s["args"] == ["migrate"] for s in steps)
     images = {s["name"]: s["image"] for s in steps}
-    assert images["migrate"].split("/")[-1].startswith("inference:")
+    assert image_name(images["migrate"]) == "inference"
     for service in ("curation", "training"):
         step = f"migrate-{service}"
         assert (step in images) == values[service]["enabled"]
         if values[service]["enabled"]:
-            assert images[step].split("/")[-1].startswith(f"{service}:")
+            assert image_name(images[step]) == service
             env = env_names(next(s for s in steps if s["name"] == step))
             assert f"LOOMSTACK_{service.upper()}_DATABASE_URL" in env
 
@@ -696,3 +728,382 @@ def test_training_runs_the_service_with_its_settings(
     assert claim == t["workVolume"]["existingClaim"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["work"] == env["LOOMSTACK_TRAINING_WORK_DIR"]
+
+
+# -- service authentication, mTLS, keys and limits (issue #10) ---------------------------------
+
+# Every Loomstack service container; the migrations Job, PostgreSQL, Label Studio and the test
+# pod are not services that sign or check caller identities.
+SERVICE_COMPONENTS = ("gateway", "inference-api", "inference-engine", "curation", "training")
+# gRPC servers: the environment prefix of their health-only port.
+HEALTH_PORT_ENV = {
+    "inference-api": "LOOMSTACK_INFERENCE_HEALTH_PORT",
+    "inference-engine": "LOOMSTACK_INFERENCE_HEALTH_PORT",
+    "curation": "LOOMSTACK_CURATION_HEALTH_PORT",
+    "training": "LOOMSTACK_TRAINING_HEALTH_PORT",
+}
+TLS_FILES = {
+    "LOOMSTACK_GRPC_TLS_CERT_FILE": "tls.crt",
+    "LOOMSTACK_GRPC_TLS_KEY_FILE": "tls.key",
+    "LOOMSTACK_GRPC_TLS_CA_FILE": "ca.crt",
+}
+
+
+def service_pods(objects: Objects) -> Iterator[tuple[PodOwner, dict[str, Any]]]:
+    """(pod owner, its main container) of every Loomstack service Deployment."""
+    for owner in pod_specs(objects):
+        if owner.kind == "Deployment" and owner.labels["app.kubernetes.io/component"] in (
+            SERVICE_COMPONENTS
+        ):
+            yield owner, owner.spec["containers"][0]
+
+
+def mounted_file(owner: PodOwner, container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume a file path of the container lives on (asserting a read-only mount)."""
+    mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert len(mounts) == 1, f"{owner.name}: {path} is on no mount (or several)"
+    assert mounts[0].get("readOnly") is True, f"{owner.name}: {path} is writable"
+    volumes = {v["name"]: v for v in owner.spec["volumes"]}
+    return volumes[mounts[0]["name"]]
+
+
+def secret_items(volume: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(Secret, key, file) of a secret or projected volume."""
+    if "secret" in volume:
+        sources = [volume["secret"] | {"name": volume["secret"]["secretName"]}]
+    else:
+        sources = [s["secret"] for s in volume["projected"]["sources"]]
+    return {(s["name"], i["key"], i["path"]) for s in sources for i in s["items"]}
+
+
+def test_every_service_reads_one_service_secret_from_a_file(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """Each Loomstack service container gets `LOOMSTACK_SERVICE_SECRET_FILE`, a read-only file of
+    one Secret, the same for all; nothing else mounts it or gets it as a variable."""
+    auth = values["serviceAuth"]
+    seen: set[tuple[str, str]] = set()
+    components = set()
+    for owner, container in service_pods(objects):
+        components.add(owner.labels["app.kubernetes.io/component"])
+        path = env_of(container)["LOOMSTACK_SERVICE_SECRET_FILE"]
+        volume = mounted_file(owner, container, path)
+        items = secret_items(volume)
+        assert len(items) == 1, f"{owner.name}: mounts more of the Secret than the secret"
+        ((secret, key, file),) = items
+        assert path.endswith("/" + file) and key == auth["secretKey"]
+        seen.add((secret, key))
+    assert components >= {"gateway", "inference-api", "inference-engine"}
+    assert len(seen) == 1, f"the services disagree about the service secret: {seen}"
+    ((secret, key),) = seen
+    if auth["existingSecret"]:
+        assert secret == auth["existingSecret"]
+        assert secret not in by_kind(objects, "Secret")
+    else:
+        generated = by_kind(objects, "Secret")[secret]
+        assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        import base64
+
+        assert len(base64.b64decode(generated["data"][key])) >= 48
+    for owner in pod_specs(objects):
+        if owner.labels["app.kubernetes.io/component"] in SERVICE_COMPONENTS:
+            continue
+        for container in containers(owner.spec):
+            assert "LOOMSTACK_SERVICE_SECRET_FILE" not in env_names(container), owner.name
+        volumes = [v for v in owner.spec.get("volumes", []) if "secret" in v or "projected" in v]
+        assert all(secret not in {s for s, _, _ in secret_items(v)} for v in volumes), owner.name
+
+
+def test_mutual_tls_only_when_asked(objects: Objects, values: dict[str, Any]) -> None:
+    """mTLS: every service container reads its certificate, key and CA from read-only files of
+    its Secret (a component's own or the shared one; the CA Secret), and each gRPC server also
+    listens on a named plaintext `health` port, which its Service carries. Off: none of it."""
+    m = values["serviceAuth"]["mtls"]
+    for owner, container in service_pods(objects):
+        component = owner.labels["app.kubernetes.io/component"]
+        env = env_of(container)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if not m["enabled"]:
+            assert not set(TLS_FILES) & set(env), owner.name
+            assert "health" not in ports and not any(k.endswith("_HEALTH_PORT") for k in env)
+            assert "grpc-tls" not in {v["name"] for v in owner.spec["volumes"]}
+            continue
+        cert = m["componentSecrets"].get(component) or m["existingSecret"]
+        ca = m["caSecret"] or cert
+        ca_key = m["caKey"] if m["caSecret"] else "ca.crt"
+        for variable, file in TLS_FILES.items():
+            volume = mounted_file(owner, container, env[variable])
+            assert env[variable].endswith("/" + file)
+            expected = (ca, ca_key, file) if file == "ca.crt" else (cert, file, file)
+            assert expected in secret_items(volume), f"{owner.name}: {variable}"
+        if component in HEALTH_PORT_ENV:
+            health = int(env[HEALTH_PORT_ENV[component]])
+            assert ports["health"] == health != ports["grpc"]
+            service = by_kind(objects, "Service")[owner.name]
+            served = {p["name"]: p for p in service["spec"]["ports"]}
+            assert served["health"]["port"] == health
+            assert served["health"]["targetPort"] == "health"
+
+
+def test_with_mtls_the_grpc_ports_admit_only_the_services(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """The test pod (no client certificate) reaches the health ports, never a gRPC port; the
+    services reach both. Without mTLS it checks the gRPC ports, as before."""
+    if not values["networkPolicy"]["enabled"]:
+        return
+    for owner, container in service_pods(objects):
+        component = owner.labels["app.kubernetes.io/component"]
+        if component not in HEALTH_PORT_ENV:
+            continue
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        grpc_peers = set().union(
+            *(peer_components(p) for _, p in ingress_rules_to(objects, component, ports["grpc"]))
+        )
+        assert "gateway" in grpc_peers
+        if mtls_on(values):
+            assert "test" not in grpc_peers, f"{component}: gRPC port open to the test pod"
+            health_peers = set().union(
+                *(
+                    peer_components(p)
+                    for _, p in ingress_rules_to(objects, component, ports["health"])
+                )
+            )
+            assert {"test", "gateway"} <= health_peers
+        else:
+            assert "test" in grpc_peers
+
+
+def test_mtls_needs_a_certificate_secret(render_with: Callable[..., Objects]) -> None:
+    objects = render_with(
+        {
+            "serviceAuth": {
+                "mtls": {"enabled": True, "existingSecret": "tls", "caSecret": "ca"},
+            }
+        }
+    )
+    assert any(o["kind"] == "Deployment" for o in objects)
+    with pytest.raises(RuntimeError, match=r"serviceAuth\.mtls\.existingSecret"):
+        render_with({"serviceAuth": {"mtls": {"enabled": True}}})
+
+
+def decoded(secret: dict[str, Any], key: str) -> str:
+    import base64
+
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+API_KEY = re.compile(r"^sk-loomstack-[A-Za-z0-9]{40}$")
+
+
+def test_the_generated_api_key_is_a_project_key(
+    rendered: dict[str, Objects], render_with: Callable[..., Objects]
+) -> None:
+    """The chart's key belongs to project `default`; an admin key only when asked, as a second
+    entry of the same list. The gateway reads the list from a read-only file."""
+    objects = rendered[helm_chart.DEFAULTS]
+    entries = decoded(by_kind(objects, "Secret")["loomstack-api-keys"], "api-keys").split(",")
+    assert len(entries) == 1
+    key, project = entries[0].split(":")
+    assert API_KEY.match(key) and project == "default"
+
+    objects = render_with({"gateway": {"apiKeys": {"generateAdminKey": True}}})
+    entries = decoded(by_kind(objects, "Secret")["loomstack-api-keys"], "api-keys").split(",")
+    assert [e.split(":")[1] for e in entries] == ["default", "*"]
+    assert all(API_KEY.match(e.split(":")[0]) for e in entries)
+    assert entries[0].split(":")[0] != entries[1].split(":")[0]
+
+
+def test_the_gateway_reads_its_keys_from_a_file(objects: Objects, values: dict[str, Any]) -> None:
+    keys = values["gateway"]["apiKeys"]
+    owner, container = next(
+        (o, c)
+        for o, c in service_pods(objects)
+        if o.labels["app.kubernetes.io/component"] == "gateway"
+    )
+    assert "LOOMSTACK_GATEWAY_API_KEYS" not in env_names(container)
+    path = env_of(container)["LOOMSTACK_GATEWAY_API_KEYS_FILE"]
+    (item,) = secret_items(mounted_file(owner, container, path))
+    secret = keys["existingSecret"] or "loomstack-api-keys"
+    assert item == (secret, keys["secretKey"], path.rsplit("/", 1)[1])
+    assert (secret in by_kind(objects, "Secret")) == (not keys["existingSecret"])
+
+
+def test_notes_say_which_key_is_which(helm: Any, tmp_path: Any) -> None:
+    """NOTES.txt: the generated key is a `default` project key; with generateAdminKey it says how
+    to read the admin key too."""
+    import subprocess
+
+    def notes(extra: list[str]) -> str:
+        argv = [str(helm), "install", "loomstack", str(helm_chart.CHART), "--dry-run=client"]
+        argv += ["--namespace", helm_chart.NAMESPACE, *extra]
+        result = subprocess.run(argv, capture_output=True, text=True, check=True)
+        return result.stdout.split("NOTES:", 1)[1]
+
+    plain = notes([])
+    assert "grep ':default$'" in plain and "not an admin key" in plain
+    assert "No admin key was generated" in plain and "grep ':\\*$'" not in plain
+    assert "allows 60 minutes by default" in plain
+    admin = notes(
+        ["--set", "gateway.apiKeys.generateAdminKey=true", "--set", "curation.enabled=true"]
+    )
+    assert "grep ':\\*$'" in admin and "No admin key" not in admin
+    assert '"Basic auth"' in admin and "loomstack-curation-ml-backend" in admin
+
+
+def test_gateway_limits_from_values(objects: Objects, values: dict[str, Any]) -> None:
+    """Per-key requests per minute and concurrency, the JSON body limit and the counters' store
+    (a URI, or a Secret's when it carries a password) reach the gateway's settings."""
+    limits = values["gateway"]["limits"]
+    _, container = next(
+        (o, c)
+        for o, c in service_pods(objects)
+        if o.labels["app.kubernetes.io/component"] == "gateway"
+    )
+    env = env_of(container)
+    assert env["LOOMSTACK_GATEWAY_RATE_LIMIT_PER_MINUTE"] == str(limits["requestsPerMinute"])
+    assert env["LOOMSTACK_GATEWAY_CONCURRENCY_LIMIT"] == str(limits["concurrentRequests"])
+    assert env["LOOMSTACK_GATEWAY_MAX_JSON_BODY_BYTES"] == str(limits["maxJsonBodyBytes"])
+    storage = limits["storage"]
+    (ref,) = [e for e in container["env"] if e["name"] == "LOOMSTACK_GATEWAY_RATE_LIMIT_STORAGE"]
+    if storage["existingSecret"]:
+        assert ref["valueFrom"]["secretKeyRef"] == {
+            "name": storage["existingSecret"],
+            "key": storage["secretKey"],
+        }
+    else:
+        assert ref["value"] == storage["uri"]
+
+
+def test_gateway_limit_defaults(rendered: dict[str, Objects]) -> None:
+    _, container = next(
+        (o, c)
+        for o, c in service_pods(rendered[helm_chart.DEFAULTS])
+        if o.labels["app.kubernetes.io/component"] == "gateway"
+    )
+    env = env_of(container)
+    assert env["LOOMSTACK_GATEWAY_RATE_LIMIT_PER_MINUTE"] == "600"
+    assert env["LOOMSTACK_GATEWAY_CONCURRENCY_LIMIT"] == "32"
+    assert env["LOOMSTACK_GATEWAY_MAX_JSON_BODY_BYTES"] == "16777216"
+    assert env["LOOMSTACK_GATEWAY_RATE_LIMIT_STORAGE"] == "memory://"
+
+
+def test_large_limits_render_as_integers(render_with: Callable[..., Objects]) -> None:
+    """Helm reads numbers as floats: 1e9 must still reach the service as `1000000000`."""
+    objects = render_with(
+        {"gateway": {"limits": {"requestsPerMinute": 10_000_000, "maxJsonBodyBytes": 10**9}}}
+    )
+    env = env_of(
+        by_kind(objects, "Deployment")["loomstack-gateway"]["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+    )
+    assert env["LOOMSTACK_GATEWAY_RATE_LIMIT_PER_MINUTE"] == "10000000"
+    assert env["LOOMSTACK_GATEWAY_MAX_JSON_BODY_BYTES"] == "1000000000"
+
+
+def test_curation_ml_backend_credentials(objects: Objects, values: dict[str, Any]) -> None:
+    """Label Studio's basic auth for the ML backend: the user name from the same Secret whose
+    password is a read-only file; the cap on tasks per predict call."""
+    deployment = component_deployment(objects, "curation")
+    if deployment is None:
+        return
+    ml = values["curation"]["mlBackend"]
+    owner = next(o for o in pod_specs(objects) if o.name == deployment["metadata"]["name"])
+    container = owner.spec["containers"][0]
+    env = env_of(container)
+    assert env["LOOMSTACK_CURATION_ML_BACKEND_MAX_TASKS"] == str(ml["maxTasksPerPredict"])
+    (user,) = [e for e in container["env"] if e["name"] == "LOOMSTACK_CURATION_ML_BACKEND_USERNAME"]
+    path = env["LOOMSTACK_CURATION_ML_BACKEND_PASSWORD_FILE"]
+    (item,) = secret_items(mounted_file(owner, container, path))
+    secret = ml["existingSecret"] or "loomstack-curation-ml-backend"
+    user_key = ml["usernameKey"] if ml["existingSecret"] else "username"
+    password_key = ml["passwordKey"] if ml["existingSecret"] else "password"
+    assert user["valueFrom"]["secretKeyRef"] == {"name": secret, "key": user_key}
+    assert item == (secret, password_key, path.rsplit("/", 1)[1])
+    if not ml["existingSecret"]:
+        generated = by_kind(objects, "Secret")[secret]
+        assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert decoded(generated, "username") == "label-studio"
+        assert len(decoded(generated, "password")) == 40
+
+
+def test_curation_ml_backend_existing_secret(render_with: Callable[..., Objects]) -> None:
+    objects = render_with(
+        {
+            "curation": {
+                "enabled": True,
+                "mlBackend": {
+                    "existingSecret": "ls-ml",
+                    "usernameKey": "user",
+                    "passwordKey": "pass",
+                    "maxTasksPerPredict": 8,
+                },
+            }
+        }
+    )
+    assert "loomstack-curation-ml-backend" not in by_kind(objects, "Secret")
+    container = component_deployment(objects, "curation")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    env = env_of(container)
+    assert env["LOOMSTACK_CURATION_ML_BACKEND_PASSWORD_FILE"].endswith("/pass")
+    assert env["LOOMSTACK_CURATION_ML_BACKEND_MAX_TASKS"] == "8"
+
+
+def test_engines_bound_their_online_queue(objects: Objects, values: dict[str, Any]) -> None:
+    for engine in engines(values):
+        env = env_of(
+            engine_deployment(objects, engine["name"])["spec"]["template"]["spec"]["containers"][0]
+        )
+        assert env["LOOMSTACK_INFERENCE_MAX_ONLINE_REQUESTS"] == str(engine["maxOnlineRequests"])
+
+
+def test_loomstack_containers_set_only_real_settings(
+    objects: Objects, values: dict[str, Any]
+) -> None:
+    """Every LOOMSTACK_* variable the chart gives the gateway and the inference roles is a setting
+    of that service (curation and training are checked above)."""
+    from loomstack_gateway.settings import GatewaySettings
+    from loomstack_inference.settings import InferenceSettings
+
+    known = {
+        "gateway": setting_envs(GatewaySettings, "LOOMSTACK_GATEWAY_"),
+        "inference-api": setting_envs(InferenceSettings, "LOOMSTACK_INFERENCE_"),
+        "inference-engine": setting_envs(InferenceSettings, "LOOMSTACK_INFERENCE_"),
+    }
+    extra = {e["name"] for e in values["gateway"]["extraEnv"] + values["inference"]["extraEnv"]}
+    for engine in engines(values):
+        extra |= {e["name"] for e in engine["env"]}
+    for owner, container in service_pods(objects):
+        component = owner.labels["app.kubernetes.io/component"]
+        if component not in known:
+            continue
+        names = {n for n in env_names(container) if n.startswith("LOOMSTACK_")} - extra
+        assert names <= known[component], f"{owner.name}: not settings: {names - known[component]}"
+
+
+def test_image_digests_reach_every_container(render_with: Callable[..., Objects]) -> None:
+    """Every image the chart runs or starts (training Jobs too) can be pinned by digest."""
+    digest = "sha256:" + "a" * 64
+    image = {"image": {"digest": digest}}
+    objects = render_with(
+        {
+            "gateway": image,
+            "inference": {"image": {"digest": digest}, "engineDefaults": image},
+            "postgresql": {"bundled": image},
+            "labelStudio": {"mode": "bundled", "bundled": image},
+            "curation": {"enabled": True, **image},
+            "training": {
+                "enabled": True,
+                **image,
+                "job": image,
+                "workVolume": {"existingClaim": "work"},
+            },
+        }
+    )
+    images = [c["image"] for _, c in all_containers(objects)]
+    assert images and all(i.endswith("@" + digest) for i in images), images
+    training = component_deployment(objects, "training")
+    env = env_of(training["spec"]["template"]["spec"]["containers"][0])
+    assert env["LOOMSTACK_TRAINING_KUBERNETES_IMAGE"].endswith("@" + digest)

@@ -119,30 +119,38 @@ lifecycle:
 {{/*
 Native gRPC probes on the grpc.health.v1 service names the kit serves: `startup` (loaded),
 `liveness` (the event loop answers), `readiness` (dependencies reachable, not draining).
-dict port, startupPeriod, startupFailures.
+Kubernetes' gRPC probes speak no TLS, so with `serviceAuth.mtls.enabled` they go to the
+plaintext health-only port instead of the gRPC port.
+dict root, port, healthPort, startupPeriod, startupFailures.
 */}}
 {{- define "loomstack.grpcProbes" -}}
+{{- $port := include "loomstack.probePort" . | int -}}
 startupProbe:
   grpc:
-    port: {{ int .port }}
+    port: {{ $port }}
     service: startup
   periodSeconds: {{ int (default 5 .startupPeriod) }}
   failureThreshold: {{ int (default 60 .startupFailures) }}
   timeoutSeconds: 5
 livenessProbe:
   grpc:
-    port: {{ int .port }}
+    port: {{ $port }}
     service: liveness
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 3
 readinessProbe:
   grpc:
-    port: {{ int .port }}
+    port: {{ $port }}
     service: readiness
   periodSeconds: 5
   timeoutSeconds: 5
   failureThreshold: 3
+{{- end -}}
+
+{{/* The port health checks reach a gRPC service on: dict root, port, healthPort. */}}
+{{- define "loomstack.probePort" -}}
+{{- ternary .healthPort .port .root.Values.serviceAuth.mtls.enabled | int -}}
 {{- end -}}
 
 {{/* Writable scratch space for a read-only root filesystem: /tmp and $HOME. */}}
@@ -294,4 +302,107 @@ patch exactly these (`resourceNames`). Keep in step with the templates that crea
 {{- $names = append $names (include "loomstack.componentName" (dict "root" $ "component" .)) -}}
 {{- end -}}
 {{- toJson $names -}}
+{{- end -}}
+
+{{/*
+Service authentication: every Loomstack service container (gateway, inference api, engines,
+curation, training; not the migrations Job, not PostgreSQL or Label Studio) reads the
+installation's service secret from a read-only file, and with mTLS its certificate, key and CA.
+*/}}
+{{- define "loomstack.serviceSecretName" -}}
+{{- default (include "loomstack.componentName" (dict "root" . "component" "service-auth")) .Values.serviceAuth.existingSecret -}}
+{{- end -}}
+
+{{- define "loomstack.serviceAuthDir" -}}/etc/loomstack/service-auth{{- end -}}
+{{- define "loomstack.grpcTlsDir" -}}/etc/loomstack/grpc-tls{{- end -}}
+
+{{/* The certificate Secret of one component: dict root, component. */}}
+{{- define "loomstack.grpcTlsSecret" -}}
+{{- $m := .root.Values.serviceAuth.mtls -}}
+{{- $name := get $m.componentSecrets .component | default $m.existingSecret -}}
+{{- required (printf "serviceAuth.mtls.enabled needs serviceAuth.mtls.existingSecret (or componentSecrets.%s): a Secret with tls.crt, tls.key and ca.crt" .component) $name -}}
+{{- end -}}
+
+{{/*
+Environment of a Loomstack service container: the service secret file and, with mTLS, the TLS
+files and (for gRPC servers: `service` e.g. "INFERENCE" and `healthPort`) the health-only port.
+dict root, service (optional), healthPort (optional).
+*/}}
+{{- define "loomstack.serviceAuthEnv" -}}
+- name: LOOMSTACK_SERVICE_SECRET_FILE
+  value: {{ printf "%s/%s" (include "loomstack.serviceAuthDir" .root) .root.Values.serviceAuth.secretKey | quote }}
+{{- if .root.Values.serviceAuth.mtls.enabled }}
+- name: LOOMSTACK_GRPC_TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" (include "loomstack.grpcTlsDir" .root) | quote }}
+- name: LOOMSTACK_GRPC_TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" (include "loomstack.grpcTlsDir" .root) | quote }}
+- name: LOOMSTACK_GRPC_TLS_CA_FILE
+  value: {{ printf "%s/ca.crt" (include "loomstack.grpcTlsDir" .root) | quote }}
+{{- if .service }}
+- name: {{ printf "LOOMSTACK_%s_HEALTH_PORT" .service }}
+  value: {{ .healthPort | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes behind `loomstack.serviceAuthEnv`: dict root, component. */}}
+{{- define "loomstack.serviceAuthVolumes" -}}
+{{- $auth := .root.Values.serviceAuth -}}
+- name: service-auth
+  secret:
+    secretName: {{ include "loomstack.serviceSecretName" .root }}
+    defaultMode: 0440
+    items:
+      - key: {{ $auth.secretKey }}
+        path: {{ $auth.secretKey }}
+{{- if $auth.mtls.enabled }}
+{{- $cert := include "loomstack.grpcTlsSecret" . }}
+- name: grpc-tls
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ $cert }}
+          items:
+            - key: tls.crt
+              path: tls.crt
+            - key: tls.key
+              path: tls.key
+      - secret:
+          name: {{ default $cert $auth.mtls.caSecret }}
+          items:
+            - key: {{ ternary $auth.mtls.caKey "ca.crt" (ne $auth.mtls.caSecret "") }}
+              path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "loomstack.serviceAuthMounts" -}}
+- name: service-auth
+  mountPath: {{ include "loomstack.serviceAuthDir" . }}
+  readOnly: true
+{{- if .Values.serviceAuth.mtls.enabled }}
+- name: grpc-tls
+  mountPath: {{ include "loomstack.grpcTlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The `health` containerPort of a gRPC server with mTLS: dict root, healthPort. */}}
+{{- define "loomstack.healthContainerPort" -}}
+{{- if .root.Values.serviceAuth.mtls.enabled }}
+- name: health
+  containerPort: {{ .healthPort }}
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* The `health` port of a gRPC server's Service with mTLS: dict root, healthPort. */}}
+{{- define "loomstack.healthServicePort" -}}
+{{- if .root.Values.serviceAuth.mtls.enabled }}
+- name: health
+  port: {{ .healthPort }}
+  targetPort: health
+  protocol: TCP
+  appProtocol: grpc
+{{- end }}
 {{- end -}}

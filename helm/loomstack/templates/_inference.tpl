@@ -22,6 +22,7 @@
 - name: LOOMSTACK_INFERENCE_BLOB_DIR
   value: /var/lib/loomstack/blobs
 {{- end }}
+{{ include "loomstack.serviceAuthEnv" (dict "root" . "service" "INFERENCE" "healthPort" .Values.inference.healthPort) }}
 {{- with .Values.inference.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -40,6 +41,7 @@
 
 {{- define "loomstack.inferenceMounts" -}}
 {{ include "loomstack.scratchMounts" . }}
+{{ include "loomstack.serviceAuthMounts" . }}
 - name: state
   mountPath: /var/lib/loomstack
 {{- if eq .Values.inference.blobStore.backend "filesystem" }}
