@@ -87,8 +87,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def migrate(url: str, script_location: str, version_table: str) -> None:
-    """Brings the database to the newest revision of one service's migrations.
+def migrate(url: str, script_location: str, version_table: str, revision: str = "head") -> None:
+    """Brings the database to the newest revision of one service's migrations (or to
+    `revision`: a test of a data migration starts from the one before it).
 
     On PostgreSQL an advisory lock serializes concurrent starts (several replicas migrating at
     once); SQLite serializes writers by itself.
@@ -110,7 +111,7 @@ def migrate(url: str, script_location: str, version_table: str) -> None:
                 )
                 conn.commit()
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
             conn.commit()
     finally:
         engine.dispose()
