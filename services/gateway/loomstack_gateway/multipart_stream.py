@@ -3,6 +3,11 @@
 `MultipartStream.feed()` takes each body chunk as it arrives and returns what it completed:
 small form fields whole (`FormField`), the file part as `FileStart`, `FileChunk`s of about
 `chunk_bytes` and `FileEnd`. Nothing but the current chunk of the file is ever held.
+
+Everything but the file's bytes is bounded, so a form cannot make the gateway read without end
+before the upload starts: a field's value (`MAX_FIELD_BYTES`), the headers of a part (their size
+and count), the number of parts, and all the bytes that are not the file together (fields,
+headers, boundaries, preamble and epilogue: `MAX_FORM_BYTES`). Past a bound: `413`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from loomstack_kit.errors import InvalidArgument, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_PART_HEADER_BYTES = 8 * 1024
+MAX_PART_HEADERS = 16
+MAX_PARTS = 16
+MAX_FORM_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,11 @@ class MultipartStream:
         self._field_name: str | None = None
         self._is_file = False
         self._data = bytearray()
+        self._parts = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        self._fed = 0
+        self._file_bytes = 0
         self._parser = MultipartParser(
             boundary_of(content_type),
             {
@@ -96,24 +110,57 @@ class MultipartStream:
             raise InvalidArgument(
                 f"malformed multipart body: {exc}", param="file", code="invalid_multipart"
             ) from exc
+        self._fed += len(data)
+        if self._fed - self._file_bytes > MAX_FORM_BYTES:
+            raise TooLarge(
+                f"the form's fields, part headers and boundaries are larger than "
+                f"{MAX_FORM_BYTES} bytes together (only the file part may be large)",
+                param="file",
+                code="form_too_large",
+            )
         events, self._events = self._events, []
         return events
 
     # -- python-multipart callbacks -------------------------------------------------------------
 
     def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise TooLarge(
+                f"the form has more than {MAX_PARTS} parts", param="file", code="too_many_parts"
+            )
+        self._header_count = 0
+        self._header_bytes = 0
         self._headers = {}
         self._field_name = None
         self._is_file = False
         self._data.clear()
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_field += data[start:end]
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_value += data[start:end]
 
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise TooLarge(
+                f"the headers of a form part are larger than {MAX_PART_HEADER_BYTES} bytes",
+                param="file",
+                code="part_headers_too_large",
+            )
+
     def _on_header_end(self) -> None:
+        self._header_count += 1
+        if self._header_count > MAX_PART_HEADERS:
+            raise TooLarge(
+                f"a form part has more than {MAX_PART_HEADERS} headers",
+                param="file",
+                code="part_headers_too_large",
+            )
         self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
         self._header_field.clear()
         self._header_value.clear()
@@ -132,6 +179,7 @@ class MultipartStream:
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._data += data[start:end]
         if self._is_file:
+            self._file_bytes += end - start
             if len(self._data) >= self.chunk_bytes:
                 self._events.append(FileChunk(bytes(self._data)))
                 self._data.clear()

@@ -15,20 +15,22 @@ Field order. The RPC's first message needs the `purpose`, which is a separate fo
   the upload is refused with a 400 that says to send `purpose` first.
 
 An upload that is rejected upstream, malformed or cut short cancels the RPC, so the inference
-service discards the partial blob and records nothing.
+service discards the partial blob and records nothing. The error is answered at once: reading
+what the client still sends is `BodyLimits`' job, which reads only a bounded remainder (so a
+client sending a small rest reads the answer) and otherwise closes the connection, rather than
+taking in the rest of a large refused file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
 from loomstack.inference.v1 import files_pb2
-from loomstack_kit.errors import Internal, InvalidArgument, TooLarge
+from loomstack_kit.errors import Internal, InvalidArgument
 
 from .auth import Metadata
 from .multipart_stream import FileChunk, FileEnd, FileStart, FormField, MultipartStream
@@ -95,15 +97,9 @@ class FileUpload:
             await self._put(None)
             return await self._outcome()
         except _UpstreamEnded:
-            # The service answered early (bad purpose, too large): let the client finish
-            # sending so that it reads our answer instead of a reset connection.
-            await _drain(body)
+            # The service answered early (bad purpose, too large): its error is the answer.
             await self._outcome()  # raises the service's error
             raise AssertionError("an upload RPC that ended early must have failed") from None
-        except (InvalidArgument, TooLarge):
-            self._cancel()
-            await _drain(body)
-            raise
         except BaseException:
             self._cancel()
             raise
@@ -206,9 +202,3 @@ def _mark_retrieved(future: asyncio.Future[files_pb2.File]) -> None:
     # log "exception was never retrieved".
     if not future.cancelled():
         future.exception()
-
-
-async def _drain(body: AsyncIterator[bytes]) -> None:
-    with contextlib.suppress(Exception):
-        async for _ in body:
-            pass
