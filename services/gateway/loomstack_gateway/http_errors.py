@@ -2,6 +2,12 @@
 
 gRPC errors go through `from_rpc_error`, so a status a service reported keeps its code, param and
 line; request validation, unknown routes and unexpected exceptions get the same shape.
+
+A 5xx body never carries an exception's text, a server path or an internal address: a status
+that gRPC itself produced (no connection: "failed to connect to all addresses; ipv4:10.0.0.7:…",
+a deadline, a lost stream) and an unexpected exception become plain words with the request id,
+and the detail goes to the log under that id. Errors a service raised on purpose (a kit error
+class, sent with its reason code) keep their message.
 """
 
 from __future__ import annotations
@@ -9,24 +15,29 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Scope
 
 from loomstack_kit.errors import (
+    DETAILS_KEY,
     Internal,
     InvalidArgument,
     LoomstackError,
     NotFound,
     Unauthenticated,
+    Unavailable,
     from_rpc_error,
     mapping,
     openai_error_body,
 )
 
+from .request_ids import REQUEST_ID_HEADER, request_id_of
 from .responses import OrjsonResponse
 
 log = logging.getLogger(__name__)
@@ -65,9 +76,54 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(InvalidArgument(message, param=param))
 
 
+# Which service a route's calls go to, by path prefix (the rest: inference).
+_SERVICES = (
+    ("/v1/curation", "curation"),
+    ("/v1/fine_tuning", "training"),
+    ("/v1/comparisons", "training"),
+)
+
+
+def _service_for(path: str) -> str:
+    for prefix, service in _SERVICES:
+        if path.startswith(prefix):
+            return service
+    return "inference"
+
+
+def _raised_on_purpose(exc: grpc.RpcError) -> bool:
+    """Whether a service sent the status as a kit error (with its ErrorInfo detail)."""
+    trailers: Any = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    return any(key == DETAILS_KEY for key, _ in trailers)
+
+
+def upstream_error(exc: grpc.RpcError, scope: Scope) -> LoomstackError:
+    """What the client is told of a failed call to a service (see the module docstring)."""
+    error = from_rpc_error(exc)
+    if mapping(error).http_status < 500 or _raised_on_purpose(exc):
+        return error
+    request_id = request_id_of(scope)
+    service = _service_for(scope["path"])
+    log.warning(
+        "a call to the %s service failed",
+        service,
+        extra={
+            "grpc_code": exc.code().name,  # type: ignore[attr-defined]
+            "detail": exc.details(),  # type: ignore[attr-defined]
+            "request_id": request_id,
+        },
+    )
+    what = "is unavailable; retry later" if isinstance(error, Unavailable) else "failed"
+    return type(error)(
+        f"the {service} service {what} (request id {request_id})",
+        code=error.code,
+        retry_after=error.retry_after,
+    )
+
+
 async def _rpc_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, grpc.aio.AioRpcError)
-    return error_response(from_rpc_error(exc))
+    return error_response(upstream_error(exc, request.scope))
 
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
@@ -91,8 +147,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", extra={"path": request.url.path})
-    return error_response(Internal(f"internal error: {type(exc).__name__}"))
+    request_id = request_id_of(request.scope)
+    log.exception("unhandled error", extra={"path": request.url.path, "request_id": request_id})
+    response = error_response(Internal(f"internal error (request id {request_id})"))
+    # Starlette's ServerErrorMiddleware sends this outside the middleware that adds the id.
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

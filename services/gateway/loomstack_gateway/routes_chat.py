@@ -14,9 +14,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from loomstack.inference.v1 import chat_pb2
-from loomstack_kit.errors import InvalidArgument, from_rpc_error, openai_error_body
+from loomstack_kit.errors import InvalidArgument, openai_error_body
 
 from .auth import caller_of
+from .http_errors import upstream_error
 from .settings import GatewaySettings
 from .upstream import Inference, prefetched
 
@@ -82,7 +83,8 @@ def chat_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
                 async for msg in messages:
                     yield b"data: " + msg.chunk_json + b"\n\n"
             except grpc.aio.AioRpcError as exc:
-                yield b"data: " + orjson.dumps(openai_error_body(from_rpc_error(exc))) + b"\n\n"
+                error = upstream_error(exc, request.scope)
+                yield b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
             yield _DONE
 
         return StreamingResponse(
