@@ -8,13 +8,16 @@ No vLLM engine runs: chat is expected to answer 503.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,15 +125,15 @@ def start_inference(home: Path, **extra_env: str) -> tuple[str, subprocess.Popen
 def start_gateway(tmp: Path, inference_address: str, name: str, **extra_env: str) -> Gateway:
     """Starts `python -m loomstack_gateway` on a free port and waits for /healthz."""
     port_file, log = tmp / f"{name}.port", tmp / f"{name}.log"
-    env = clean_env(
-        LOOMSTACK_GATEWAY_INFERENCE_ADDRESS=inference_address,
-        LOOMSTACK_GATEWAY_PORT="0",
-        LOOMSTACK_GATEWAY_PORT_FILE=str(port_file),
-        LOOMSTACK_GATEWAY_API_KEYS=API_KEYS,
-        LOOMSTACK_GATEWAY_UPLOAD_BUFFER_BYTES=str(UPLOAD_BUFFER_BYTES),
-        LOOMSTACK_GATEWAY_UPSTREAM_TIMEOUT_SECONDS="30",
-        **extra_env,
-    )
+    settings = {
+        "LOOMSTACK_GATEWAY_INFERENCE_ADDRESS": inference_address,
+        "LOOMSTACK_GATEWAY_PORT": "0",
+        "LOOMSTACK_GATEWAY_PORT_FILE": str(port_file),
+        "LOOMSTACK_GATEWAY_API_KEYS": API_KEYS,
+        "LOOMSTACK_GATEWAY_UPLOAD_BUFFER_BYTES": str(UPLOAD_BUFFER_BYTES),
+        "LOOMSTACK_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "30",
+    }
+    env = clean_env(**{**settings, **extra_env})  # `extra_env` may replace a default
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "loomstack_gateway"], env=env, stdout=out, stderr=out
@@ -183,3 +186,146 @@ def poll(fn, until, timeout: float = 15.0, interval: float = 0.1):  # type: igno
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s; last result: {result!r}")
         time.sleep(interval)
+
+
+# -- raw HTTP on the wire: what a streaming client sees (body limits, floods) -----------------
+
+
+@dataclass
+class RawAnswer:
+    """What a raw client got: the response (None when the connection broke before one came),
+    how many body bytes it managed to send, and whether the gateway then closed the
+    connection."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    sent: int
+    closed: bool
+
+
+def _read_answer(sock: socket.socket) -> tuple[int | None, dict[str, str], bytes, bool]:
+    """Status, headers and body of one HTTP/1.1 response with a Content-Length, and whether
+    the peer closed the connection (EOF or reset) before or after it."""
+    data = bytearray()
+    try:
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            if not piece:
+                return None, {}, b"", True
+            data += piece
+        head, _, rest = bytes(data).partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
+        }
+        body = bytearray(rest)
+        while len(body) < int(headers.get("content-length", "0")):
+            piece = sock.recv(65536)
+            if not piece:
+                return status, headers, bytes(body), True
+            body += piece
+    except (ConnectionResetError, BrokenPipeError):
+        return None, {}, b"", True
+    # Closed afterwards? EOF or a reset within a moment means yes; a keep-alive stays quiet.
+    sock.settimeout(2.0)
+    try:
+        closed = sock.recv(1) == b""
+    except TimeoutError:
+        closed = False
+    except OSError:
+        closed = True
+    return status, headers, bytes(body), closed
+
+
+def raw_exchange(
+    url: str, head: bytes, chunks: Iterable[bytes], *, stop_on_answer: bool = True
+) -> RawAnswer:
+    """Sends a request's head, then its body chunk by chunk as a streaming client does, and
+    reads the answer. With `stop_on_answer` the client stops sending as soon as an answer
+    arrives; without it, it sends until the gateway closes the connection or the body ends."""
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    broken = False
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+        for chunk in chunks:
+            if stop_on_answer and select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                broken = True
+                break
+            sent += len(chunk)
+        status, headers, body, closed = _read_answer(sock)
+    return RawAnswer(status, headers, body, sent, closed or broken)
+
+
+def request_head(
+    method: str,
+    path: str,
+    key: str | None,
+    *,
+    length: int | None = None,
+    chunked: bool = False,
+    **headers: str,
+) -> bytes:
+    """An HTTP/1.1 request head: a body of `length` bytes, a chunked body, or none."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: loomstack.test"]
+    if key is not None:
+        lines.append(f"Authorization: Bearer {key}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    elif length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def body_chunks(total: int, chunk: int = 1024 * 1024, *, chunked: bool = False) -> Iterator[bytes]:
+    """`total` bytes of a JSON-looking body in pieces, framed for chunked encoding if asked."""
+    piece = b'{"pad": "' + b"x" * (chunk - 9)
+    left = total
+    while left > 0:
+        data = piece[: min(chunk, left)]
+        left -= len(data)
+        yield b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+    if chunked:
+        yield b"0\r\n\r\n"
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(lines[0].split()[1]), headers
+
+
+async def http_flood(
+    url: str, heads: list[bytes], connections: int
+) -> list[tuple[int, dict[str, str]]]:
+    """Sends the bodiless requests `heads` over `connections` keep-alive connections at once
+    (a bare asyncio client: httpx costs milliseconds of CPU per request, enough to make the
+    client, not the gateway, set the pace); (status, headers) of every answer, in no order."""
+    host, port = url.removeprefix("http://").split(":")
+    pending = iter(heads)
+    answers: list[tuple[int, dict[str, str]]] = []
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for head in pending:
+                writer.write(head)
+                status, headers = await _answer(reader)
+                answers.append((status, headers))
+                if headers.get("connection") == "close":
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return answers

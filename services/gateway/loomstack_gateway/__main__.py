@@ -33,6 +33,13 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(settings: GatewaySettings) -> None:
     """Serves until SIGTERM/SIGINT (uvicorn drains in-flight requests first)."""
     try:
+        app = create_app(settings)
+    except ValueError as exc:
+        # A configuration the gateway cannot run with (an unusable key list, a bad limit store):
+        # say what is wrong and stop, before listening.
+        log.error("cannot start the gateway: %s", exc)
+        raise SystemExit(2) from None
+    try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
@@ -44,7 +51,7 @@ def serve(settings: GatewaySettings) -> None:
         tmp.write_text(str(port))
         tmp.replace(settings.port_file)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.grace_seconds),

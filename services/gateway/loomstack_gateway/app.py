@@ -1,8 +1,11 @@
 """The FastAPI app: `create_app(settings)` wires the upstream clients, routes and middleware.
 
-Middleware is pure ASGI (metrics outermost, then auth, then the direct routes) so that the hot
-path pays a few function calls, not a `BaseHTTPMiddleware` task per request; routes that take only
-path parameters skip FastAPI's request handling (see `direct_routes.py`).
+Middleware is pure ASGI so that the hot path pays a few function calls, not a
+`BaseHTTPMiddleware` task per request. From the outside in: request ids (every response, a
+refusal too, carries `x-request-id`), metrics, body limits (`body_limits.py`), auth, the per-key
+rate and concurrency limits (`key_limits.py`, after auth: they count keys), then the direct
+routes: routes that take only path parameters skip FastAPI's request handling (see
+`direct_routes.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
@@ -21,9 +24,12 @@ from loomstack_kit.identity import GATEWAY, IdentitySigner
 from loomstack_kit.tracing import configure_tracing
 
 from .auth import ApiKeys, AuthMiddleware
+from .body_limits import BodyLimits
 from .direct_routes import DirectRoutes
 from .http_errors import error_response, install_error_handlers
+from .key_limits import KeyLimits, request_window
 from .metrics import GatewayMetrics, MetricsMiddleware
+from .request_ids import RequestIds, install_log_filter, request_id_of
 from .responses import OrjsonResponse
 from .routes_admin import admin_router, open_admin
 from .routes_batches import batches_router
@@ -88,21 +94,43 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return OrjsonResponse({"status": "ok"})
 
     @app.get("/readyz", tags=["health"], summary="The inference service is ready")
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         ready, why = await inference.ready(settings.ready_timeout_seconds)
         if not ready:
+            # `why` is gRPC's text (the upstream's address): for the log, not the client.
+            request_id = request_id_of(request.scope)
+            log.warning("not ready", extra={"why": why, "request_id": request_id})
             return error_response(
-                Unavailable(f"inference service not ready: {why}", code="not_ready")
+                Unavailable(
+                    f"the inference service is not ready (request id {request_id})",
+                    code="not_ready",
+                )
             )
         return OrjsonResponse({"status": "ready"})
 
     app.add_api_route(
         "/metrics", metrics.endpoint, methods=["GET"], tags=["health"], include_in_schema=False
     )
-    # Added first, so innermost: auth and metrics wrap the direct routes too.
+    # Added first, so innermost: every other layer wraps the direct routes too.
     app.add_middleware(DirectRoutes, fastapi_app=app)
+    app.add_middleware(
+        KeyLimits,
+        window=request_window(
+            settings.rate_limit_per_minute,
+            settings.rate_limit_storage,
+            settings.rate_limit_key_prefix,
+        ),
+        concurrency=settings.concurrency_limit,
+    )
     app.add_middleware(AuthMiddleware, keys=ApiKeys.from_settings(settings, signer))
+    app.add_middleware(
+        BodyLimits,
+        max_json_bytes=settings.max_json_body_bytes,
+        drain_bytes=settings.max_drain_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIds)
+    install_log_filter()
     app.openapi = _openapi_with_bearer(app)  # type: ignore[method-assign]
     if tracing:
         _instrument(app)

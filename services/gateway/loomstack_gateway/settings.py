@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -32,10 +34,69 @@ class GatewaySettings(ServiceSettings):
         "",
         description="Comma-separated `key:project` pairs; project `*` makes an admin key.",
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description=(
+            "A file holding `key:project` pairs in the same form as `api_keys` (commas or "
+            "newlines between them); the chart mounts its Secret here. Both set: both count."
+        ),
+    )
     api_key: str = Field(
         "",
         validation_alias="LOOMSTACK_API_KEY",
-        description="One key for the default project (`LOOMSTACK_API_KEY`, as `make up` prints).",
+        description=(
+            "One key for the default project (`LOOMSTACK_API_KEY`, as `make up` prints). With a "
+            "key list set, the development key `sk-loomstack-dev` here is ignored unless the "
+            "list names it, and a key the list names keeps the list's project."
+        ),
+    )
+
+    # Limits (see key_limits.py and body_limits.py).
+    rate_limit_per_minute: int = Field(
+        600,
+        ge=0,
+        description=(
+            "Requests per minute per API key (a moving window of 60 s; admin keys too); over "
+            "it: 429 with Retry-After. 0 = off."
+        ),
+    )
+    concurrency_limit: int = Field(
+        32,
+        ge=0,
+        description=(
+            "Requests of one API key in flight at once, per gateway replica (a streamed "
+            "answer counts until it ends); over it: 429 with Retry-After. 0 = off."
+        ),
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        repr=False,
+        description=(
+            "Where the rate limit windows live: `memory://` (each replica counts alone) or "
+            "`redis://[:password@]host:port/db` (`rediss://`, `redis+unix://`), shared by every "
+            "replica so the limit holds across them. While Redis fails, requests are admitted "
+            "and a warning is logged."
+        ),
+    )
+    rate_limit_key_prefix: str = Field(
+        "loomstack-gateway",
+        description="Prefix of the rate limit keys in Redis (installations sharing one Redis).",
+    )
+    max_json_body_bytes: int = Field(
+        16 * MIB,
+        ge=1,
+        description=(
+            "Largest request body of every route but file uploads (chat, batches, comparisons, "
+            "curation, fine-tuning); larger: 413, refused before the body is read whole."
+        ),
+    )
+    max_drain_bytes: int = Field(
+        MIB,
+        ge=0,
+        description=(
+            "Most bytes of a refused request's remaining body read and discarded, so that a "
+            "client still sending reads the answer; when more is left the connection is closed."
+        ),
     )
     upstream_timeout_seconds: float = Field(
         60.0, description="Deadline of unary calls to the services."
