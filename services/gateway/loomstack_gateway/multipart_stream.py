@@ -5,9 +5,10 @@ small form fields whole (`FormField`), the file part as `FileStart`, `FileChunk`
 `chunk_bytes` and `FileEnd`. Nothing but the current chunk of the file is ever held.
 
 Everything but the file's bytes is bounded, so a form cannot make the gateway read without end
-before the upload starts: a field's value (`MAX_FIELD_BYTES`), the headers of a part (their size
-and count), the number of parts, and all the bytes that are not the file together (fields,
-headers, boundaries, preamble and epilogue: `MAX_FORM_BYTES`). Past a bound: `413`.
+before the upload starts: a field's value (`MAX_FIELD_BYTES`), each part header's size and the
+number of headers of a part (python-multipart's own bounds, set here explicitly), the number of
+parts, and all the bytes that are not the file together (fields, headers, boundaries, preamble
+and epilogue: `MAX_FORM_BYTES`). Past a bound: `413`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from loomstack_kit.errors import InvalidArgument, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
-MAX_PART_HEADER_BYTES = 8 * 1024
-MAX_PART_HEADERS = 16
+MAX_PART_HEADER_BYTES = 4096
+MAX_PART_HEADERS = 8
 MAX_PARTS = 16
 MAX_FORM_BYTES = 1024 * 1024
 
@@ -84,8 +85,6 @@ class MultipartStream:
         self._is_file = False
         self._data = bytearray()
         self._parts = 0
-        self._header_count = 0
-        self._header_bytes = 0
         self._fed = 0
         self._file_bytes = 0
         self._parser = MultipartParser(
@@ -100,6 +99,8 @@ class MultipartStream:
                 "on_part_end": self._on_part_end,
                 "on_end": self._on_end,
             },
+            max_header_count=MAX_PART_HEADERS,
+            max_header_size=MAX_PART_HEADER_BYTES,
         )
 
     def feed(self, data: bytes) -> list[Event]:
@@ -107,6 +108,14 @@ class MultipartStream:
         try:
             self._parser.write(data)
         except MultipartParseError as exc:
+            # python-multipart's own header bounds: a size limit, not a malformed body.
+            if str(exc).startswith("Maximum header"):
+                raise TooLarge(
+                    f"a form part has a header over {MAX_PART_HEADER_BYTES} bytes or more than "
+                    f"{MAX_PART_HEADERS} headers",
+                    param="file",
+                    code="part_headers_too_large",
+                ) from exc
             raise InvalidArgument(
                 f"malformed multipart body: {exc}", param="file", code="invalid_multipart"
             ) from exc
@@ -129,38 +138,18 @@ class MultipartStream:
             raise TooLarge(
                 f"the form has more than {MAX_PARTS} parts", param="file", code="too_many_parts"
             )
-        self._header_count = 0
-        self._header_bytes = 0
         self._headers = {}
         self._field_name = None
         self._is_file = False
         self._data.clear()
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._count_header_bytes(end - start)
         self._header_field += data[start:end]
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._count_header_bytes(end - start)
         self._header_value += data[start:end]
 
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > MAX_PART_HEADER_BYTES:
-            raise TooLarge(
-                f"the headers of a form part are larger than {MAX_PART_HEADER_BYTES} bytes",
-                param="file",
-                code="part_headers_too_large",
-            )
-
     def _on_header_end(self) -> None:
-        self._header_count += 1
-        if self._header_count > MAX_PART_HEADERS:
-            raise TooLarge(
-                f"a form part has more than {MAX_PART_HEADERS} headers",
-                param="file",
-                code="part_headers_too_large",
-            )
         self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
         self._header_field.clear()
         self._header_value.clear()
