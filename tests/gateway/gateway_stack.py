@@ -229,7 +229,7 @@ def _read_answer(sock: socket.socket) -> tuple[int | None, dict[str, str], bytes
     except (ConnectionResetError, BrokenPipeError):
         return None, {}, b"", True
     # Closed afterwards? EOF or a reset within a moment means yes; a keep-alive stays quiet.
-    sock.settimeout(2.0)
+    sock.settimeout(0.5)
     try:
         closed = sock.recv(1) == b""
     except TimeoutError:
