@@ -510,15 +510,21 @@ class Batches:
                 if file_id:
                     self.files.delete(None, file_id)
 
-    def events(self, after: int, limit: int) -> list[tuple[int, str, float, BatchView]]:
-        """Finished-batch events after a cursor: (sequence, type, time, batch)."""
+    def events(
+        self, after: int, limit: int, project: str | None = None
+    ) -> list[tuple[int, str, float, BatchView]]:
+        """Finished-batch events after a cursor: (sequence, type, time, batch). A project
+        (None = admin, every project) reads only its own batches' events: each event carries
+        the whole batch, its metadata included."""
+        query = sa.select(batch_events).where(batch_events.c.sequence > after)
+        if project is not None:
+            query = query.where(
+                batch_events.c.batch_id.in_(
+                    sa.select(batches.c.id).where(batches.c.project == project)
+                )
+            )
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(batch_events)
-                .where(batch_events.c.sequence > after)
-                .order_by(batch_events.c.sequence)
-                .limit(limit)
-            ).all()
+            rows = conn.execute(query.order_by(batch_events.c.sequence).limit(limit)).all()
             out = []
             for ev in rows:
                 row = self._row(conn, None, ev.batch_id)

@@ -250,9 +250,12 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
         self, request: batches_pb2.ListBatchEventsRequest, context: Any
     ) -> batches_pb2.ListBatchEventsResponse:
         limit = min(request.page_size or 100, 1000)
+        project = project_of(context)
         deadline = asyncio.get_running_loop().time() + min(max(request.wait_seconds, 0), 30)
         while True:
-            events = await asyncio.to_thread(self.batches.events, request.after_sequence, limit)
+            events = await asyncio.to_thread(
+                self.batches.events, request.after_sequence, limit, project
+            )
             if events or asyncio.get_running_loop().time() >= deadline:
                 break
             await asyncio.sleep(self.watch_seconds)
