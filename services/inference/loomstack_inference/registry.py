@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from loomstack_kit.database import write_transaction
-from loomstack_kit.errors import FailedPrecondition, NotFound
+from loomstack_kit.errors import AlreadyExists, FailedPrecondition, NotFound
 
 from .tables import engines, models
 
@@ -81,6 +81,33 @@ class Registry:
                 conn.execute(models.update().where(models.c.id == model_id).values(**values))
             else:
                 conn.execute(models.insert().values(id=model_id, created_at=time.time(), **values))
+
+    def register_adapter(
+        self, model_id: str, source: str, max_model_len: int, *, parent: str, owned_by: str
+    ) -> None:
+        """Adds an adapter of `owned_by`, or updates one it already owns (a retried
+        registration). AlreadyExists when the id is a base model or another project's
+        adapter: taking it over would serve the caller's weights under that model's name."""
+        with write_transaction(self.engine) as conn:
+            row = conn.execute(
+                sa.select(models.c.parent, models.c.owned_by).where(models.c.id == model_id)
+            ).first()
+            values = {
+                "parent": parent,
+                "source": source,
+                "owned_by": owned_by,
+                "max_model_len": max_model_len,
+            }
+            if row is None:
+                conn.execute(models.insert().values(id=model_id, created_at=time.time(), **values))
+            elif row.parent is not None and row.owned_by == owned_by:
+                conn.execute(models.update().where(models.c.id == model_id).values(**values))
+            else:
+                raise AlreadyExists(
+                    f"the model id {model_id!r} is taken: register the adapter under another id",
+                    param="model_id",
+                    code="model_exists",
+                )
 
     def heartbeat(
         self,

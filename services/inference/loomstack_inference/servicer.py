@@ -326,7 +326,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
                 param="parent",
             )
         await asyncio.to_thread(
-            self.registry.register_model,
+            self.registry.register_adapter,
             request.model_id,
             request.source,
             parent.max_model_len,
