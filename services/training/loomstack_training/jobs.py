@@ -236,8 +236,12 @@ class Jobs:
         )
         with self.engine.connect() as conn:
             if after:
+                # The cursor is one of this job's checkpoints: another job's (another
+                # project's) would tell its step.
                 anchor = conn.execute(
-                    sa.select(checkpoints.c.step).where(checkpoints.c.id == after)
+                    sa.select(checkpoints.c.step).where(
+                        checkpoints.c.id == after, checkpoints.c.job_id == job_id
+                    )
                 ).scalar()
                 if anchor is not None:
                     query = query.where(checkpoints.c.step < anchor)
