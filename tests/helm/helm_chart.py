@@ -8,7 +8,13 @@ There is no cluster on our machines, so the chart is checked by what can run wit
     python tests/helm/helm_chart.py invalid    every ci/invalid/*.yaml is refused with its message
     python tests/helm/helm_chart.py docs       rewrite the values table in the chart README
     python tests/helm/helm_chart.py hadolint   lint docker/*.Dockerfile
+    python tests/helm/helm_chart.py scan       checkov (a third party's Kubernetes policy
+                                               scanner) over every rendered scenario
     python tests/helm/helm_chart.py all        all of the above except docs (checks it instead)
+
+The scan fails on any finding that its object does not explain: a deliberate exception is an
+annotation on the object, `checkov.io/skip-<CHECK>: "<CHECK>=<reason>"`, which checkov reports
+as skipped with that reason. Findings are printed as counts per check.
 
 Each invalid values file says what must refuse it and with which words, in its first lines:
 
@@ -41,6 +47,12 @@ INVALID_DIR = SCENARIO_DIR / "invalid"
 DOCKER_DIR = REPO / "docker"
 INSTALLER = REPO / "scripts" / "install_k8s_tools.py"
 TOOLS_BIN = Path(os.environ.get("LOOMSTACK_TOOLS_BIN", REPO / ".tools" / "bin"))
+CHECKOV = Path(
+    os.environ.get("LOOMSTACK_CHECKOV", REPO / ".cache" / "checkov-venv" / "bin" / "checkov")
+)
+# checkov reads `checkov.io/skip...: CHECK=reason` annotations (its kubernetes_utils); the chart
+# names each key after its check, so one object can carry several.
+SKIP_ANNOTATION = re.compile(r"^checkov\.io/skip-(CKV2?_K8S_\d+)$")
 RELEASE = "loomstack"
 NAMESPACE = "loomstack"
 # Every Kubernetes minor version the chart supports.
@@ -332,6 +344,110 @@ def run_hadolint() -> list[str]:
     return [] if result.returncode == 0 else [f"hadolint:\n{result.stdout}{result.stderr}"]
 
 
+# -- the third party's policy scan (checkov) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What checkov reported over every rendered scenario."""
+
+    failed: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    passed: int
+    parsing_errors: list[str]
+
+
+def run_checkov(directory: Path) -> ScanResult:
+    """checkov's Kubernetes checks over the manifests under `directory`, offline."""
+    if not CHECKOV.is_file():
+        raise RuntimeError(f"{CHECKOV} is missing: run `make policy-scanner`")
+    argv = [
+        str(CHECKOV),
+        "--directory",
+        str(directory),
+        "--framework",
+        "kubernetes",
+        "--output",
+        "json",
+        # No calls home: without it checkov asks its vendor's API for check metadata first.
+        "--skip-download",
+        "--compact",
+    ]
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_NO_OUTPUT": ""}
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    if result.returncode not in (0, 1) or not result.stdout.strip():
+        raise RuntimeError(f"checkov failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    reports = json.loads(result.stdout)
+    if isinstance(reports, dict):
+        reports = [reports]
+    failed: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    passed = 0
+    errors: list[str] = []
+    for report in reports:
+        if report.get("check_type") != "kubernetes":
+            continue
+        results = report["results"]
+        failed += results["failed_checks"]
+        skipped += results["skipped_checks"]
+        passed += report["summary"]["passed"]
+        errors += results.get("parsing_errors", [])
+    return ScanResult(failed, skipped, passed, errors)
+
+
+def _where(check: dict[str, Any]) -> str:
+    scenario = check["file_path"].strip("/").split("/")[0]
+    return f"{scenario}: {check['resource']}"
+
+
+def scan_counts(checks: list[dict[str, Any]]) -> dict[str, int]:
+    """check id → number of findings."""
+    counts: dict[str, int] = {}
+    for check in checks:
+        counts[check["check_id"]] = counts.get(check["check_id"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def run_scan(helm: Path) -> list[str]:
+    """Render every scenario (tests included) and scan it; every finding must be explained."""
+    import tempfile
+
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="helm-scan-") as tmp:
+        for name, values in scenarios().items():
+            result = helm_template(helm, values)
+            if result.returncode != 0:
+                failures.append(f"scan: helm template {name} failed: {result.stderr.strip()}")
+                continue
+            (Path(tmp) / name).mkdir()
+            (Path(tmp) / name / "manifests.yaml").write_text(result.stdout)
+        scan = run_checkov(Path(tmp))
+    names = {c["check_id"]: c["check_name"] for c in scan.failed + scan.skipped}
+    for title, checks in (("unexplained", scan.failed), ("skipped", scan.skipped)):
+        for check_id, count in scan_counts(checks).items():
+            print(f"scan     {title:11} {count:4} {check_id} {names[check_id]}")
+    unreasoned = [
+        c
+        for c in scan.skipped
+        if len((c.get("check_result") or {}).get("suppress_comment", "")) < 10
+    ]
+    status = "ok" if not (scan.failed or unreasoned or scan.parsing_errors) else "FAILED"
+    print(
+        f"scan     {status:6} checkov: {scan.passed} passed, {len(scan.failed)} unexplained, "
+        f"{len(scan.skipped)} skipped with a reason, over {len(scenarios())} scenarios"
+    )
+    failures += [
+        f"checkov {c['check_id']} ({c['check_name']}) on {_where(c)}: fix it, or annotate the "
+        f'object with checkov.io/skip-{c["check_id"]}: "{c["check_id"]}=<why>"'
+        for c in scan.failed
+    ]
+    failures += [
+        f"checkov skip of {c['check_id']} on {_where(c)} gives no reason" for c in unreasoned
+    ]
+    failures += [f"checkov could not parse {path}" for path in scan.parsing_errors]
+    return failures
+
+
 # -- the README values table -------------------------------------------------------------------
 
 _DOC = re.compile(r"^\s*# -- (.+)$")
@@ -440,7 +556,9 @@ def run_docs(write: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("check", choices=["lint", "validate", "invalid", "docs", "hadolint", "all"])
+    parser.add_argument(
+        "check", choices=["lint", "validate", "invalid", "docs", "hadolint", "scan", "all"]
+    )
     args = parser.parse_args()
     failures: list[str] = []
     if args.check == "docs":
@@ -455,6 +573,8 @@ def main() -> int:
             failures += run_validate(helm)
         if args.check in ("invalid", "all"):
             failures += run_invalid(helm)
+        if args.check in ("scan", "all"):
+            failures += run_scan(helm)
         if args.check == "all":
             failures += run_docs(write=False)
             failures += run_hadolint()

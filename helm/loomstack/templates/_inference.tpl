@@ -49,3 +49,8 @@
   mountPath: /var/lib/loomstack/blobs
 {{- end }}
 {{- end -}}
+
+{{/* Why both inference roles take a Secret as a variable (a checkov CKV_K8S_35 exception). */}}
+{{- define "loomstack.inferenceSecretEnvWhy" -}}
+LOOMSTACK_INFERENCE_DATABASE_URL comes from a Secret as a variable because the inference service reads its database URL only from the environment (it has no file setting); the service secret and TLS keys are mounted files
+{{- end -}}
