@@ -9,7 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +115,11 @@ class Curation:
     snapshots: SnapshotStore
 
     def queue(
-        self, batch_id: str, schema_type: str = "classify_ticket", project: str = "p1"
+        self,
+        batch_id: str,
+        schema_type: str = "classify_ticket",
+        project: str = "p1",
+        auto_accept: bool = False,
     ) -> QueuedImport:
         with write_transaction(self.engine) as conn:
             self.importer.enqueue(
@@ -123,15 +130,26 @@ class Curation:
                 model="smollm2-test",
                 input_file_id="file-in",
                 output_file_id="file-out",
+                auto_accept=auto_accept,
             )
-        return QueuedImport(batch_id, project, schema_type, "smollm2-test", "file-in", "file-out")
+        return QueuedImport(
+            batch_id, project, schema_type, "smollm2-test", "file-in", "file-out", auto_accept
+        )
 
     def run(self, item: QueuedImport, results: BatchResults) -> str:
         return self.importer.attempt(item, lambda _item: results)
 
-    def import_tickets(self, batch_id: str, n: int, failed_every: int = 0) -> str:
+    def import_tickets(
+        self,
+        batch_id: str,
+        n: int,
+        failed_every: int = 0,
+        project: str = "p1",
+        auto_accept: bool = False,
+    ) -> str:
         inputs, outputs = ticket_lines(n, failed_every)
-        return self.run(self.queue(batch_id), read_results(jsonl(inputs), jsonl(outputs)))
+        item = self.queue(batch_id, project=project, auto_accept=auto_accept)
+        return self.run(item, read_results(jsonl(inputs), jsonl(outputs)))
 
 
 def make_curation(
@@ -158,6 +176,45 @@ def make_curation(
         TaskQueries(engine, catalog, projects, annotations),
         SnapshotStore(engine, catalog),
     )
+
+
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+def crashing_send(send: Any, crash_on: int) -> Any:
+    """The real send of tasks to Label Studio, except that the n-th call dies right after Label
+    Studio has stored the tasks (before their ids could be recorded)."""
+    calls = []
+
+    def send_then_crash(client: LabelStudio, project_id: int, tasks: list[Any]) -> list[int]:
+        calls.append(1)
+        ids: list[int] = send(client, project_id, tasks)
+        if len(calls) == crash_on:
+            raise Crash("killed after Label Studio stored the chunk")
+        return ids
+
+    return send_then_crash
+
+
+@contextmanager
+def serve_http(app: Any) -> Iterator[str]:
+    """A real HTTP server (uvicorn) for an ASGI app on a free loopback port, in a thread; its
+    base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 10, 0.02, "the HTTP server")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def ls_tasks(client: LabelStudio, project_id: int) -> list[Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,6 @@ pytestmark = pytest.mark.labelstudio
 N = 100
 
 
-@pytest.fixture
-def inference(inference_api: Any) -> Iterator[InferenceClient]:
-    client = InferenceClient(inference_api.address)
-    yield client
-    client.close()
-
-
 def answers_of(i: int, second: bool = False) -> dict[str, str]:
     """What the person answers for ticket i: every 10th category corrected; a second
     annotator (tasks 0-9) disagrees on the urgency of the odd ones."""
@@ -51,7 +43,7 @@ def annotate(cur: Curation, client: LabelStudio, batch_id: str, n: int) -> dict[
     and keeps the first annotations in `cur.first_annotations`."""
     assert cur.import_tickets(batch_id, n) == "completed"
     schema = cur.catalog.get("classify_ticket")
-    project_id = cur.projects.ensure(schema)
+    project_id = cur.projects.ensure("p1", schema)
     by_prompt = {t.data["ticket"]: t.id for t in ls_tasks(client, project_id)}
     task_ids = {i: by_prompt[ticket(i)] for i in range(n)}
 
@@ -86,7 +78,7 @@ def test_webhook_and_reconcile_record_every_annotation_and_snapshots_take_the_go
 ) -> None:
     cur = make_curation(db_url, label_studio, tmp_path)
     task_ids = annotate(cur, label_studio, "batch_x", N)
-    project_id = cur.projects.ensure(cur.catalog.get("classify_ticket"))
+    project_id = cur.projects.ensure("p1", cur.catalog.get("classify_ticket"))
 
     # The webhook delivers the first 50 annotations; the other 60 are "missed".
     for annotation, i in zip(cur.first_annotations[:50], range(50), strict=True):  # type: ignore[attr-defined]

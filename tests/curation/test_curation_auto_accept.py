@@ -8,7 +8,6 @@ every automatic annotation once."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,6 @@ pytestmark = pytest.mark.labelstudio
 N = 24
 MISFIT = 5  # this line's answer names a category the schema does not have
 FAILED = 7  # this line's request failed (no task at all)
-
-
-@pytest.fixture
-def inference(inference_api: Any) -> Iterator[InferenceClient]:
-    client = InferenceClient(inference_api.address)
-    yield client
-    client.close()
 
 
 def results() -> BatchResults:

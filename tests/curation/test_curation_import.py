@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from curation_support import (
     CATEGORIES,
     URGENCIES,
+    Crash,
     Curation,
+    crashing_send,
     jsonl,
     ls_tasks,
     make_curation,
@@ -96,41 +98,25 @@ def test_project_mapping_survives_a_restart(
     curation: Curation, label_studio: LabelStudio, db_url: str, tmp_path: Path
 ) -> None:
     schema = curation.catalog.get("classify_ticket")
-    first = curation.projects.ensure(schema)
+    first = curation.projects.ensure("p1", schema)
     # A restarted service (new objects, same database) finds the same project.
     again = ProjectMap(curation.engine, label_studio, curation.projects.title_prefix)
-    assert again.ensure(schema) == first
-    # A crash between creating the project and recording it: found by its title.
+    assert again.ensure("p1", schema) == first
+    # Another project gets a Label Studio project of its own, and the titles say whose.
+    second = again.ensure("p2", schema)
+    assert second != first
+    prefix = curation.projects.title_prefix
+    assert label_studio.projects.get(id=first).title.startswith(f"{prefix}p1/classify_ticket@1")
+    assert label_studio.projects.get(id=second).title.startswith(f"{prefix}p2/classify_ticket@1")
+    # A crash between creating the project and recording it: found by its title and owner line.
     with curation.engine.begin() as conn:
-        conn.execute(tables.projects.delete())
-    assert again.ensure(schema) == first
-    titles = [
-        p.title
-        for p in label_studio.projects.list()
-        if curation.projects.title_prefix in (p.title or "")
-    ]
-    assert len(titles) == 1
+        conn.execute(tables.projects.delete().where(tables.projects.c.project == "p1"))
+    assert again.ensure("p1", schema) == first
+    assert again.ensure("p2", schema) == second
+    titles = [p.title for p in label_studio.projects.list() if prefix in (p.title or "")]
+    assert len(titles) == 2
     project = label_studio.projects.get(id=first)
     assert project.label_config == label_config(schema) or 'name="category"' in project.label_config
-
-
-class Crash(Exception):
-    """Stands for the process dying at that point."""
-
-
-def crashing_send(send: Any, crash_on: int) -> Any:
-    """The real send, except that the n-th call dies right after Label Studio has stored the
-    tasks (before their ids could be recorded)."""
-    calls = []
-
-    def send_then_crash(client: LabelStudio, project_id: int, tasks: list[Any]) -> list[int]:
-        calls.append(1)
-        ids: list[int] = send(client, project_id, tasks)
-        if len(calls) == crash_on:
-            raise Crash("killed after Label Studio stored the chunk")
-        return ids
-
-    return send_then_crash
 
 
 def test_restart_mid_import_still_exactly_1000_tasks(
@@ -171,7 +157,7 @@ def test_restart_mid_import_still_exactly_1000_tasks(
     # then died with the next one stored in Label Studio and the one after it prepared.
     assert len([r for r in rows if r.ls_task_id is not None]) == 600
     assert len([r for r in rows if r.ls_task_id is None]) == 400
-    project_id = restarted.projects.ensure(restarted.catalog.get("classify_ticket"))
+    project_id = restarted.projects.ensure("p1", restarted.catalog.get("classify_ticket"))
     assert label_studio.projects.get(id=project_id).task_number == 800
 
     # 3) restarted once more with a healthy Label Studio: finishes, nothing twice.
@@ -179,7 +165,7 @@ def test_restart_mid_import_still_exactly_1000_tasks(
     final.projects = ProjectMap(final.engine, label_studio, curation.projects.title_prefix)
     final.importer.projects = final.projects
     assert final.run(item, results) == "completed"
-    project_id = final.projects.ensure(final.catalog.get("classify_ticket"))
+    project_id = final.projects.ensure("p1", final.catalog.get("classify_ticket"))
     tasks = ls_tasks(label_studio, project_id)
     assert len(tasks) == 1000
     assert sorted(t.data["loomstack_custom_id"] for t in tasks) == sorted(

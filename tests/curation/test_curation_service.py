@@ -46,6 +46,8 @@ from loomstack_kit.database import create_db_engine
 
 pytestmark = pytest.mark.labelstudio
 SECRET = "s3cret-webhook-value"
+ML_PASSWORD = "ml-backend-password-of-the-test"
+ML_AUTH = ("label-studio", ML_PASSWORD)
 N = 60
 
 
@@ -94,6 +96,8 @@ def service(
 ) -> Iterator[CurationProcess]:
     http_port = free_port()
     home = tmp_path_factory.mktemp("curation-service")
+    password_file = home / "ml-backend.password"
+    password_file.write_text(ML_PASSWORD + "\n")
     process = CurationProcess(
         home,
         {
@@ -106,6 +110,8 @@ def service(
             "LOOMSTACK_CURATION_WEBHOOK_SECRET": SECRET,
             # Annotations must arrive by webhook here; the reconcile has its own tests.
             "LOOMSTACK_CURATION_RECONCILE_SECONDS": "3600",
+            "LOOMSTACK_CURATION_ML_BACKEND_USERNAME": "label-studio",
+            "LOOMSTACK_CURATION_ML_BACKEND_PASSWORD_FILE": str(password_file),
         },
     ).start()
     try:
@@ -263,20 +269,28 @@ def test_a_finished_batch_flows_through_the_service(
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
-    # The ML backend protocol.
+    # The ML backend protocol, with Label Studio's basic auth (from the password file).
     ml = f"{service.http_url}/ml"
-    assert httpx.get(f"{ml}/health").json()["status"] == "UP"
+    assert httpx.get(f"{ml}/health").status_code == 401
+    assert httpx.get(f"{ml}/health", auth=ML_AUTH).json()["status"] == "UP"
     project = f"{done.label_studio_project_id}.1700000000"
-    setup = httpx.post(f"{ml}/setup", json={"project": project, "schema": config.label_config})
+    setup = httpx.post(
+        f"{ml}/setup", json={"project": project, "schema": config.label_config}, auth=ML_AUTH
+    )
     assert setup.status_code == 200 and setup.json()["model_version"]
-    unknown_project = httpx.post(f"{ml}/predict", json={"project": "999999.1", "tasks": []})
+    body = {"project": project, "tasks": [{"id": 1, "data": {"ticket": "x"}}]}
+    assert httpx.post(f"{ml}/predict", json=body, auth=("label-studio", "wrong")).status_code == 401
+    unknown_project = httpx.post(
+        f"{ml}/predict", json={"project": "999999.1", "tasks": []}, auth=ML_AUTH
+    )
     assert unknown_project.status_code == 404
     assert "not a Loomstack curation project" in unknown_project.json()["error"]["message"]
-    no_engine = httpx.post(
-        f"{ml}/predict", json={"project": project, "tasks": [{"id": 1, "data": {"ticket": "x"}}]}
-    )
+    too_many = httpx.post(f"{ml}/predict", json={**body, "tasks": body["tasks"] * 65}, auth=ML_AUTH)
+    assert too_many.status_code == 413 and "the limit is 64" in too_many.text
+    no_engine = httpx.post(f"{ml}/predict", json=body, auth=ML_AUTH)
     assert no_engine.status_code == 503  # the api-only inference service has no engine
-    assert httpx.post(f"{ml}/webhook", json={"action": "START_TRAINING"}).status_code == 201
+    hook = httpx.post(f"{ml}/webhook", json={"action": "START_TRAINING"}, auth=ML_AUTH)
+    assert hook.status_code == 201
 
     # A restart: same project, same tasks, no second import of the replayed feed.
     projects_before = len(list(label_studio.projects.list()))
@@ -342,11 +356,16 @@ def test_the_gateway_serves_curation(
         imports = http.get("/v1/curation/imports").json()["data"]
         assert {i["status"] for i in imports} == {"completed", "failed"}
 
+        # An admin's snapshot takes the tasks of the project it acts for (and is recorded
+        # there): its own project has none, the default project's are named by the header.
+        gold = {"name": "gw-gold", "filter": {"gold_only": True}, "format": "chatml"}
+        own = http.post("/v1/curation/snapshots", json=gold)
+        assert own.status_code == 400 and own.json()["error"]["code"] == "empty_snapshot"
         snap = http.post(
-            "/v1/curation/snapshots",
-            json={"name": "gw-gold", "filter": {"gold_only": True}, "format": "chatml"},
+            "/v1/curation/snapshots", json=gold, headers={"OpenAI-Project": "default"}
         ).json()
         assert snap["object"] == "curation.snapshot" and snap["format"] == "chatml"
+        assert snap["project"] == "default"
         assert snap["training_examples"] == 11 and snap["manifest"]["counts"]["training"] == 11
         content = http.get(f"/v1/curation/snapshots/{snap['id']}/content")
         assert content.status_code == 200

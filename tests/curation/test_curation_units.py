@@ -14,7 +14,7 @@ from loomstack_curation.annotations import agreement
 from loomstack_curation.catalog import SchemaCatalog, parse_schema_type
 from loomstack_curation.importer import read_results
 from loomstack_curation.predictions import regions
-from loomstack_curation.projects import MAX_TITLE, project_title
+from loomstack_curation.projects import MAX_TITLE, project_marker, project_title
 from loomstack_curation.registry import TaskRegistry
 from loomstack_curation.snapshots import FORMATS, convert, example_key, is_validation
 from loomstack_curation.webhook import handle_event, verify_secret
@@ -118,13 +118,20 @@ def test_split_is_deterministic_and_near_the_fraction() -> None:
     assert example_key(MESSAGES) == example_key(json.loads(json.dumps(MESSAGES)))
 
 
-def test_project_titles_fit_label_studio_and_stay_unique() -> None:
+def test_project_titles_name_the_project_fit_label_studio_and_stay_unique() -> None:
     schema = TaskRegistry.load(Path(__file__).resolve().parents[2] / "schemas").get("rate_answer")
-    short = project_title(schema)
-    assert short.startswith("rate_answer@1 ") and len(short) <= MAX_TITLE
-    long_a = project_title(schema, "x" * 45 + "a")
-    long_b = project_title(schema, "x" * 45 + "b")
+    short = project_title("team-a", schema)
+    assert short.startswith("team-a/rate_answer@1 ") and len(short) <= MAX_TITLE
+    assert project_title("team-b", schema) != short
+    long_a = project_title("x" * 45 + "a", schema)
+    long_b = project_title("x" * 45 + "b", schema)
     assert len(long_a) == len(long_b) == MAX_TITLE and long_a != long_b
+    assert "/rate_answer@1~" in long_a  # the schema key stays readable
+    # A prefix and a project can make the same title; the owner line tells them apart.
+    assert project_title("b", schema, "a/") == project_title("a/b", schema)
+    assert project_marker("b", schema, "a/") != project_marker("a/b", schema)
+    long_prefix = project_title("p", schema, "y" * 60)
+    assert len(long_prefix) == MAX_TITLE and long_prefix != project_title("q", schema, "y" * 60)
 
 
 def test_agreement_is_the_mean_share_of_equal_answers() -> None:

@@ -2,7 +2,8 @@
 
 One process serves the gRPC API, the HTTP endpoints Label Studio calls (webhook, ML backend)
 and runs three loops: the batch event feed consumer, the import queue worker and the periodic
-annotation reconcile. Without Label Studio configured the API still serves (schemas, renders,
+annotation reconcile (which first moves tasks recorded in another project's Label Studio
+project, relocation.py). Without Label Studio configured the API still serves (schemas, renders,
 snapshots of what is recorded) and imports wait in the queue.
 """
 
@@ -17,6 +18,7 @@ import uvicorn
 
 from loomstack.curation.v1 import curation_pb2_grpc
 from loomstack_kit.database import create_db_engine, migrate
+from loomstack_kit.errors import NotFound
 from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
@@ -27,9 +29,11 @@ from .feed import FeedConsumer
 from .http_app import create_app
 from .importer import BatchResults, Importer, QueuedImport, read_results, split_lines
 from .inference_client import InferenceClient
+from .ml_auth import load_credentials
 from .ml_backend import MLBackend
 from .projects import ProjectMap, connect
 from .reconcile import reconcile
+from .relocation import Relocation
 from .servicer import ImportServicer, SchemaServicer, SnapshotServicer, TaskServicer
 from .settings import CurationSettings
 from .snapshots import SnapshotStore
@@ -109,13 +113,26 @@ async def serve(settings: CurationSettings) -> None:
     backend = MLBackend(
         catalog,
         projects,
-        lambda request: inference.chat_completion("default", request),
+        # As the project whose Label Studio project asks, never a default one.
+        inference.chat_completion,
         model=settings.model,
         max_tokens=settings.max_tokens,
+        max_tasks=settings.ml_backend_max_tasks,
     )
+    ml_credentials = load_credentials(
+        settings.ml_backend_username,
+        settings.ml_backend_password,
+        settings.ml_backend_password_file,
+    )
+    if ml_credentials is None:
+        log.warning(
+            "the ML backend refuses every call: set LOOMSTACK_CURATION_ML_BACKEND_USERNAME "
+            "and _PASSWORD (or _PASSWORD_FILE)"
+        )
+    relocation = Relocation(db, catalog, projects, annotations)
     http = uvicorn.Server(
         uvicorn.Config(
-            create_app(annotations, backend, settings.webhook_secret),
+            create_app(annotations, backend, settings.webhook_secret, ml_credentials),
             host=settings.http_host,
             port=settings.http_port,
             log_config=None,
@@ -137,9 +154,12 @@ async def serve(settings: CurationSettings) -> None:
     tasks.append(asyncio.create_task(_follow_feed(inference, consumer, settings, wake)))
     tasks.append(asyncio.create_task(_work_imports(importer, catalog, inference, settings, wake)))
     if client is not None:
-        tasks.append(asyncio.create_task(_reconcile_loop(client, projects, annotations, settings)))
-        if settings.public_url and settings.webhook_secret:
-            tasks.append(asyncio.create_task(_register_webhooks(projects, settings)))
+        tasks.append(
+            asyncio.create_task(
+                _reconcile_loop(client, projects, annotations, relocation, settings)
+            )
+        )
+        tasks.append(asyncio.create_task(_tidy_projects(projects, catalog, relocation, settings)))
     await server.set_started()
     await server.set_ready(True)
     try:
@@ -235,11 +255,16 @@ async def _work_imports(
 
 
 async def _reconcile_loop(
-    client: object, projects: ProjectMap, store: AnnotationStore, settings: CurationSettings
+    client: object,
+    projects: ProjectMap,
+    store: AnnotationStore,
+    relocation: Relocation,
+    settings: CurationSettings,
 ) -> None:
     while True:
         await asyncio.sleep(settings.reconcile_seconds)
         try:
+            await asyncio.to_thread(relocation.run)
             await asyncio.to_thread(reconcile, client, projects, store)  # type: ignore[arg-type]
         except asyncio.CancelledError:
             raise
@@ -247,17 +272,35 @@ async def _reconcile_loop(
             log.warning("reconcile failed", extra={"error": str(exc)})
 
 
-async def _register_webhooks(projects: ProjectMap, settings: CurationSettings) -> None:
-    """Our webhook on every mapped project (new projects get it when they are created)."""
+async def _tidy_projects(
+    projects: ProjectMap,
+    catalog: SchemaCatalog,
+    relocation: Relocation,
+    settings: CurationSettings,
+) -> None:
+    """Once at start: every mapped project's title names its project and carries our webhook
+    (new projects get both when they are created), and tasks recorded in another project's
+    Label Studio project are moved to their own (the reconcile loop finishes what is left)."""
+
+    def tidy() -> None:
+        for mapped in projects.all():
+            try:
+                schema = catalog.get(mapped.schema_id, mapped.schema_version)
+            except NotFound:
+                schema = None
+            if schema is not None:
+                projects.retitle(mapped, schema)
+            projects.ensure_webhook(mapped.ls_project_id)
+        relocation.run()
+
     while True:
         try:
-            for _schema_id, _version, project_id in await asyncio.to_thread(projects.all):
-                await asyncio.to_thread(projects.ensure_webhook, project_id)
+            await asyncio.to_thread(tidy)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("webhooks not registered yet", extra={"error": str(exc)})
+            log.warning("Label Studio projects not tidied yet", extra={"error": str(exc)})
             await asyncio.sleep(settings.retry_base_seconds * 5)
 
 

@@ -66,15 +66,28 @@ def _timestamp(value: Any) -> float:
     return time.time()
 
 
+def label_studio_id(value: Any) -> int:
+    """A Label Studio id: a positive integer our 64-bit columns hold (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r} is not an id")
+    number = int(value)
+    if not 0 < number <= 2**63 - 1:
+        raise ValueError(f"{value!r} is not an id")
+    return number
+
+
 def annotation_record(raw: Mapping[str, Any], task_id: int | None = None) -> AnnotationRecord:
     """An annotation from a webhook payload, an export or the tasks API."""
     task = raw.get("task")
     if isinstance(task, Mapping):
         task = task.get("id")
+    result = raw.get("result") or []
+    if not isinstance(result, list) or not all(isinstance(r, Mapping) for r in result):
+        raise ValueError("`result` must be a list of regions")
     return AnnotationRecord(
-        id=int(raw["id"]),
-        task_id=int(task if task is not None else task_id),  # type: ignore[arg-type]
-        result=list(raw.get("result") or []),
+        id=label_studio_id(raw["id"]),
+        task_id=label_studio_id(task if task is not None else task_id),
+        result=list(result),
         was_cancelled=bool(raw.get("was_cancelled")),
         updated_at=_timestamp(raw.get("updated_at") or raw.get("created_at")),
     )
@@ -107,12 +120,17 @@ class AnnotationStore:
         self.engine = engine
         self.catalog = catalog
 
-    def _schema(self, conn: sa.Connection, task_id: int) -> TaskSchema | None:
-        row = conn.execute(
-            sa.select(tables.tasks.c.schema_id, tables.tasks.c.schema_version).where(
-                tables.tasks.c.ls_task_id == task_id
-            )
-        ).first()
+    def _schema(
+        self, conn: sa.Connection, task_id: int, ls_project_id: int | None = None
+    ) -> TaskSchema | None:
+        """The schema of one of our tasks; None for a task that is not ours (or, with
+        `ls_project_id`, not in that Label Studio project)."""
+        query = sa.select(tables.tasks.c.schema_id, tables.tasks.c.schema_version).where(
+            tables.tasks.c.ls_task_id == task_id
+        )
+        if ls_project_id is not None:
+            query = query.where(tables.tasks.c.ls_project_id == ls_project_id)
+        row = conn.execute(query).first()
         if row is None:
             return None
         try:
@@ -120,13 +138,14 @@ class AnnotationStore:
         except Exception:
             return None
 
-    def upsert(self, records: Iterable[AnnotationRecord]) -> int:
-        """Records new or changed annotations of our tasks; returns how many were ours."""
+    def upsert(self, records: Iterable[AnnotationRecord], ls_project_id: int | None = None) -> int:
+        """Records new or changed annotations of our tasks (with `ls_project_id`: of that Label
+        Studio project's tasks only); returns how many were ours."""
         recorded = 0
         with write_transaction(self.engine) as conn:
             touched: set[int] = set()
             for record in records:
-                schema = self._schema(conn, record.task_id)
+                schema = self._schema(conn, record.task_id, ls_project_id)
                 if schema is None:
                     continue
                 self._write(conn, schema, record)
@@ -136,12 +155,22 @@ class AnnotationStore:
                 self._refresh_task(conn, task_id)
         return recorded
 
-    def delete(self, annotation_ids: Iterable[int]) -> int:
-        """Forgets deleted annotations; returns how many were known."""
+    def delete(self, annotation_ids: Iterable[int], ls_project_id: int | None = None) -> int:
+        """Forgets deleted annotations (with `ls_project_id`: of that Label Studio project's
+        tasks only); returns how many were known."""
         ids = [int(i) for i in annotation_ids]
         if not ids:
             return 0
+        a, t = tables.ls_annotations, tables.tasks
         with write_transaction(self.engine) as conn:
+            if ls_project_id is not None:
+                ids = list(
+                    conn.execute(
+                        sa.select(a.c.ls_annotation_id)
+                        .join(t, t.c.ls_task_id == a.c.ls_task_id)
+                        .where(a.c.ls_annotation_id.in_(ids), t.c.ls_project_id == ls_project_id)
+                    ).scalars()
+                )
             task_ids = set(
                 conn.execute(
                     sa.select(tables.ls_annotations.c.ls_task_id).where(
@@ -174,8 +203,11 @@ class AnnotationStore:
         """Makes a task's annotations exactly `records` (the reconcile); False if not ours."""
         return task_id in self.replace_tasks({task_id: records})
 
-    def replace_tasks(self, tasks: Mapping[int, list[AnnotationRecord]]) -> set[int]:
-        """`replace_task` for a page of tasks at once; returns the ids that are ours.
+    def replace_tasks(
+        self, tasks: Mapping[int, list[AnnotationRecord]], ls_project_id: int | None = None
+    ) -> set[int]:
+        """`replace_task` for a page of tasks at once (with `ls_project_id`: only tasks we
+        recorded in that Label Studio project); returns the ids that are ours.
 
         Reads what is recorded for the whole page in one query and writes only the tasks whose
         annotations changed, in one transaction, so a reconcile over a large project is cheap.
@@ -183,17 +215,16 @@ class AnnotationStore:
         if not tasks:
             return set()
         ids = list(tasks)
+        t = tables.tasks.c
+        query = sa.select(t.ls_task_id, t.schema_id, t.schema_version, t.predicted_json).where(
+            t.ls_task_id.in_(ids)
+        )
+        if ls_project_id is not None:
+            query = query.where(t.ls_project_id == ls_project_id)
         with self.engine.connect() as conn:
             ours = {
                 row.ls_task_id: (row.schema_id, row.schema_version, row.predicted_json)
-                for row in conn.execute(
-                    sa.select(
-                        tables.tasks.c.ls_task_id,
-                        tables.tasks.c.schema_id,
-                        tables.tasks.c.schema_version,
-                        tables.tasks.c.predicted_json,
-                    ).where(tables.tasks.c.ls_task_id.in_(ids))
-                )
+                for row in conn.execute(query)
             }
             known: dict[int, dict[int, tuple[str, bool]]] = {i: {} for i in ours}
             annotators: dict[int, str] = {}

@@ -400,7 +400,7 @@ class Importer:
 
         Safe to call again after any crash: lines are never imported twice.
         """
-        ls_project = self.projects.ensure(schema)
+        ls_project = self.projects.ensure(project, schema)
         # The Label Studio user the automatic annotations belong to.
         annotator = ensure_user(self.client) if auto_accept else None
         self._update(
@@ -409,7 +409,7 @@ class Importer:
             result_lines=len(results.lines),
             skipped_lines=tables.imports.c.failed_lines + results.skipped,
         )
-        self._resolve_pending(batch_id, ls_project, annotator)
+        self._resolve_pending(batch_id, annotator)
         with self.engine.connect() as conn:
             done = set(
                 conn.execute(
@@ -627,54 +627,59 @@ class Importer:
             raise unavailable_or_none(exc) or exc from None
         return records
 
-    def _resolve_pending(self, batch_id: str, ls_project: int, annotator: int | None) -> None:
-        """Lines recorded as pending by an interrupted attempt: the ones Label Studio has get
-        their ids, the rest are forgotten (and imported again by this attempt)."""
+    def _resolve_pending(self, batch_id: str, annotator: int | None) -> None:
+        """Lines recorded as pending by an interrupted attempt: the ones Label Studio has (in
+        the project they were sent to) get their ids, the rest are forgotten (and imported
+        again by this attempt)."""
+        c = tables.tasks.c
         with self.engine.connect() as conn:
-            pending = set(
-                conn.execute(
-                    sa.select(tables.tasks.c.custom_id).where(
-                        tables.tasks.c.batch_id == batch_id, tables.tasks.c.ls_task_id.is_(None)
-                    )
-                ).scalars()
-            )
+            pending: dict[int, set[str]] = {}
+            for row in conn.execute(
+                sa.select(c.custom_id, c.ls_project_id).where(
+                    c.batch_id == batch_id, c.ls_task_id.is_(None)
+                )
+            ):
+                pending.setdefault(int(row.ls_project_id), set()).add(row.custom_id)
         if not pending:
             return
         found: dict[str, int] = {}
+        automatic: list[AnnotationRecord] = []
         try:
-            for tasks in task_pages(self.client, ls_project, 1000, fields="task_only"):
-                for task in tasks:
-                    data = task.get("data") or {}
-                    if data.get(BATCH_KEY) == batch_id and data.get(CUSTOM_ID_KEY) in pending:
-                        found[str(data[CUSTOM_ID_KEY])] = int(task["id"])
+            for ls_project, custom_ids in pending.items():
+                in_project: dict[str, int] = {}
+                for tasks in task_pages(self.client, ls_project, 1000, fields="task_only"):
+                    for task in tasks:
+                        data = task.get("data") or {}
+                        custom_id = data.get(CUSTOM_ID_KEY)
+                        if data.get(BATCH_KEY) == batch_id and custom_id in custom_ids:
+                            in_project[str(custom_id)] = int(task["id"])
+                if annotator is not None and in_project:
+                    automatic += self._automatic_annotations(
+                        ls_project, list(in_project.values()), annotator
+                    )
+                found.update(in_project)
         except Exception as exc:
             raise unavailable_or_none(exc) or exc from None
-        automatic = (
-            self._automatic_annotations(ls_project, list(found.values()), annotator)
-            if annotator is not None and found
-            else []
-        )
         with write_transaction(self.engine) as conn:
             if found:
                 conn.execute(
                     tables.tasks.update()
-                    .where(
-                        tables.tasks.c.batch_id == batch_id,
-                        tables.tasks.c.custom_id == sa.bindparam("cid"),
-                    )
+                    .where(c.batch_id == batch_id, c.custom_id == sa.bindparam("cid"))
                     .values(ls_task_id=sa.bindparam("tid"), status=IMPORTED),
                     [{"cid": cid, "tid": tid} for cid, tid in found.items()],
                 )
             if automatic:
                 self._annotations().record_automatic(conn, automatic)
             conn.execute(
-                tables.tasks.delete().where(
-                    tables.tasks.c.batch_id == batch_id, tables.tasks.c.ls_task_id.is_(None)
-                )
+                tables.tasks.delete().where(c.batch_id == batch_id, c.ls_task_id.is_(None))
             )
         log.info(
             "resolved an interrupted import",
-            extra={"batch_id": batch_id, "pending": len(pending), "found": len(found)},
+            extra={
+                "batch_id": batch_id,
+                "pending": sum(len(v) for v in pending.values()),
+                "found": len(found),
+            },
         )
 
 

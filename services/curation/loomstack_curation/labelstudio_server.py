@@ -147,8 +147,10 @@ class LabelStudioServer:
                 "FRONTEND_SENTRY_DSN": "",
                 "PYTHONUNBUFFERED": "1",
                 # This server and the curation service share the loopback interface: let its
-                # webhooks and ML backend calls reach 127.0.0.1 (blocked by default as SSRF).
+                # webhooks and ML backend calls reach 127.0.0.1 (blocked by default as SSRF;
+                # an ML backend's URL has its own switch).
                 "SSRF_PROTECTION_ENABLED": "false",
+                "ML_BLOCK_LOCAL_IP": "false",
             }
         )
         return env

@@ -1,15 +1,22 @@
-"""Schema version → Label Studio project, kept in the database (one project per version).
+"""(Loomstack project, schema version) → Label Studio project, kept in the database.
+
+Each Loomstack project gets its own Label Studio project per schema version, so nothing of one
+project is ever imported into, read from or written to another's; the title names both.
 
 `ensure` is idempotent across restarts and crashes: the mapping row is looked up first; a
-project created just before a crash (no row yet) is found again by its unique title instead
-of being created a second time.
+project created just before a crash (no row yet) is found again by its title and the exact
+owner line of its description instead of being created a second time, and only if no
+mapping holds it already.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -47,20 +54,45 @@ def unavailable_or_none(exc: BaseException) -> Unavailable | None:
     return None
 
 
-def project_title(schema: TaskSchema, prefix: str = "") -> str:
-    """The project's title, unique per schema version: the installation's prefix (several
-    installations can share one Label Studio), the schema key, then as much of the name as
-    fits Label Studio's 50 characters."""
-    title = f"{prefix}{schema.key}"
+def project_title(project: str, schema: TaskSchema, prefix: str = "") -> str:
+    """The Label Studio project's title, unique per (installation, Loomstack project, schema
+    version): `<prefix><project>/<schema key> <name>`, with as much of the name as fits Label
+    Studio's 50 characters. A longer one is cut and ends in a hash of the whole, so two titles
+    never meet however long the names are."""
+    title = f"{prefix}{project}/{schema.key}"
     if len(title) > MAX_TITLE:
-        digest = hashlib.sha256(title.encode()).hexdigest()[:8]
-        return f"{title[: MAX_TITLE - 9]}~{digest}"
+        whole = json.dumps([prefix, project, schema.key], ensure_ascii=False)
+        digest = hashlib.sha256(whole.encode()).hexdigest()[:8]
+        tail = f"/{schema.key}~{digest}"
+        if len(tail) > MAX_TITLE - 8:
+            return f"{title[: MAX_TITLE - 9]}~{digest}"
+        return f"{(prefix + project)[: MAX_TITLE - len(tail)]}{tail}"
     rest = MAX_TITLE - len(title) - 1
     return f"{title} {schema.name[:rest]}".rstrip() if rest > 3 else title
 
 
+def project_marker(project: str, schema: TaskSchema, prefix: str = "") -> str:
+    """The line a Label Studio project's description ends with: exactly whose it is. Titles
+    alone can meet (a prefix `a/` and project `b`, no prefix and project `a/b`); a project
+    found by title after a crash is taken only with this line."""
+    whole = json.dumps([prefix, project, schema.key], ensure_ascii=False)
+    return f"Loomstack {project} {schema.key} #{hashlib.sha256(whole.encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class MappedProject:
+    """A Label Studio project of ours: whose it is and which schema version it holds."""
+
+    project: str
+    schema_id: str
+    schema_version: int
+    ls_project_id: int
+    title: str
+
+
 class ProjectMap:
-    """The schema → project mapping and the Label Studio calls that maintain it."""
+    """The (project, schema version) → Label Studio project mapping and the Label Studio calls
+    that maintain it."""
 
     def __init__(
         self,
@@ -77,6 +109,12 @@ class ProjectMap:
         # Where Label Studio sends each project's annotation events (empty: no webhook).
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
+        # The importer and the relocation may ask for the same new project at once.
+        self._lock = threading.Lock()
+
+    def title(self, project: str, schema: TaskSchema) -> str:
+        """The title of a project's Label Studio project for a schema version."""
+        return project_title(project, schema, self.title_prefix)
 
     def ensure_webhook(self, project_id: int) -> bool:
         """Registers our webhook on a project once (Label Studio's webhooks are per project);
@@ -111,52 +149,60 @@ class ProjectMap:
             raise unavailable_or_none(exc) or exc from None
         return True
 
-    def lookup(self, schema: TaskSchema) -> int | None:
-        """The project of a schema version, if one exists already."""
+    def lookup(self, project: str, schema: TaskSchema) -> int | None:
+        """The Label Studio project of a project's schema version, if one exists already."""
+        c = tables.projects.c
         with self.engine.connect() as conn:
             return conn.execute(
-                sa.select(tables.projects.c.ls_project_id).where(
-                    tables.projects.c.schema_key == schema.key
-                )
+                sa.select(c.ls_project_id).where(c.project == project, c.schema_key == schema.key)
             ).scalar()
 
-    def by_project_id(self, ls_project_id: int) -> tuple[str, int] | None:
-        """(schema id, version) of a Label Studio project, if it is one of ours."""
+    def by_project_id(self, ls_project_id: int) -> MappedProject | None:
+        """Whose a Label Studio project is and which schema version it holds, if it is ours."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(tables.projects.c.schema_id, tables.projects.c.schema_version).where(
-                    tables.projects.c.ls_project_id == ls_project_id
-                )
+                sa.select(tables.projects).where(tables.projects.c.ls_project_id == ls_project_id)
             ).first()
-        return (row.schema_id, row.schema_version) if row else None
+        return _mapped(row) if row else None
 
-    def all(self) -> list[tuple[str, int, int]]:
-        """Every mapped (schema id, version, project id)."""
+    def all(self) -> list[MappedProject]:
+        """Every mapped Label Studio project."""
+        c = tables.projects.c
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    tables.projects.c.schema_id,
-                    tables.projects.c.schema_version,
-                    tables.projects.c.ls_project_id,
-                ).order_by(tables.projects.c.schema_key)
-            ).all()
-        return [(r.schema_id, r.schema_version, r.ls_project_id) for r in rows]
+            rows = conn.execute(sa.select(tables.projects).order_by(c.project, c.schema_key))
+            return [_mapped(r) for r in rows]
 
-    def ensure(self, schema: TaskSchema) -> int:
-        """The schema version's project, created in Label Studio the first time."""
-        existing = self.lookup(schema)
+    def ensure(self, project: str, schema: TaskSchema) -> int:
+        """The Label Studio project of a project's schema version, created the first time."""
+        existing = self.lookup(project, schema)
+        if existing is not None:
+            return existing
+        with self._lock:
+            return self._create(project, schema)
+
+    def _create(self, project: str, schema: TaskSchema) -> int:
+        existing = self.lookup(project, schema)
         if existing is not None:
             return existing
         client = self._client()
-        title = project_title(schema, self.title_prefix)
+        title = self.title(project, schema)
+        marker = project_marker(project, schema, self.title_prefix)
         try:
             listed: Any = client.projects.list(title=title)
-            found = [p for p in listed if p.title == title]
-            if found and found[0].id is not None:
-                project_id = int(found[0].id)
+            found = [
+                int(p.id)
+                for p in listed
+                if p.title == title and p.id is not None and marker in (p.description or "")
+            ]
+            # Only a project no mapping holds: one created just before a crash.
+            free = [i for i in found if self.by_project_id(i) is None]
+            if free:
+                project_id = free[0]
             else:
                 created = client.projects.create(
-                    title=title, description=schema.description, label_config=label_config(schema)
+                    title=title,
+                    description=_description(schema, marker),
+                    label_config=label_config(schema),
                 )
                 assert created.id is not None
                 project_id = int(created.id)
@@ -164,15 +210,9 @@ class ProjectMap:
             raise unavailable_or_none(exc) or exc from None
         self.ensure_webhook(project_id)
         with write_transaction(self.engine) as conn:
-            again = conn.execute(
-                sa.select(tables.projects.c.ls_project_id).where(
-                    tables.projects.c.schema_key == schema.key
-                )
-            ).scalar()
-            if again is not None:
-                return int(again)
             conn.execute(
                 tables.projects.insert().values(
+                    project=project,
                     schema_key=schema.key,
                     schema_id=schema.id,
                     schema_version=schema.version,
@@ -183,12 +223,43 @@ class ProjectMap:
             )
         return project_id
 
+    def retitle(self, mapped: MappedProject, schema: TaskSchema) -> bool:
+        """Gives a Label Studio project the title it should have (one mapped before titles
+        named the project, or under another prefix); True if it was renamed."""
+        title = self.title(mapped.project, schema)
+        if mapped.title == title:
+            return False
+        marker = project_marker(mapped.project, schema, self.title_prefix)
+        try:
+            self._client().projects.update(
+                id=mapped.ls_project_id, title=title, description=_description(schema, marker)
+            )
+        except Exception as exc:
+            raise unavailable_or_none(exc) or exc from None
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                tables.projects.update()
+                .where(tables.projects.c.ls_project_id == mapped.ls_project_id)
+                .values(title=title)
+            )
+        return True
+
     def _client(self) -> LabelStudio:
         if self.client is None:
             raise label_studio_unavailable(
                 "Label Studio is not configured (set LOOMSTACK_CURATION_LABEL_STUDIO_URL)"
             )
         return self.client
+
+
+def _description(schema: TaskSchema, marker: str) -> str:
+    return f"{schema.description}\n\n{marker}" if schema.description else marker
+
+
+def _mapped(row: sa.Row) -> MappedProject:
+    return MappedProject(
+        row.project, row.schema_id, row.schema_version, int(row.ls_project_id), row.title
+    )
 
 
 def connect(url: str, token: str, timeout: float) -> LabelStudio:
@@ -204,26 +275,31 @@ def task_payload(task: Any) -> dict[str, Any]:
 
 
 def task_pages(
-    client: LabelStudio, project_id: int, page_size: int = 500, fields: str = "all"
+    client: LabelStudio,
+    project_id: int,
+    page_size: int = 500,
+    fields: str = "all",
+    task_ids: Sequence[int] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Every page of a project's tasks as plain JSON, in id order.
+    """Every page of a project's tasks (or of `task_ids` only) as plain JSON, in id order;
+    with `fields="all"` each has its predictions and annotations in full (an export names its
+    predictions by id only).
 
     Read with the SDK's own HTTP client and credentials but not through its models: turning a
     page into pydantic objects (and back) costs several times the request itself.
     """
     wrapper = client._client_wrapper
     http = wrapper.httpx_client.httpx_client
+    params: dict[str, Any] = {"project": project_id, "fields": fields}
+    if task_ids is not None:
+        selected = {"all": False, "included": [int(i) for i in task_ids]}
+        params["query"] = orjson.dumps({"selectedItems": selected}).decode()
     page = 1
     while True:
         try:
             response = http.get(
                 f"{wrapper.get_base_url()}/api/tasks/",
-                params={
-                    "project": project_id,
-                    "fields": fields,
-                    "page": page,
-                    "page_size": page_size,
-                },
+                params={**params, "page": page, "page_size": page_size},
                 headers=wrapper.get_headers(),
                 timeout=wrapper.get_timeout(),
             )
@@ -305,3 +381,29 @@ def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict[str, Any
             f"{response.status_code} {response.text[:300]}"
         )
     return [int(i) for i in response.json().get("task_ids") or []]
+
+
+def delete_tasks(client: LabelStudio, project_id: int, task_ids: Sequence[int]) -> None:
+    """Deletes tasks of a project with the Data Manager's `delete_tasks` action (one request
+    for many tasks; ids that are gone already are no error)."""
+    wrapper = client._client_wrapper
+    http = wrapper.httpx_client.httpx_client
+    try:
+        response = http.post(
+            f"{wrapper.get_base_url()}/api/dm/actions",
+            params={"id": "delete_tasks", "project": project_id},
+            content=orjson.dumps(
+                {"selectedItems": {"all": False, "included": [int(i) for i in task_ids]}}
+            ),
+            headers={**wrapper.get_headers(), "Content-Type": "application/json"},
+            timeout=max(float(wrapper.get_timeout() or 60), 300.0),
+        )
+    except httpx.TransportError as exc:
+        raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
+    if response.status_code >= 400:
+        raise FailedPrecondition(
+            f"Label Studio refused to delete tasks of project {project_id}: "
+            f"{response.status_code} {response.text[:200]}"
+        )

@@ -29,7 +29,7 @@ _TASK_STATUS = {
     "imported": curation_pb2.TASK_STATUS_IMPORTED,
     "annotated": curation_pb2.TASK_STATUS_ANNOTATED,
 }
-_TASK_STATUS_NAME = {v: k for k, v in _TASK_STATUS.items()}
+_TASK_STATUS_NAME: dict[int, str] = {int(v): k for k, v in _TASK_STATUS.items()}
 _IMPORT_STATUS = {
     "queued": curation_pb2.IMPORT_STATUS_QUEUED,
     "running": curation_pb2.IMPORT_STATUS_RUNNING,
@@ -42,7 +42,7 @@ _FORMAT = {
     "sharegpt": curation_pb2.SNAPSHOT_FORMAT_SHAREGPT,
     "chatml": curation_pb2.SNAPSHOT_FORMAT_CHATML,
 }
-_FORMAT_NAME = {v: k for k, v in _FORMAT.items()}
+_FORMAT_NAME: dict[int, str] = {int(v): k for k, v in _FORMAT.items()}
 assert set(_FORMAT) == set(FORMATS)
 
 
@@ -54,8 +54,10 @@ def _ts(seconds: float | None) -> Timestamp | None:
     return ts
 
 
-def schema_message(schema: TaskSchema, catalog: SchemaCatalog, projects: ProjectMap) -> Any:
-    """A schema as its proto."""
+def schema_message(
+    schema: TaskSchema, catalog: SchemaCatalog, projects: ProjectMap, project: str
+) -> Any:
+    """A schema as its proto, with the caller's project's Label Studio project."""
     registry = catalog.registry
     return curation_pb2.Schema(
         id=schema.id,
@@ -65,7 +67,7 @@ def schema_message(schema: TaskSchema, catalog: SchemaCatalog, projects: Project
         versions=[s.version for s in registry.versions(schema.id)],
         definition_json=schema.model_dump_json(by_alias=True),
         source=registry.source(schema).name,
-        label_studio_project_id=projects.lookup(schema) or 0,
+        label_studio_project_id=projects.lookup(project, schema) or 0,
     )
 
 
@@ -88,8 +90,9 @@ class SchemaServicer(curation_pb2_grpc.SchemaServiceServicer):
         after = check.text(request.page_token, "page_token")
         schemas = [s for s in self.catalog.registry.latest() if s.id > after]
         page = schemas[:limit]
+        project = owner_project(project_of(context))
         messages = await asyncio.to_thread(
-            lambda: [schema_message(s, self.catalog, self.projects) for s in page]
+            lambda: [schema_message(s, self.catalog, self.projects, project) for s in page]
         )
         return curation_pb2.ListSchemasResponse(
             schemas=messages,
@@ -99,7 +102,8 @@ class SchemaServicer(curation_pb2_grpc.SchemaServiceServicer):
 
     async def GetSchema(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         schema = self._schema(request.schema_id, request.version)
-        return await asyncio.to_thread(schema_message, schema, self.catalog, self.projects)
+        project = owner_project(project_of(context))
+        return await asyncio.to_thread(schema_message, schema, self.catalog, self.projects, project)
 
     async def RenderLabelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         schema = self._schema(request.schema_id, request.version)

@@ -36,6 +36,18 @@ class CurationSettings(ServiceSettings):
         "", description="URL Label Studio reaches our HTTP endpoints on; empty = no webhook."
     )
     webhook_secret: str = Field("", description="Shared secret Label Studio's webhook sends.")
+    ml_backend_username: str = Field(
+        "",
+        description="User Label Studio's ML backend connection sends (basic auth); without "
+        "user and password the ML backend's routes are refused.",
+    )
+    ml_backend_password: str = Field("", repr=False, description="Its password (prefer the file).")
+    ml_backend_password_file: Path | None = Field(
+        None, description="A file holding that password (the chart mounts a Secret)."
+    )
+    ml_backend_max_tasks: int = Field(
+        64, ge=1, description="Most tasks one ML backend predict call may ask for."
+    )
 
     # Import queue and reconcile.
     import_chunk: int = Field(500, description="Tasks per Label Studio import call.")

@@ -6,16 +6,20 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-# Schema version → Label Studio project. Kept here, so a restart never creates a second one.
+# (Loomstack project, schema version) → Label Studio project. Kept here, so a restart never
+# creates a second one; each Label Studio project holds one Loomstack project's tasks only.
 projects = sa.Table(
     "curation_projects",
     metadata,
-    sa.Column("schema_key", sa.String(160), primary_key=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("schema_key", sa.String(160), nullable=False),
     sa.Column("schema_id", sa.String(64), nullable=False),
     sa.Column("schema_version", sa.Integer, nullable=False),
-    sa.Column("ls_project_id", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("ls_project_id", sa.BigInteger, nullable=False),
     sa.Column("title", sa.String(512), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("project", "schema_key", name="pk_curation_projects"),
+    sa.UniqueConstraint("ls_project_id", name="uq_curation_projects_ls_project_id"),
 )
 
 # One row per imported batch result line. `ls_task_id` is NULL while the line's chunk is on its
@@ -45,8 +49,22 @@ tasks = sa.Table(
     sa.Column("annotated_at", sa.Float),
     # Whether the annotation a training example uses was auto-accepted (auto_accept.py).
     sa.Column("auto_accepted", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The Label Studio project a copy of this task is being sent to (relocation.py); NULL
+    # otherwise.
+    sa.Column("moving_to", sa.BigInteger),
     sa.UniqueConstraint("batch_id", "custom_id", name="uq_curation_tasks_batch_custom_id"),
     sa.Index("ix_curation_tasks_project_schema", "project", "schema_id", "status"),
+    sa.Index("ix_curation_tasks_ls_project", "ls_project_id"),
+)
+
+# Label Studio tasks to delete: the old copies of relocated tasks, until Label Studio has
+# deleted them (relocation.py).
+relocations = sa.Table(
+    "curation_relocations",
+    metadata,
+    sa.Column("ls_task_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ls_project_id", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # Every annotation Label Studio told us about (webhook or reconcile).

@@ -15,7 +15,7 @@ from typing import Any
 
 from loomstack_kit.errors import InvalidArgument, Unauthenticated
 
-from .annotations import AnnotationStore, annotation_record
+from .annotations import AnnotationStore, annotation_record, label_studio_id
 
 SECRET_HEADER = "X-Loomstack-Webhook-Secret"
 UPSERT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
@@ -55,14 +55,32 @@ def handle_event(store: AnnotationStore, payload: Any) -> WebhookOutcome:
     action = str(payload["action"])
     task = payload.get("task")
     task_id = task.get("id") if isinstance(task, Mapping) else None
+    project = _project_id(payload.get("project"))
     if action in UPSERT_EVENTS:
         raw = _items(payload.get("annotation")) + _items(payload.get("annotations"))
         try:
             records = [annotation_record(a, task_id) for a in raw]
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"{action}: malformed annotation: {exc}") from None
-        return WebhookOutcome(action, recorded=store.upsert(records))
+        return WebhookOutcome(action, recorded=store.upsert(records, project))
     if action in DELETE_EVENTS:
-        ids = [a["id"] for a in _items(payload.get("annotations")) if "id" in a]
-        return WebhookOutcome(action, deleted=store.delete(ids))
+        try:
+            gone = _items(payload.get("annotations"))
+            ids = [label_studio_id(a["id"]) for a in gone if "id" in a]
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"{action}: malformed annotation id: {exc}") from None
+        return WebhookOutcome(action, deleted=store.delete(ids, project))
     return WebhookOutcome(action)
+
+
+def _project_id(value: Any) -> int | None:
+    """The Label Studio project an event names: an event only ever touches tasks we recorded
+    in that project (a task of another project's Label Studio project is not its to change)."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if value is None:
+        return None
+    try:
+        return label_studio_id(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument("the event's `project` is not a Label Studio project") from None
