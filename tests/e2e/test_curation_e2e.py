@@ -40,6 +40,8 @@ def test_batch_with_schema_type_becomes_tasks_with_predictions(
             "LOOMSTACK_CURATION_LABEL_STUDIO_PROJECT_PREFIX": f"e2e-{uuid.uuid4().hex[:6]} ",
             "LOOMSTACK_CURATION_HTTP_PORT": str(http_port),
             "LOOMSTACK_CURATION_MAX_TOKENS": "40",
+            "LOOMSTACK_CURATION_ML_BACKEND_USERNAME": "label-studio",
+            "LOOMSTACK_CURATION_ML_BACKEND_PASSWORD": "e2e-ml-backend-password",
         },
     ).start()
     try:
@@ -103,6 +105,7 @@ def test_batch_with_schema_type_becomes_tasks_with_predictions(
         reply = httpx.post(
             f"{curation.http_url}/ml/predict",
             json={"project": project, "tasks": [{"id": tasks[0].id, "data": tasks[0].data}]},
+            auth=("label-studio", "e2e-ml-backend-password"),
             timeout=120,
         )
         assert reply.status_code == 200, reply.text
