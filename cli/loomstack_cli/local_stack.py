@@ -43,6 +43,7 @@ TRAINER_PYTHON = Path(".cache/training-venv/bin/python")
 LOCAL_MAX_LORA_RANK = "16"
 # The file the services also read when no secret is configured (loomstack_kit.identity).
 SERVICE_SECRET_FILE = "service-secret"
+ML_BACKEND_PASSWORD_FILE = "curation-ml-backend.password"
 
 
 class StackError(Exception):
@@ -222,6 +223,15 @@ class LocalStack:
             f"http://127.0.0.1:{env['LOOMSTACK_CURATION_HTTP_PORT']}",
         )
         env.setdefault("LOOMSTACK_CURATION_WEBHOOK_SECRET", self._webhook_secret())
+        # The credentials to enter in Label Studio's ML backend connection ("Use authentication"):
+        # user `label-studio`, the password in .loomstack/curation-ml-backend.password.
+        env.setdefault("LOOMSTACK_CURATION_ML_BACKEND_USERNAME", "label-studio")
+        if not env.get("LOOMSTACK_CURATION_ML_BACKEND_PASSWORD"):
+            self._kept_secret(ML_BACKEND_PASSWORD_FILE)
+            env.setdefault(
+                "LOOMSTACK_CURATION_ML_BACKEND_PASSWORD_FILE",
+                str(self.home / ML_BACKEND_PASSWORD_FILE),
+            )
         schemas = Path("schemas")
         if schemas.is_dir():
             env.setdefault("LOOMSTACK_CURATION_SCHEMAS_DIR", str(schemas.resolve()))
