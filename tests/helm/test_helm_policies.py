@@ -515,7 +515,7 @@ def setting_envs(settings_class: type, prefix: str) -> set[str]:
     name, or its alias (the kit's installation-wide settings such as
     `LOOMSTACK_SERVICE_SECRET_FILE` carry no service prefix)."""
     names = set()
-    for name, field in settings_class.model_fields.items():  # type: ignore[attr-defined]
+    for name, field in settings_class.model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, str):
             names.add(alias)
