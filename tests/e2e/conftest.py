@@ -14,6 +14,8 @@ from gateway.gateway_stack import KEY_A, Gateway, start_gateway, stop
 from openai import OpenAI
 from support import InferenceProcess
 
+ONLINE_LIMIT = 4
+
 
 @dataclass
 class Stack:
@@ -21,6 +23,8 @@ class Stack:
 
     inference: InferenceProcess
     gateway: Gateway
+    # The engine's LOOMSTACK_INFERENCE_MAX_ONLINE_REQUESTS.
+    online_limit: int = ONLINE_LIMIT
 
     def client(self, key: str = KEY_A) -> OpenAI:
         return OpenAI(base_url=self.gateway.base_url, api_key=key, max_retries=0, timeout=120)
@@ -30,7 +34,16 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Inference (api + engine roles, SQLite, local blobs) behind the gateway."""
     home: Path = tmp_path_factory.mktemp("stack")
-    inference = InferenceProcess(home, env={"LOOMSTACK_INFERENCE_SHARD_LINES": "50"}).start()
+    inference = InferenceProcess(
+        home,
+        env={
+            "LOOMSTACK_INFERENCE_SHARD_LINES": "50",
+            # Adapters are served (routing and ownership tests), and the online queue is short
+            # enough for a test to fill it.
+            "LOOMSTACK_INFERENCE_MAX_LORA_RANK": "8",
+            "LOOMSTACK_INFERENCE_MAX_ONLINE_REQUESTS": str(ONLINE_LIMIT),
+        },
+    ).start()
     gateway = start_gateway(home, inference.address, "gateway")
     try:
         inference.wait_ready()

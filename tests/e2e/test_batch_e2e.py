@@ -243,12 +243,15 @@ def test_api_only_replica_forwards_chat_to_a_registered_engine(stack, tmp_path) 
             "messages": [{"role": "user", "content": "Hi"}],
         }
         reply = client.chat.CreateChatCompletion(
-            chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(body).encode()), timeout=60
+            chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(body).encode()),
+            metadata=client.metadata,
+            timeout=60,
         )
         assert json.loads(reply.response_json)["usage"]["completion_tokens"] <= 5
         chunks = list(
             client.chat.StreamChatCompletion(
                 chat_pb2.StreamChatCompletionRequest(request_json=json.dumps(body).encode()),
+                metadata=client.metadata,
                 timeout=60,
             )
         )

@@ -92,6 +92,7 @@ async def serve(settings: InferenceSettings) -> None:
                 registry,
                 settings=settings,
                 signer=IdentitySigner(settings.secret(), "inference"),
+                max_online_requests=settings.max_online_requests,
             ),
             "loomstack.inference.v1.ChatService",
         ),

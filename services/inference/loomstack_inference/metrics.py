@@ -23,3 +23,10 @@ QUEUE_DEPTH = Gauge(
 BATCHES_FINALIZED = Counter(
     "loomstack_batches_finalized_total", "Batches that reached a final status.", ["status"]
 )
+ONLINE_INFLIGHT = Gauge(
+    "loomstack_engine_online_requests", "Online chat requests this engine is answering now."
+)
+ONLINE_REFUSED = Counter(
+    "loomstack_engine_online_refused_total",
+    "Online chat requests refused because the engine's online queue was full.",
+)

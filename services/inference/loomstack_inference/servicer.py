@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -36,6 +37,7 @@ from .adapters import is_file_source
 from .batches import Batches, BatchView
 from .engine import EngineRequestError, VllmEngine
 from .files import ADAPTER_PURPOSE, FileRecord, FileStore
+from .metrics import ONLINE_INFLIGHT, ONLINE_REFUSED
 from .registry import ModelInfo, Registry
 
 _STATUS = {
@@ -367,14 +369,38 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         *,
         settings: ServiceSettings,
         signer: IdentitySigner,
+        max_online_requests: int = 64,
     ) -> None:
         self.engine = engine
         self.ready = ready
         self.registry = registry
         self.settings = settings
         self.signer = signer
+        self.max_online_requests = max_online_requests
+        self._online = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._next = 0
+
+    @contextlib.contextmanager
+    def _online_slot(self) -> Iterator[None]:
+        """One of the engine's online slots, or Unavailable at once when all are taken: a full
+        engine answers "retry shortly" instead of queueing without bound (batch lines have
+        slots of their own in the runner)."""
+        if self._online >= self.max_online_requests:
+            ONLINE_REFUSED.inc()
+            raise Unavailable(
+                f"the engine is answering {self.max_online_requests} online requests already; "
+                "retry shortly",
+                code="engine_overloaded",
+                retry_after=1.0,
+            )
+        self._online += 1
+        ONLINE_INFLIGHT.inc()
+        try:
+            yield
+        finally:
+            self._online -= 1
+            ONLINE_INFLIGHT.dec()
 
     @staticmethod
     def _model(request_json: bytes) -> str:
@@ -432,10 +458,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 )
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from exc
-        try:
-            body = await engine.chat_completion(request.request_json)
-        except EngineRequestError as exc:
-            raise _engine_error(exc) from exc
+        with self._online_slot():
+            try:
+                body = await engine.chat_completion(request.request_json)
+            except EngineRequestError as exc:
+                raise _engine_error(exc) from exc
         return chat_pb2.CreateChatCompletionResponse(response_json=body)
 
     async def StreamChatCompletion(
@@ -452,8 +479,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             except grpc.aio.AioRpcError as exc:
                 raise from_rpc_error(exc) from exc
             return
-        try:
-            async for piece in engine.stream_chat_completion(request.request_json):
-                yield chat_pb2.StreamChatCompletionResponse(chunk_json=piece)
-        except EngineRequestError as exc:
-            raise _engine_error(exc) from exc
+        with self._online_slot():
+            try:
+                async for piece in engine.stream_chat_completion(request.request_json):
+                    yield chat_pb2.StreamChatCompletionResponse(chunk_json=piece)
+            except EngineRequestError as exc:
+                raise _engine_error(exc) from exc

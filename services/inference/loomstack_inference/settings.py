@@ -58,7 +58,15 @@ class InferenceSettings(ServiceSettings):
 
     # Batch runner.
     shard_lines: int = Field(1000, description="Lines per shard (the unit of a lease).")
-    max_inflight: int = Field(256, description="Requests in flight in the engine at once.")
+    max_inflight: int = Field(256, ge=1, description="Batch lines in flight in the engine at once.")
+    max_online_requests: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Online chat requests this engine holds at once, apart from the batch lines (so "
+            "neither starves the other); one more is refused at once with 503 and Retry-After."
+        ),
+    )
     lease_seconds: float = Field(20.0, description="A lease not renewed for this long expires.")
     flush_seconds: float = Field(0.5, description="Longest wait before results are committed.")
     flush_lines: int = Field(256, description="Commit results when this many are waiting.")

@@ -1,0 +1,152 @@
+"""Online chat on a shared engine: a full online queue answers 503 with Retry-After at once
+(never a queue without bound), batches keep running beside a chat flood, and chat forwarded
+between engines runs as the caller's project (a fine-tuned model stays its owner's)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from gateway.gateway_stack import KEY_A, KEY_B
+from support import (
+    MODEL_NAME,
+    InferenceClient,
+    InferenceProcess,
+    batch_line,
+    signed,
+    wait_until,
+    write_zero_adapter,
+)
+
+from loomstack.inference.v1 import chat_pb2, models_pb2, models_pb2_grpc
+
+pytestmark = pytest.mark.engine
+# Streamed: an answered request holds its slot for the whole answer, with no deadline on it.
+LONG = {"max_tokens": 64, "ignore_eos": True, "temperature": 0, "stream": True}
+
+
+def _chat(url: str, key: str, model: str = MODEL_NAME, **body: object) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": model, "messages": [{"role": "user", "content": "Count to 100."}], **body},
+        timeout=300,
+    )
+
+
+def test_a_full_online_queue_answers_503_at_once_and_batches_keep_running(stack) -> None:  # type: ignore[no-untyped-def]
+    client = stack.client()
+    url = stack.gateway.url
+    lines = [batch_line(f"b-{i}", "Say hi.", max_tokens=8) for i in range(6)]
+    upload = client.files.create(
+        file=("in.jsonl", b"".join(json.dumps(x).encode() + b"\n" for x in lines)),
+        purpose="batch",
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    limit = stack.online_limit
+    flood = 3 * limit
+
+    def timed() -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        response = _chat(url, KEY_A, **LONG)
+        return response, time.monotonic() - started
+
+    with ThreadPoolExecutor(flood) as pool:
+        results = list(pool.map(lambda _: timed(), range(flood)))
+    ok = [t for r, t in results if r.status_code == 200]
+    refused = [(r, t) for r, t in results if r.status_code == 503]
+    assert len(ok) + len(refused) == flood, [r.text for r, _ in results]
+    assert limit <= len(ok) < flood and refused, [r.text[:300] for r, _ in results]
+    for response, seconds in refused:
+        error = response.json()["error"]
+        assert error["code"] == "engine_overloaded" and str(limit) in error["message"]
+        assert int(response.headers["retry-after"]) >= 1
+        # Refused at once, not after waiting for a slot: faster than any answered request.
+        assert seconds < min(ok)
+    # The batch submitted before the flood was served beside it.
+    done = wait_until(
+        lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b,
+        300,
+        0.5,
+        "the batch beside the chat flood",
+    )
+    assert done.request_counts.completed == len(lines)
+    # The slots are free again.
+    assert _chat(url, KEY_A, max_tokens=4).status_code == 200
+
+
+def test_forwarded_chat_runs_as_the_callers_project(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An api-only replica forwards chat to the engine with the caller's signed identity: the
+    engine serves team-a's adapter to team-a and refuses it to team-b as unknown; with the
+    default project in its place (the old behaviour) team-a would be refused too."""
+    name = f"ft:{MODEL_NAME}:iso:{uuid.uuid4().hex[:8]}"
+    adapter = write_zero_adapter(tmp_path / "adapter")
+    with grpc.insecure_channel(stack.inference.address) as channel:
+        models_pb2_grpc.ModelServiceStub(channel).CreateModel(
+            models_pb2.CreateModelRequest(model_id=name, parent=MODEL_NAME, source=str(adapter)),
+            metadata=signed("team-a", "training"),
+            timeout=30,
+        )
+    shared_db = stack.inference.home / "inference.db"
+    api = (
+        InferenceProcess(
+            tmp_path / "api-only",
+            roles="api",
+            name="api-only",
+            env={"LOOMSTACK_INFERENCE_DATABASE_URL": f"sqlite:///{shared_db}"},
+        )
+        .start()
+        .wait_ready(60)
+    )
+    owner, other = InferenceClient(api.address, "team-a"), InferenceClient(api.address, "team-b")
+    body = json.dumps(
+        {"model": name, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+    ).encode()
+    request = chat_pb2.CreateChatCompletionRequest(request_json=body)
+
+    def owner_answered() -> bool:
+        try:
+            owner.chat.CreateChatCompletion(request, metadata=owner.metadata, timeout=60)
+        except grpc.RpcError as exc:
+            # The engine advertises the adapter from its next heartbeat on.
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return False
+            raise
+        return True
+
+    try:
+        wait_until(owner_answered, 60, 0.5, "the adapter served through the api replica")
+        reply = owner.chat.CreateChatCompletion(request, metadata=owner.metadata, timeout=60)
+        assert json.loads(reply.response_json)["model"] == name
+        for stub_client in (other, InferenceClient(stack.inference.address, "team-b")):
+            with pytest.raises(grpc.RpcError) as denied:
+                stub_client.chat.CreateChatCompletion(
+                    request, metadata=stub_client.metadata, timeout=60
+                )
+            assert denied.value.code() == grpc.StatusCode.NOT_FOUND
+        # Through the gateway: the owner's key is served, the other project's is told 404.
+        assert _chat(stack.gateway.url, KEY_A, name, max_tokens=4).status_code == 200
+        refused = _chat(stack.gateway.url, KEY_B, name, max_tokens=4)
+        unknown = _chat(stack.gateway.url, KEY_B, name + "-nope", max_tokens=4)
+        assert refused.status_code == unknown.status_code == 404
+        assert refused.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
+            name + "-nope", name
+        )
+    finally:
+        owner.close()
+        other.close()
+        api.terminate()
+        with grpc.insecure_channel(stack.inference.address) as channel:
+            models_pb2_grpc.ModelServiceStub(channel).DeleteModel(
+                models_pb2.DeleteModelRequest(model_id=name),
+                metadata=signed("team-a", "training"),
+                timeout=30,
+            )
