@@ -298,6 +298,13 @@ async def test_mutual_tls_refuses_clients_without_the_installations_certificate(
         # The installation's client: TLS with its certificate, identity signed.
         async with open_aio_channel(target, settings) as channel:
             assert (await _get(channel, signed("team-a"))).id == "team-a"
+        # Dialed at an address its certificate does not name (an engine's pod IP): refused,
+        # unless the channel is told the name the certificate carries.
+        by_ip = f"127.0.0.1:{grpc_server.port}"
+        async with open_aio_channel(by_ip, settings) as channel:
+            assert await _code(_get(channel, signed("team-a"))) == grpc.StatusCode.UNAVAILABLE
+        async with open_aio_channel(by_ip, settings, server_name="localhost") as channel:
+            assert (await _get(channel, signed("team-a"))).id == "team-a"
         # Plaintext is refused on the service port, health included.
         async with grpc.aio.insecure_channel(target) as channel:
             code = await _code(_get(channel, signed("team-a")))
@@ -332,3 +339,23 @@ def test_a_partial_tls_configuration_is_refused(tmp_path: Path) -> None:
     settings = ServiceSettings(grpc_tls_cert_file=pki["cert"], grpc_tls_key_file=pki["key"])
     with pytest.raises(ValueError, match="together"):
         settings.tls()
+
+
+async def test_a_message_protobuf_cannot_parse_is_invalid_argument(server: str) -> None:
+    """Invalid UTF-8 in a string field, or bytes that are no message: INVALID_ARGUMENT, never
+    gRPC's UNKNOWN from a parse failure inside its own code."""
+    not_utf8 = b"\x0a\x02\xff\xfe"  # field 1 (model_id), two bytes that are not UTF-8
+    truncated = b"\x0a\x10abc"  # a length past the end
+    async with grpc.aio.insecure_channel(server) as channel:
+        get = channel.unary_unary("/loomstack.inference.v1.ModelService/GetModel")
+        for raw in (not_utf8, truncated):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await get(raw, metadata=signed("team-a"), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid message" in (caught.value.details() or "")
+        upload = channel.stream_unary("/loomstack.inference.v1.FileService/UploadFile")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await upload(iter([b"", not_utf8]), metadata=signed("team-a"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A well-formed call on the same server still works.
+        assert (await _get(channel, signed("team-a"))).id == "team-a"

@@ -843,6 +843,17 @@ def test_mutual_tls_only_when_asked(objects: Objects, values: dict[str, Any]) ->
             served = {p["name"]: p for p in service["spec"]["ports"]}
             assert served["health"]["port"] == health
             assert served["health"]["targetPort"] == "health"
+        # Chat is forwarded to engines at their pod IPs: the forwarding side checks an engine's
+        # certificate against one configured name instead.
+        if component in ("inference-api", "inference-engine"):
+            name = env["LOOMSTACK_INFERENCE_ENGINE_TLS_SERVER_NAME"]
+            api = next(
+                o.name for o, _ in service_pods(objects) if o.name.endswith("-inference-api")
+            )
+            default = api.removesuffix("-inference-api") + "-inference-engine"
+            assert name == (m["engineServerName"] or default)
+        else:
+            assert "LOOMSTACK_INFERENCE_ENGINE_TLS_SERVER_NAME" not in env
 
 
 def test_with_mtls_the_grpc_ports_admit_only_the_services(

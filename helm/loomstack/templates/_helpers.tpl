@@ -342,6 +342,10 @@ dict root, service (optional), healthPort (optional).
 - name: {{ printf "LOOMSTACK_%s_HEALTH_PORT" .service }}
   value: {{ .healthPort | quote }}
 {{- end }}
+{{- if eq (default "" .service) "INFERENCE" }}
+- name: LOOMSTACK_INFERENCE_ENGINE_TLS_SERVER_NAME
+  value: {{ include "loomstack.engineTlsServerName" .root | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -454,4 +458,9 @@ Returns YAML map entries (or nothing).
 {{- range $check, $why := $skips }}
 {{ printf "checkov.io/skip-%s" $check }}: {{ printf "%s=%s" $check $why | quote }}
 {{- end -}}
+{{- end -}}
+
+{{/* The DNS name every engine certificate carries: chat is forwarded to engines at their pod IPs. */}}
+{{- define "loomstack.engineTlsServerName" -}}
+{{- default (printf "%s-inference-engine" (include "loomstack.fullname" .)) .Values.serviceAuth.mtls.engineServerName -}}
 {{- end -}}

@@ -41,10 +41,15 @@ def open_aio_channel(
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     options: Options = (),
+    server_name: str = "",
 ) -> grpc.aio.Channel:
-    """A grpc.aio channel (call from the event loop that will use it)."""
+    """A grpc.aio channel (call from the event loop that will use it). With mutual TLS,
+    `server_name` is the name the server's certificate must carry when it is not the dialed
+    host (an engine dialed at its pod IP)."""
     credentials = _credentials(settings)
     opts = _options(max_message_bytes, options)
+    if credentials is not None and server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=opts, interceptors=client_interceptors())
     return grpc.aio.secure_channel(

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from .errors import Internal, LoomstackError, Unauthenticated, to_grpc_status
+from .errors import Internal, InvalidArgument, LoomstackError, Unauthenticated, to_grpc_status
 from .identity import IdentityVerifier, request_id_of
 from .ids import new_request_id
 from .settings import ServiceSettings
@@ -60,10 +60,58 @@ def _internal(context: grpc.aio.ServicerContext, what: str) -> Internal:
     return Internal(f"internal error (request id {request_id})")
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request message protobuf could not parse (bytes that are not the message, or a
+    string field that is not UTF-8)."""
+
+    error: str
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, returning `_Undecodable` instead of raising: a parse failure inside
+    gRPC's own code reaches the client as UNKNOWN, here it becomes INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(type(exc).__name__)
+
+    return decode
+
+
+def _undecodable() -> InvalidArgument:
+    return InvalidArgument(
+        "the request is not a valid message of this method (string fields must be UTF-8)",
+        code="invalid_message",
+    )
+
+
+def _checked(request_or_iterator: Any, streaming: bool) -> Any:
+    """The request itself, or for a request stream one that raises at an undecodable message."""
+    if not streaming:
+        if isinstance(request_or_iterator, _Undecodable):
+            raise _undecodable()
+        return request_or_iterator
+
+    async def messages() -> AsyncIterator[Any]:
+        async for message in request_or_iterator:
+            if isinstance(message, _Undecodable):
+                raise _undecodable()
+            yield message
+
+    return messages()
+
+
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], streaming: bool = False
+) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await behavior(request_or_iterator, context)
+            return await behavior(_checked(request_or_iterator, streaming), context)
         except LoomstackError as error:
             await _abort(context, error)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -74,10 +122,12 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., Any], streaming: bool = False
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            async for item in behavior(request_or_iterator, context):
+            async for item in behavior(_checked(request_or_iterator, streaming), context):
                 yield item
         except LoomstackError as error:
             await _abort(context, error)
@@ -162,27 +212,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        decode = _lenient(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
+                _wrap_unary(handler.unary_unary), decode, handler.response_serializer
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary),
-                handler.request_deserializer,
+                _wrap_unary(handler.stream_unary, streaming=True),
+                decode,
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
+                _wrap_stream(handler.unary_stream), decode, handler.response_serializer
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream),  # type: ignore[arg-type]
-            handler.request_deserializer,
+            _wrap_stream(handler.stream_stream, streaming=True),  # type: ignore[arg-type]
+            decode,
             handler.response_serializer,
         )
 

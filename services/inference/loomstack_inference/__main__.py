@@ -93,6 +93,7 @@ async def serve(settings: InferenceSettings) -> None:
                 settings=settings,
                 signer=IdentitySigner(settings.secret(), "inference"),
                 max_online_requests=settings.max_online_requests,
+                engine_tls_server_name=settings.engine_tls_server_name,
             ),
             "loomstack.inference.v1.ChatService",
         ),

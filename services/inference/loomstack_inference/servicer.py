@@ -370,6 +370,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         settings: ServiceSettings,
         signer: IdentitySigner,
         max_online_requests: int = 64,
+        engine_tls_server_name: str = "",
     ) -> None:
         self.engine = engine
         self.ready = ready
@@ -377,6 +378,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self.settings = settings
         self.signer = signer
         self.max_online_requests = max_online_requests
+        self.engine_tls_server_name = engine_tls_server_name
         self._online = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._next = 0
@@ -432,7 +434,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._next += 1
         address = addresses[self._next % len(addresses)]
         if address not in self._channels:
-            self._channels[address] = open_aio_channel(address, self.settings)
+            self._channels[address] = open_aio_channel(
+                address, self.settings, server_name=self.engine_tls_server_name
+            )
         return chat_pb2_grpc.ChatServiceStub(self._channels[address])
 
     async def _route(self, request_json: bytes, context: Any) -> VllmEngine | None:

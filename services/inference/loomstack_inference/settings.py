@@ -72,6 +72,14 @@ class InferenceSettings(ServiceSettings):
     flush_lines: int = Field(256, description="Commit results when this many are waiting.")
     poll_seconds: float = Field(1.0, description="How often an idle runner looks for work.")
     engine_id: str = Field("", description="Stable id of this engine; default host-pid.")
+    engine_tls_server_name: str = Field(
+        "",
+        description=(
+            "With mutual TLS: the DNS name every engine's certificate carries, checked when chat "
+            "is forwarded to an engine at the address it registered (a pod IP, which a "
+            "certificate issued in advance cannot name); empty = the dialed host."
+        ),
+    )
     advertise_address: str = Field("", description="Address other services reach us on.")
 
     def resolved_database_url(self) -> str:
