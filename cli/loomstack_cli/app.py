@@ -6,6 +6,7 @@ printed as one line `error: <message> (param: ..., line: ...)`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from rich.table import Table
 from .batch_commands import batch_app
 from .curation_commands import curation_app
 from .fine_tune_commands import fine_tune_app
-from .gateway_client import CliError, api_key, client, describe, root_url
+from .gateway_client import DEV_API_KEY, CliError, api_key, client, describe, root_url
 from .local_stack import DEFAULT_MODEL_PATH, LocalStack, StackError
 
 EXIT_ERROR = 2
@@ -44,8 +45,30 @@ def _model_path() -> Path:
     return Path(os.environ.get("LOOMSTACK_INFERENCE_MODEL_PATH") or DEFAULT_MODEL_PATH)
 
 
+def _dev_key_refused(key: str) -> bool:
+    """Whether the gateway refuses `key` because it is the development key and a key list
+    that does not name it is configured (the gateway accepts it then only when listed)."""
+    if key != DEV_API_KEY:
+        return False
+    listed = os.environ.get("LOOMSTACK_GATEWAY_API_KEYS", "")
+    keys_file = os.environ.get("LOOMSTACK_GATEWAY_API_KEYS_FILE")
+    if keys_file:
+        with contextlib.suppress(OSError):
+            listed += "," + Path(keys_file).read_text()
+    if not listed.strip():
+        return False
+    entries = (item.strip().rpartition(":") for item in listed.replace("\n", ",").split(","))
+    return DEV_API_KEY not in {key if sep else project for key, sep, project in entries}
+
+
 def _print_access(url: str, key: str) -> None:
     console.print(f"OpenAI base URL: [bold]{url}/v1[/bold]")
+    if _dev_key_refused(key):
+        console.print(
+            "API key:         one of LOOMSTACK_GATEWAY_API_KEYS "
+            f"(the development key {DEV_API_KEY} is not accepted with a key list)"
+        )
+        return
     console.print(f"API key:         [bold]{key}[/bold]")
     console.print(
         f"export LOOMSTACK_BASE_URL={url}/v1 LOOMSTACK_API_KEY={key}",
