@@ -55,9 +55,10 @@ def _dev_key_refused(key: str) -> bool:
     if keys_file:
         with contextlib.suppress(OSError):
             listed += "," + Path(keys_file).read_text()
-    if not listed.strip():
+    items = [item.strip() for item in listed.replace("\n", ",").split(",") if item.strip()]
+    if not items:
         return False
-    entries = (item.strip().rpartition(":") for item in listed.replace("\n", ",").split(","))
+    entries = (item.rpartition(":") for item in items)
     return DEV_API_KEY not in {key if sep else project for key, sep, project in entries}
 
 
