@@ -692,6 +692,8 @@ def test_standin_kubernetes_unreachable_api_is_503(tmp_path: Path) -> None:
         resp = dead_client.get("/admin/services", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "kubernetes_unavailable"
+    # The API server's address stays in the gateway's log.
+    assert "127.0.0.1" not in resp.text and ":9" not in resp.text
 
 
 def test_admin_backend_none_says_why(tmp_path: Path) -> None:

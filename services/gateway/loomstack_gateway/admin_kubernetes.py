@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from loomstack_kit.errors import (
 from loomstack_kit.kubernetes_api import api_client
 
 from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 COMPONENT = "app.kubernetes.io/component"
@@ -353,14 +356,17 @@ def _api_error(what: str, namespace: str, exc: Exception) -> LoomstackError:
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    # The exception's own text names the API server's address: it goes to the log only.
     if isinstance(exc, HTTPError | OSError):
+        log.warning("the Kubernetes API did not answer", extra={"what": what, "error": repr(exc)})
         return Unavailable(
-            f"the Kubernetes API did not answer ({what}): {type(exc).__name__}: {exc}",
+            f"the Kubernetes API did not answer ({what}); the gateway's log has the detail",
             code="kubernetes_unavailable",
         )
     if not isinstance(exc, ApiException):
+        log.warning("unexpected Kubernetes API answer", extra={"what": what, "error": repr(exc)})
         return Unavailable(
-            f"unexpected answer from the Kubernetes API ({what}): {type(exc).__name__}: {exc}",
+            f"unexpected answer from the Kubernetes API ({what}); the gateway's log has the detail",
             code="kubernetes_unavailable",
         )
     message = _status_message(exc)

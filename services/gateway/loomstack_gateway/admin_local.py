@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loomstack_kit.errors import FailedPrecondition, NotFound, Unavailable
 
 from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 GATEWAY = "gateway"
@@ -189,20 +192,21 @@ class LocalAdmin:
         try:
             argv, env, cwd = proc.cmdline(), proc.environ(), proc.cwd()
         except psutil.Error as exc:
-            raise Unavailable(f"cannot read the {name} process: {exc}") from exc
+            log.warning("cannot read a local process", extra={"name": name, "error": repr(exc)})
+            raise Unavailable(f"cannot read the {name} process") from exc
         port = self._port(name)
         if port is not None and name in PORT_ENV:
             env[PORT_ENV[name]] = str(port)  # the gateway keeps reaching it at the same address
         self._stop(proc)
         (self.run_dir / f"{name}.port").unlink(missing_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"{name}.log").open("ab") as log:
+        with (self.log_dir / f"{name}.log").open("ab") as log_file:
             started = subprocess.Popen(
                 argv,
                 env=env,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -214,7 +218,7 @@ class LocalAdmin:
             if started.poll() is not None:
                 raise Unavailable(
                     f"the restarted {name} process exited with code {started.returncode}; "
-                    f"see {self.log_dir / f'{name}.log'}"
+                    f"see its log, logs/{name}.log in the stack's home"
                 )
             if self._port(name) is not None:
                 return
