@@ -183,7 +183,9 @@ def _sigterm_scenario(proc: InferenceProcess) -> None:
             "messages": [{"role": "user", "content": "Count to twenty."}],
         }
         reply = client.chat.CreateChatCompletion(
-            chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(body).encode()), timeout=60
+            chat_pb2.CreateChatCompletionRequest(request_json=json.dumps(body).encode()),
+            metadata=client.metadata,
+            timeout=60,
         )
         chat_result["body"] = json.loads(reply.response_json)
 
