@@ -16,6 +16,8 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from loomstack_inference.engine_processes import EngineProcess, engine_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = os.environ.get(
     "LOOMSTACK_INFERENCE_MODEL_PATH", str(ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct")
@@ -149,11 +151,14 @@ class InferenceProcess:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def kill9(self) -> None:
-        """SIGKILL the whole process group (the service and vLLM's engine-core child)."""
+    def kill9(self) -> list[EngineProcess]:
+        """SIGKILL the service process alone, as `kill -9 <pid>` does; returns the engine
+        processes it had (vLLM's EngineCore and Worker), which must die with it."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        engines = engine_processes(self.home)
+        os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
+        return engines
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM the service and wait for a graceful exit."""

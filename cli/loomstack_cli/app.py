@@ -100,6 +100,7 @@ def up(
     if any(s.running for s in states):
         err_console.print("partly running: stopping the leftover process first")
         stack.stop()
+    _report_strays(stack.stop_stray_engines())
     model_path = _model_path()
     if "engine" in roles and not (model_path / "config.json").exists():
         raise CliError(
@@ -125,6 +126,14 @@ def up(
     _print_access(url, key)
 
 
+def _report_strays(pids: list[int]) -> None:
+    if pids:
+        console.print(
+            f"stopped {len(pids)} engine process(es) a killed inference process left running "
+            f"(pids {', '.join(map(str, pids))})"
+        )
+
+
 @app.command()
 def down(
     home: HomeOption = Path(".loomstack"),
@@ -141,6 +150,7 @@ def down(
         console.print("not running")
     for state in stopped:
         console.print(f"stopped {state.name} (pid {state.pid})")
+    _report_strays(stack.stop_stray_engines())
     ls_dir = home / "labelstudio"
     if label_studio and (ls_dir / "server.pid").exists():
         # Its data stays; the next `make labelstudio` or `make demo` starts it again.

@@ -9,6 +9,8 @@ in the curation import queue.
 State lives under `.loomstack/` of the current directory: the inference service's database and
 blobs, `logs/<name>.log`, and `run/<name>.pid` (+ the bound ports). Each process is started in
 a session of its own, so stopping it also reaches its children (vLLM's engine-core process).
+Engine processes that outlived an inference process killed earlier (recorded under
+`run/engines/`, see loomstack_inference.engine_processes) are stopped by `up` and `down`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from loomstack_inference.engine_processes import stop_strays
 
 INFERENCE, CURATION, TRAINING, GATEWAY = "inference", "curation", "training", "gateway"
 MODULES = {
@@ -322,6 +326,11 @@ class LocalStack:
         return "\n\n".join(parts)
 
     # -- stop ----------------------------------------------------------------------------------
+
+    def stop_stray_engines(self) -> list[int]:
+        """Stops the vLLM engine processes an inference process of this home left running when
+        it was killed (they hold the model's memory); their pids."""
+        return stop_strays(self.home)
 
     def stop(self, grace: float = 60.0) -> list[ProcessState]:
         """SIGTERM each running process, wait up to `grace` s, then SIGKILL its process group."""

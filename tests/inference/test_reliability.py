@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from support import InferenceClient, InferenceProcess, batch_line, health_status, wait_until
 
+from loomstack_inference.engine_processes import stray_engine_processes, wait_gone
 from loomstack_inference.tables import results, shards
 
 pytestmark = pytest.mark.engine
@@ -47,8 +48,9 @@ def _assert_exactly_once(client: InferenceClient, batch_id: str, n: int) -> None
 @pytest.mark.postgres
 def test_two_runners_share_a_batch_survive_kill9_and_restart(tmp_path: Path, pg_url: str) -> None:
     """Two engines on one PostgreSQL share one batch's shards; one is killed with SIGKILL
-    mid-batch, the other re-claims its shard when the lease expires, the killed one restarts,
-    and the batch completes with exactly one output line per custom_id."""
+    mid-batch (its process alone, as `kill -9` does: its engine processes die with it), the
+    other re-claims its shard when the lease expires, the killed one restarts, and the batch
+    completes with exactly one output line per custom_id."""
     env = {
         "LOOMSTACK_INFERENCE_DATABASE_URL": pg_url,
         "LOOMSTACK_INFERENCE_SHARD_LINES": "25",
@@ -97,8 +99,13 @@ def test_two_runners_share_a_batch_survive_kill9_and_restart(tmp_path: Path, pg_
                 .all()
             )
         assert held, "node-a holds a shard when it is killed"
-        a.kill9()
+        engines = a.kill9()
         killed_at = time.monotonic()
+        # vLLM's EngineCore and Worker of node-a die with it, instead of running on as orphans
+        # that hold the model's memory (a GPU's, on a GPU node).
+        assert engines, "node-a ran its engine in processes of its own (two on CPU)"
+        assert wait_gone(engines, 30) == [], "no engine process of node-a is left"
+        assert stray_engine_processes(a.home) == []
 
         def reclaimed() -> bool:
             with engine.connect() as conn:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from . import engine_processes
 from .ids import new_id
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,8 @@ class VllmEngine:
             *extra,
         ]
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        # Its engine-core and worker processes die with this process (engine_processes.py).
+        engine_processes.mark_owner()
         self._client_cm = build_async_engine_client(
             args, usage_context=UsageContext.OPENAI_BATCH_RUNNER
         )
