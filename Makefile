@@ -86,7 +86,8 @@ demo: $(STAMP) model labelstudio-install training-install
 		--label-studio-user $(LABEL_STUDIO_USER) --label-studio-password $(LABEL_STUDIO_PASSWORD) \
 		--max-steps $(DEMO_MAX_STEPS)
 
-up: $(STAMP) model
+# The stack it starts fine-tunes too: the trainer's environment is installed once (stamped).
+up: $(STAMP) model training-install
 	$(BIN)/loomstack up
 
 down:

@@ -2,6 +2,7 @@
 # Included from the main Makefile (which defines BIN, PY and PYTHON_BASE).
 #   make training-install   .cache/training-venv with torch (CPU build where no GPU exists),
 #                           unsloth, unsloth_zoo, trl and transformers; once per version set
+#                           (`make up`, `make demo` and `make test` run it)
 # The training service starts its trainer with this environment's python
 # (LOOMSTACK_TRAINING_TRAINER_PYTHON), so Unsloth never touches the main .venv (vLLM's).
 

@@ -124,6 +124,12 @@ def up(
         raise CliError(f"{exc} (logs in {stack.logs})") from None
     console.print(f"[green]ready[/green] — logs in {stack.logs}")
     _print_access(url, key)
+    if missing := stack.trainer_missing():
+        console.print(
+            f"fine-tuning: no trainer environment ({missing}); jobs fail until "
+            "`make training-install` builds it (`make up` does)",
+            highlight=False,
+        )
 
 
 def _report_strays(pids: list[int]) -> None:

@@ -325,6 +325,15 @@ class LocalStack:
                 parts.append(f"==> {path} <==\n" + "\n".join(tail))
         return "\n\n".join(parts)
 
+    @staticmethod
+    def trainer_missing() -> str | None:
+        """The trainer environment's python the training service will lack, if it will (its
+        jobs then fail, saying how to install it)."""
+        configured = os.environ.get("LOOMSTACK_TRAINING_TRAINER_PYTHON")
+        if configured:
+            return None if Path(configured).is_file() else configured
+        return None if TRAINER_PYTHON.exists() else str(TRAINER_PYTHON)
+
     # -- stop ----------------------------------------------------------------------------------
 
     def stop_stray_engines(self) -> list[int]:

@@ -79,6 +79,11 @@ async def serve(settings: TrainingSettings) -> None:
         runner = KubernetesRunner(settings, jobs, blobs, promotion)
     else:
         runner = LocalRunner(settings, jobs, blobs, promotion)
+        if problem := await runner.check_environment():
+            log.warning(
+                "fine-tuning jobs fail until the trainer environment is installed",
+                extra={"problem": problem},
+            )
 
     failed = await runner.reconcile()
     if failed:

@@ -22,6 +22,7 @@ import orjson
 from loomstack_kit.blobstore import BlobStore
 
 from . import trainer as trainer_module
+from . import trainer_environment
 from .artifacts import read_bytes
 from .jobs import CANCELLED, RUNNING, Jobs, JobView
 from .progress import ProgressRecorder
@@ -31,6 +32,8 @@ from .settings import TrainingSettings
 log = logging.getLogger(__name__)
 TRAINER_SCRIPT = Path(trainer_module.__file__).resolve()
 RUNNER = "local"
+# The job's error code when the trainer environment is missing or incomplete.
+TRAINER_UNAVAILABLE = "trainer_unavailable"
 
 
 def trainer_config(
@@ -74,6 +77,10 @@ class LocalRunner:
         self.promotion = promotion
         self.work_dir = settings.resolved_work_dir()
         self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def check_environment(self) -> str | None:
+        """Why this runner cannot start trainers, or None (logged at start; jobs fail with it)."""
+        return await trainer_environment.problem(self.settings.trainer_python)
 
     async def reconcile(self) -> list[str]:
         """Fails the jobs an earlier process of this service left unfinished (and stops their
@@ -129,6 +136,11 @@ class LocalRunner:
             )
 
     async def _train(self, job: JobView) -> None:
+        # A job this runner cannot run fails saying what to install, before anything starts.
+        problem = await self.check_environment()
+        if problem is not None:
+            await asyncio.to_thread(self.jobs.fail, job.id, TRAINER_UNAVAILABLE, problem)
+            return
         job_dir = self.work_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
         train_file = job_dir / "train.jsonl"
@@ -142,16 +154,24 @@ class LocalRunner:
         log_path = job_dir / "trainer.log"
         recorder = ProgressRecorder(self.jobs, self.blobs, job.id)
         with log_path.open("ab") as log_file:
-            proc = await asyncio.create_subprocess_exec(
-                self.settings.trainer_python,
-                str(TRAINER_SCRIPT),
-                str(config_path),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.settings.trainer_python,
+                    str(TRAINER_SCRIPT),
+                    str(config_path),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log_file,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            except OSError as exc:  # removed since the check
+                message = (
+                    f"the trainer's python {self.settings.trainer_python} cannot be started "
+                    f"({exc.strerror}); {trainer_environment.INSTALL_HINT}"
+                )
+                await asyncio.to_thread(self.jobs.fail, job.id, TRAINER_UNAVAILABLE, message)
+                return
         await asyncio.to_thread(self.jobs.set_runner_ref, job.id, str(proc.pid))
         await asyncio.to_thread(
             self.jobs.add_event, job.id, "info", f"Trainer started (local process {proc.pid})"
