@@ -64,6 +64,20 @@ def training_inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inf
 
 
 @pytest.fixture(scope="module")
+def inference_api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real inference service, api role only (files, the model registry; no engine ever
+    serves a model here)."""
+    from support import InferenceProcess
+
+    home = tmp_path_factory.mktemp("inference-api")
+    process = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
+    try:
+        yield process
+    finally:
+        process.terminate()
+
+
+@pytest.fixture(scope="module")
 def training_service(
     tmp_path_factory: pytest.TempPathFactory, training_inference: object, trainer_python: str
 ) -> Iterator[TrainingProcess]:

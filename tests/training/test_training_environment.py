@@ -8,25 +8,12 @@ environment's, which is what a service gets when nothing is configured)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from training_support import FAST, TrainingClient, TrainingProcess, examples
-
-
-@pytest.fixture(scope="module")
-def api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from support import InferenceProcess
-
-    home = tmp_path_factory.mktemp("inference-api")
-    process = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
-    try:
-        yield process
-    finally:
-        process.terminate()
 
 
 @pytest.mark.parametrize(
@@ -38,14 +25,14 @@ def api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ids=["missing", "without-unsloth"],
 )
 def test_a_job_the_service_cannot_run_fails_saying_how_to_install_the_trainer(
-    tmp_path: Path, api_only: Any, trainer_python: str, says: str
+    tmp_path: Path, inference_api_only: Any, trainer_python: str, says: str
 ) -> None:
     service = TrainingProcess(
         tmp_path / "training",
-        api_only.address,
+        inference_api_only.address,
         LOOMSTACK_TRAINING_TRAINER_PYTHON=trainer_python,
     ).start()
-    client = TrainingClient(service.address, api_only.address)
+    client = TrainingClient(service.address, inference_api_only.address)
     try:
         job = client.create(client.upload(examples(8)), hyperparameters=FAST)
         assert client.wait_status(job.id, {"failed", "succeeded"}, 60) == "failed"

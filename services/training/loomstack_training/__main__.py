@@ -71,8 +71,23 @@ async def serve(settings: TrainingSettings) -> None:
             inference.upload, job.project, filename, content, "fine-tune-results"
         )
 
+    async def ready_engines(job: JobView, name: str) -> int:
+        return await asyncio.to_thread(inference.ready_engines, job.project, name)
+
+    async def unregister(job: JobView, name: str) -> None:
+        await asyncio.to_thread(inference.delete_model, job.project, name)
+
     promotion = Promotion(
-        jobs, blobs, register=register, eval_gate=gate, store_result=store_result, publish=publish
+        jobs,
+        blobs,
+        register=register,
+        eval_gate=gate,
+        store_result=store_result,
+        publish=publish,
+        ready_engines=ready_engines,
+        unregister=unregister,
+        serve_wait_seconds=settings.serve_wait_seconds,
+        poll_seconds=settings.poll_seconds,
     )
     runner: LocalRunner | KubernetesRunner
     if settings.runner == "kubernetes":

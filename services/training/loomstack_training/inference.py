@@ -149,6 +149,21 @@ class InferenceClient:
         reply = self._get_model(project, model_id, param=param, kind="model", verb="use")
         return RegisteredModel(reply.id, reply.parent, int(reply.max_model_len))
 
+    def ready_engines(self, project: str, model_id: str) -> int:
+        """How many ready engines serve `model_id` now (0 for a model the registry lacks)."""
+        try:
+            reply = self.models.GetModel(
+                models_pb2.GetModelRequest(model_id=model_id),
+                metadata=self.signer.metadata(project),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            if isinstance(error, NotFound):
+                return 0
+            raise error from None
+        return int(reply.ready_engines)
+
     def register_adapter(self, project: str, model_id: str, *, parent: str, source: str) -> None:
         """Registers a trained adapter as a model the engines of `parent` serve."""
         try:

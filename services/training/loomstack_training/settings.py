@@ -82,6 +82,17 @@ class TrainingSettings(ServiceSettings):
     )
     dtype: str = Field("float32", description="Training dtype: float32 (CPU) or bfloat16.")
 
+    serve_wait_seconds: float = Field(
+        600.0,
+        ge=0,
+        description=(
+            "After registering a fine-tuned model, how long its job stays running until a ready "
+            "engine serves the model (the engines fetch and load the adapter first); past it the "
+            "job succeeds with a warning event, and requests to the model get 503 until an "
+            "engine serves it."
+        ),
+    )
+
     # Eval gate.
     eval_margin: float = Field(
         0.0, description="Token overlap the fine-tuned model must gain over the base."
