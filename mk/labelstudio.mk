@@ -3,8 +3,9 @@
 #   make labelstudio-install   its own virtual environment (it pins Django), once per version
 #   make labelstudio           start it in the background on 127.0.0.1:$(LABEL_STUDIO_PORT)
 #   make labelstudio-stop      stop it
-# `make labelstudio` starts with a fresh data directory each time; LABEL_STUDIO_KEEP_DATA=1 keeps
-# the last run's projects and annotations (and its token).
+# `make labelstudio` keeps the last run's projects, tasks and annotations (and its token);
+# LABEL_STUDIO_FRESH=1 wipes them first (curation then imports its batches again into new
+# Label Studio projects, without the annotations).
 
 PYTHON_BASE           ?= python3
 LABEL_STUDIO_VERSION  ?= 1.23.2
@@ -13,10 +14,10 @@ LABEL_STUDIO_PORT     ?= 8089
 LABEL_STUDIO_DIR      ?= .loomstack/labelstudio
 LABEL_STUDIO_USER     ?= admin@loomstack.local
 LABEL_STUDIO_PASSWORD ?= loomstack-admin
-# 40 hex digits; empty: a new random token per fresh start (printed, and saved in
-# $(LABEL_STUDIO_DIR)/connection.env).
+# 40 hex digits; empty: the token saved in $(LABEL_STUDIO_DIR)/connection.env, or a new random
+# one the first time (printed, and saved there).
 LABEL_STUDIO_TOKEN    ?=
-LABEL_STUDIO_KEEP_DATA ?=
+LABEL_STUDIO_FRESH    ?=
 LABEL_STUDIO_STAMP    := $(LABEL_STUDIO_VENV)/.installed-label-studio-$(LABEL_STUDIO_VERSION)
 # The start/stop logic is plain standard library, shared with the pytest fixture.
 LABEL_STUDIO_SERVER   := PYTHONPATH=services/curation $(PY) -m loomstack_curation.labelstudio_server
@@ -39,7 +40,7 @@ labelstudio: $(LABEL_STUDIO_STAMP) | $(BIN)/python
 	$(LABEL_STUDIO_SERVER) start --venv $(LABEL_STUDIO_VENV) --data-dir $(LABEL_STUDIO_DIR) \
 		--port $(LABEL_STUDIO_PORT) --username $(LABEL_STUDIO_USER) \
 		--password $(LABEL_STUDIO_PASSWORD) --token "$(LABEL_STUDIO_TOKEN)" \
-		$(if $(LABEL_STUDIO_KEEP_DATA),--keep-data)
+		$(if $(LABEL_STUDIO_FRESH),--fresh)
 
 labelstudio-stop: | $(BIN)/python
 	$(LABEL_STUDIO_SERVER) stop --data-dir $(LABEL_STUDIO_DIR)

@@ -2,8 +2,9 @@
 
 One process serves the gRPC API, the HTTP endpoints Label Studio calls (webhook, ML backend)
 and runs three loops: the batch event feed consumer, the import queue worker and the periodic
-annotation reconcile (which first moves tasks recorded in another project's Label Studio
-project, relocation.py). Without Label Studio configured the API still serves (schemas, renders,
+annotation reconcile (which first forgets mapped Label Studio projects that are gone,
+lost_projects.py, and moves tasks recorded in another project's Label Studio project,
+relocation.py). Without Label Studio configured the API still serves (schemas, renders,
 snapshots of what is recorded) and imports wait in the queue.
 """
 
@@ -264,6 +265,8 @@ async def _reconcile_loop(
     while True:
         await asyncio.sleep(settings.reconcile_seconds)
         try:
+            # A project deleted in (or wiped from) Label Studio is never exported or written to.
+            await asyncio.to_thread(projects.forget_lost)
             await asyncio.to_thread(relocation.run)
             await asyncio.to_thread(reconcile, client, projects, store)  # type: ignore[arg-type]
         except asyncio.CancelledError:
@@ -278,11 +281,14 @@ async def _tidy_projects(
     relocation: Relocation,
     settings: CurationSettings,
 ) -> None:
-    """Once at start: every mapped project's title names its project and carries our webhook
-    (new projects get both when they are created), and tasks recorded in another project's
-    Label Studio project are moved to their own (the reconcile loop finishes what is left)."""
+    """Once at start: mapped projects Label Studio lost are forgotten (their batches imported
+    again), every other one's title names its project and carries our webhook (new projects
+    get both when they are created), and tasks recorded in another project's Label Studio
+    project are moved to their own (the reconcile loop finishes what is left)."""
 
     def tidy() -> None:
+        # Never retitle a project id a wiped Label Studio has given to someone else.
+        projects.forget_lost()
         for mapped in projects.all():
             try:
                 schema = catalog.get(mapped.schema_id, mapped.schema_version)

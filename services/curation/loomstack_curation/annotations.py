@@ -35,7 +35,7 @@ from . import tables
 from .auto_accept import ANNOTATOR as AUTO_ACCEPT_ANNOTATOR
 from .catalog import SchemaCatalog
 from .examples import read_answers
-from .importer import ANNOTATED, IMPORTED
+from .import_states import ANNOTATED, IMPORTED
 from .task_schema import RatingQuestion, TaskSchema
 
 

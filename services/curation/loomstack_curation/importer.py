@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -39,8 +39,10 @@ from loomstack_kit.database import write_transaction
 from loomstack_kit.errors import LoomstackError, NotFound
 
 from . import tables
+from .annotations import AnnotationRecord, AnnotationStore, annotation_record
 from .auto_accept import accepted_annotation, ensure_user, is_automatic
 from .catalog import SchemaCatalog
+from .import_states import COMPLETED, FAILED, IMPORTED, PENDING, QUEUED, RUNNING
 from .predictions import TaskImport, build_task
 from .projects import (
     ProjectMap,
@@ -52,17 +54,11 @@ from .projects import (
 )
 from .task_schema import TaskSchema
 
-if TYPE_CHECKING:
-    from .annotations import AnnotationRecord, AnnotationStore
-
 log = logging.getLogger(__name__)
 
 # Keys every imported task's data carries, so Label Studio's copy names its origin.
 BATCH_KEY = "loomstack_batch_id"
 CUSTOM_ID_KEY = "loomstack_custom_id"
-
-QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
-PENDING, IMPORTED, ANNOTATED = "pending", "imported", "annotated"
 
 
 @dataclass(frozen=True)
@@ -605,16 +601,12 @@ class Importer:
         return problems
 
     def _annotations(self) -> AnnotationStore:
-        from .annotations import AnnotationStore  # it reads this module's task states
-
         return AnnotationStore(self.engine, self.catalog)
 
     def _automatic_annotations(
         self, ls_project: int, task_ids: Sequence[int], annotator: int
     ) -> list[AnnotationRecord]:
         """The auto-accept user's annotations of these tasks, as Label Studio has them."""
-        from .annotations import annotation_record
-
         records = []
         try:
             for start in range(0, len(task_ids), 200):

@@ -280,12 +280,10 @@ def _start_command(args: argparse.Namespace) -> int:
         return 2
     executable = executable_in(Path(args.venv))
     data_dir = root / "data"
-    token = args.token
-    if args.keep_data:
-        # The token only applies when the user is created: a kept data dir keeps its old token.
-        token = token or _saved_token(root / CONNECTION_FILE)
-    elif data_dir.exists():
-        shutil.rmtree(data_dir)
+    prepare_data_dir(data_dir, fresh=args.fresh)
+    # The token only applies when the user is created: a kept data dir keeps its old token, and
+    # a fresh one gets it again, so a running stack stays connected.
+    token = args.token or _saved_token(root / CONNECTION_FILE)
     server = LabelStudioServer(
         executable=executable,
         data_dir=data_dir,
@@ -312,6 +310,18 @@ def _start_command(args: argparse.Namespace) -> int:
     # The server must outlive this command: forget the process instead of stopping it.
     server.process = None
     return 0
+
+
+def prepare_data_dir(data_dir: Path, *, fresh: bool) -> None:
+    """Keeps the data of the last run (projects, tasks, annotations) unless `fresh` asks to
+    wipe it. Loomstack's curation database maps its batches to these projects: after a wipe it
+    imports them again into new ones (lost_projects.py), without the annotations."""
+    if fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+        print(
+            f"wiped {data_dir}: curation imports its batches again into new Label Studio "
+            "projects (the annotations made here are gone)"
+        )
 
 
 def _saved_token(connection: Path) -> str:
@@ -352,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--password", default=DEFAULT_PASSWORD)
     start.add_argument("--token", default=os.environ.get("LABEL_STUDIO_TOKEN", ""))
     start.add_argument("--timeout", type=float, default=300.0)
-    start.add_argument("--keep-data", action="store_true", help="reuse the data of a last run")
+    start.add_argument(
+        "--fresh", action="store_true", help="wipe the data of the last run (kept by default)"
+    )
+    # Kept for older callers: keeping the data is the default now.
+    start.add_argument("--keep-data", action="store_true", help=argparse.SUPPRESS)
     stop = commands.add_parser("stop", help="stop the server `start` left running")
     stop.add_argument("--data-dir", default=".loomstack/labelstudio")
     stop.add_argument("--grace", type=float, default=20.0)

@@ -7,12 +7,20 @@ project is ever imported into, read from or written to another's; the title name
 project created just before a crash (no row yet) is found again by its title and the exact
 owner line of its description instead of being created a second time, and only if no
 mapping holds it already.
+
+A mapped project is checked in Label Studio before it is used: one that is gone (deleted, or
+Label Studio's data wiped) or replaced (its id now holds a project with another title and
+owner line, as a wiped Label Studio hands the same ids out again) is forgotten with what we
+recorded of it and its batches imported again into a new one (lost_projects.py). Before a new
+project is created every mapping is checked, so after a wipe no stale task id of another
+project can collide with the new Label Studio's ids.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +39,10 @@ from loomstack_kit.errors import FailedPrecondition, Unavailable
 
 from . import tables
 from .label_config import label_config
+from .lost_projects import Forgotten, forget
 from .task_schema import TaskSchema
+
+log = logging.getLogger(__name__)
 
 MAX_TITLE = 50  # Label Studio refuses longer project titles
 
@@ -75,8 +86,12 @@ def project_marker(project: str, schema: TaskSchema, prefix: str = "") -> str:
     """The line a Label Studio project's description ends with: exactly whose it is. Titles
     alone can meet (a prefix `a/` and project `b`, no prefix and project `a/b`); a project
     found by title after a crash is taken only with this line."""
-    whole = json.dumps([prefix, project, schema.key], ensure_ascii=False)
-    return f"Loomstack {project} {schema.key} #{hashlib.sha256(whole.encode()).hexdigest()[:16]}"
+    return _marker(project, schema.key, prefix)
+
+
+def _marker(project: str, schema_key: str, prefix: str) -> str:
+    whole = json.dumps([prefix, project, schema_key], ensure_ascii=False)
+    return f"Loomstack {project} {schema_key} #{hashlib.sha256(whole.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,7 @@ class MappedProject:
     schema_version: int
     ls_project_id: int
     title: str
+    schema_key: str = ""
 
 
 class ProjectMap:
@@ -173,17 +189,71 @@ class ProjectMap:
             return [_mapped(r) for r in rows]
 
     def ensure(self, project: str, schema: TaskSchema) -> int:
-        """The Label Studio project of a project's schema version, created the first time."""
-        existing = self.lookup(project, schema)
-        if existing is not None:
-            return existing
+        """The Label Studio project of a project's schema version, created the first time (and
+        again when the mapped one is gone or replaced in Label Studio)."""
         with self._lock:
+            existing = self.lookup(project, schema)
+            if existing is not None:
+                mapped = self.by_project_id(existing)
+                reason = self.lost(mapped) if mapped is not None else None
+                if mapped is None or reason is None:
+                    return existing
+                self._forget(mapped, reason)
             return self._create(project, schema)
 
+    def lost(self, mapped: MappedProject) -> str | None:
+        """Why Label Studio no longer has a mapped project as ours, or None when it does: the
+        id 404s, or it holds a project with neither the recorded title nor our owner line (a
+        project renamed by hand keeps its owner line; one mapped before owner lines, its
+        title)."""
+        try:
+            found: Any = self._client().projects.get(id=mapped.ls_project_id)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return f"Label Studio has no project {mapped.ls_project_id} any more"
+            raise unavailable_or_none(exc) or exc from None
+        except Exception as exc:
+            raise unavailable_or_none(exc) or exc from None
+        marker = _marker(mapped.project, mapped.schema_key, self.title_prefix)
+        if found.title == mapped.title or marker in (found.description or ""):
+            return None
+        return (
+            f"Label Studio project {mapped.ls_project_id} is {found.title!r} now, "
+            f"not {mapped.title!r}"
+        )
+
+    def forget_lost(self) -> list[Forgotten]:
+        """Checks every mapped project in Label Studio and forgets the lost ones (their batches
+        are imported again into new projects); what was forgotten."""
+        with self._lock:
+            return self._forget_lost()
+
+    def _forget_lost(self) -> list[Forgotten]:
+        forgotten = []
+        for mapped in self.all():
+            reason = self.lost(mapped)
+            if reason is not None:
+                forgotten.append(self._forget(mapped, reason))
+        return forgotten
+
+    def _forget(self, mapped: MappedProject, reason: str) -> Forgotten:
+        with write_transaction(self.engine) as conn:
+            dropped = forget(conn, mapped.ls_project_id)
+        log.warning(
+            "a mapped Label Studio project is lost: its batches are imported again into a new one",
+            extra={
+                "project": mapped.project,
+                "schema": mapped.schema_key,
+                "ls_project_id": mapped.ls_project_id,
+                "reason": reason,
+                "tasks": dropped.tasks,
+                "annotations": dropped.annotations,
+                "batches": len(dropped.requeued),
+            },
+        )
+        return dropped
+
     def _create(self, project: str, schema: TaskSchema) -> int:
-        existing = self.lookup(project, schema)
-        if existing is not None:
-            return existing
         client = self._client()
         title = self.title(project, schema)
         marker = project_marker(project, schema, self.title_prefix)
@@ -199,6 +269,8 @@ class ProjectMap:
             if free:
                 project_id = free[0]
             else:
+                # A wiped Label Studio reuses ids: no stale record may meet the new ones.
+                self._forget_lost()
                 created = client.projects.create(
                     title=title,
                     description=_description(schema, marker),
@@ -208,6 +280,10 @@ class ProjectMap:
                 project_id = int(created.id)
         except Exception as exc:
             raise unavailable_or_none(exc) or exc from None
+        holder = self.by_project_id(project_id)
+        if holder is not None:
+            # Label Studio just gave out this id: the project a mapping names by it is gone.
+            self._forget(holder, f"Label Studio gave its id {project_id} to a new project")
         self.ensure_webhook(project_id)
         with write_transaction(self.engine) as conn:
             conn.execute(
@@ -258,7 +334,12 @@ def _description(schema: TaskSchema, marker: str) -> str:
 
 def _mapped(row: sa.Row) -> MappedProject:
     return MappedProject(
-        row.project, row.schema_id, row.schema_version, int(row.ls_project_id), row.title
+        row.project,
+        row.schema_id,
+        row.schema_version,
+        int(row.ls_project_id),
+        row.title,
+        row.schema_key,
     )
 
 
@@ -375,6 +456,9 @@ def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict[str, Any
         raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
     if response.status_code >= 500 or response.status_code == 429:
         raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
+    if response.status_code == 404:
+        # Deleted since it was checked: the next attempt imports into a new one (ensure).
+        raise label_studio_unavailable(f"Label Studio has no project {project_id} any more")
     if response.status_code >= 400:
         raise FailedPrecondition(
             f"Label Studio refused the import into project {project_id}: "

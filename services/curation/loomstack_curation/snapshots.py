@@ -29,7 +29,7 @@ from loomstack_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from . import tables
 from .catalog import SchemaCatalog
 from .examples import training_example
-from .importer import ANNOTATED
+from .import_states import ANNOTATED
 
 FORMATS = ("openai_chat", "alpaca", "sharegpt", "chatml")
 MAX_VALIDATION_FRACTION = 0.5
