@@ -73,8 +73,10 @@ def records_dir(home: Path) -> Path:
 def mark_owner(home: Path | None = None) -> None:
     """Marks this process as the owner of the engine processes it is about to start (`home`:
     the service's state directory, by default the one its settings use)."""
+    home = home or default_home()
     os.environ[OWNER_ENV] = str(os.getpid())
-    os.environ[RECORDS_ENV] = str(records_dir(home or default_home()))
+    os.environ[RECORDS_ENV] = str(records_dir(home))
+    engine_processes(home)  # forgets the records of engines that have exited since
     # VLLM_PLUGINS, when set, is an allow-list: keep ours in it.
     allowed = os.environ.get("VLLM_PLUGINS")
     if allowed is not None and PLUGIN_NAME not in allowed.split(","):
