@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.responses import Response
 
 from loomstack.inference.v1 import batches_pb2
 
 from . import openai_shapes
 from .auth import caller_of
+from .request_fields import Int32, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
 from .upstream import Inference
 
 
-class CreateBatchBody(BaseModel):
+class CreateBatchBody(RequestBody):
     """OpenAI's create-batch body, plus our `priority`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -26,7 +27,7 @@ class CreateBatchBody(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
-    priority: int = Field(0, description="Loomstack extension: -1 low, 0 normal, 1 high.")
+    priority: Int32 = Field(0, description="Loomstack extension: -1 low, 0 normal, 1 high.")
 
 
 def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter:

@@ -13,13 +13,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from starlette.responses import Response
 
 from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
 
 from .auth import caller_of
+from .request_fields import NonNegativeInt32, NonNegativeInt64, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
 from .upstream import Training
@@ -38,7 +39,7 @@ WINNERS = {
 _WINNER_NAMES = {value: name for name, value in WINNERS.items()}
 
 
-class CreateComparisonBody(BaseModel):
+class CreateComparisonBody(RequestBody):
     """The create-comparison body."""
 
     model_config = ConfigDict(extra="forbid")
@@ -46,11 +47,11 @@ class CreateComparisonBody(BaseModel):
     model_a: str
     model_b: str
     input_file_id: str
-    max_tokens: int | None = None
+    max_tokens: NonNegativeInt32 | None = None
     metadata: dict[str, str] | None = None
 
 
-class CreateVoteBody(BaseModel):
+class CreateVoteBody(RequestBody):
     """The vote body: `winner` is `a`, `b` or `tie`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -196,7 +197,7 @@ def comparisons_router(training: Training, settings: GatewaySettings) -> APIRout
     async def list_items(
         request: Request,
         comparison_id: str,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[NonNegativeInt64 | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Response:
         resp = await training.comparisons.ListComparisonItems(
@@ -213,7 +214,7 @@ def comparisons_router(training: Training, settings: GatewaySettings) -> APIRout
 
     @router.post("/{comparison_id}/items/{index}/votes", summary="Vote on an item")
     async def create_vote(
-        request: Request, comparison_id: str, index: int, body: CreateVoteBody
+        request: Request, comparison_id: str, index: NonNegativeInt64, body: CreateVoteBody
     ) -> Response:
         winner = WINNERS.get(body.winner.strip().lower())
         if winner is None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
 from loomstack.curation.v1 import curation_pb2
@@ -21,6 +21,7 @@ from loomstack.inference.v1 import files_pb2
 from loomstack_kit.errors import NotFound
 
 from .auth import caller_of
+from .request_fields import NonNegativeInt32, PositiveInt64, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
 from .upstream import Curation, Inference, prefetched
@@ -37,7 +38,6 @@ _STATUSES = {
     "imported": curation_pb2.TASK_STATUS_IMPORTED,
     "annotated": curation_pb2.TASK_STATUS_ANNOTATED,
 }
-
 
 _INT64 = {
     FieldDescriptor.TYPE_INT64,
@@ -91,23 +91,23 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-class SnapshotFilterBody(BaseModel):
+class SnapshotFilterBody(RequestBody):
     """Which annotated tasks a snapshot takes."""
 
     model_config = ConfigDict(extra="forbid")
 
     schema_id: str = ""
-    schema_version: int = 0
+    schema_version: NonNegativeInt32 = 0
     gold_only: bool = False
     min_agreement: float = 0.0
-    min_rating: int = 0
+    min_rating: NonNegativeInt32 = 0
     start_time: datetime | None = None
     end_time: datetime | None = None
-    limit: int = 0
+    limit: NonNegativeInt32 = 0
     exclude_auto_accepted: bool = False
 
 
-class CreateSnapshotBody(BaseModel):
+class CreateSnapshotBody(RequestBody):
     """POST /v1/curation/snapshots."""
 
     model_config = ConfigDict(extra="forbid")
@@ -118,12 +118,12 @@ class CreateSnapshotBody(BaseModel):
     validation_fraction: float = 0.0
 
 
-class GoldBody(BaseModel):
+class GoldBody(RequestBody):
     """POST /v1/curation/tasks/gold."""
 
     model_config = ConfigDict(extra="forbid")
 
-    task_ids: list[int] = Field(min_length=1)
+    task_ids: list[PositiveInt64] = Field(min_length=1)
     gold: bool = True
 
 
@@ -150,7 +150,9 @@ def curation_router(
         )
 
     @router.get("/schemas/{schema_id}", summary="Retrieve a task schema")
-    async def get_schema(request: Request, schema_id: str, version: int = 0) -> Response:
+    async def get_schema(
+        request: Request, schema_id: str, version: NonNegativeInt32 = 0
+    ) -> Response:
         resp = await curation.schemas.GetSchema(
             curation_pb2.GetSchemaRequest(schema_id=schema_id, version=version),
             metadata=caller_of(request).metadata,
@@ -160,7 +162,10 @@ def curation_router(
 
     @router.get("/schemas/{schema_id}/label_config", summary="The Label Studio config")
     async def label_config(
-        request: Request, schema_id: str, version: int = 0, format: Literal["json", "xml"] = "json"
+        request: Request,
+        schema_id: str,
+        version: NonNegativeInt32 = 0,
+        format: Literal["json", "xml"] = "json",
     ) -> Response:
         resp = await curation.schemas.RenderLabelConfig(
             curation_pb2.RenderLabelConfigRequest(schema_id=schema_id, version=version),
@@ -174,7 +179,7 @@ def curation_router(
         )
 
     @router.get("/schemas/{schema_id}/prompt", summary="The prompt and JSON schema")
-    async def prompt(request: Request, schema_id: str, version: int = 0) -> Response:
+    async def prompt(request: Request, schema_id: str, version: NonNegativeInt32 = 0) -> Response:
         resp = await curation.schemas.RenderPrompt(
             curation_pb2.RenderPromptRequest(schema_id=schema_id, version=version),
             metadata=caller_of(request).metadata,
@@ -235,11 +240,11 @@ def curation_router(
         return await _gold(request, body.task_ids, body.gold)
 
     @router.post("/tasks/{task_id}/gold", summary="Gold-star one task")
-    async def gold_one(request: Request, task_id: int) -> Response:
+    async def gold_one(request: Request, task_id: PositiveInt64) -> Response:
         return await _gold(request, [task_id], True)
 
     @router.delete("/tasks/{task_id}/gold", summary="Take a task's gold star away")
-    async def ungold_one(request: Request, task_id: int) -> Response:
+    async def ungold_one(request: Request, task_id: PositiveInt64) -> Response:
         return await _gold(request, [task_id], False)
 
     @router.get("/stats", summary="Task, annotation, gold and agreement counts")

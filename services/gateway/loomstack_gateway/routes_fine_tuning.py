@@ -9,17 +9,19 @@ learning rate, max steps, max sequence length, save steps) go in
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from starlette.responses import Response
 
 from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
 
 from .auth import caller_of
+from .request_fields import Int64, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
 from .upstream import Training
@@ -47,7 +49,7 @@ _INT_HP = (
 _FLOAT_HP = ("learning_rate_multiplier", "learning_rate", "lora_dropout")
 
 
-class CreateJobBody(BaseModel):
+class CreateJobBody(RequestBody):
     """OpenAI's create-fine-tuning-job body."""
 
     model_config = ConfigDict(extra="ignore")
@@ -58,12 +60,12 @@ class CreateJobBody(BaseModel):
     hyperparameters: dict[str, Any] | None = None
     method: dict[str, Any] | None = None
     suffix: str | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     metadata: dict[str, str] | None = None
 
 
-def hyperparameters_request(body: CreateJobBody) -> training_pb2.Hyperparameters:
-    """`method.supervised.hyperparameters` (or the older top-level `hyperparameters`)."""
+def _given_hyperparameters(body: CreateJobBody) -> dict[str, Any]:
+    """`method.supervised.hyperparameters` over the older top-level `hyperparameters`."""
     given: dict[str, Any] = dict(body.hyperparameters or {})
     method = body.method or {}
     if method:
@@ -72,9 +74,23 @@ def hyperparameters_request(body: CreateJobBody) -> training_pb2.Hyperparameters
             raise InvalidArgument(
                 f"method.type {kind!r} is not supported: use 'supervised'", param="method.type"
             )
-        given.update((method.get("supervised") or {}).get("hyperparameters") or {})
+        supervised = method.get("supervised") or {}
+        if not isinstance(supervised, dict):
+            raise InvalidArgument("method.supervised must be an object", param="method.supervised")
+        nested = supervised.get("hyperparameters") or {}
+        if not isinstance(nested, dict):
+            raise InvalidArgument(
+                "method.supervised.hyperparameters must be an object",
+                param="method.supervised.hyperparameters",
+            )
+        given.update(nested)
+    return given
+
+
+def hyperparameters_request(body: CreateJobBody) -> training_pb2.Hyperparameters:
+    """The hyperparameters a body names; `"auto"` or null leaves one to the service."""
     hp = training_pb2.Hyperparameters()
-    for name, value in given.items():
+    for name, value in _given_hyperparameters(body).items():
         if value is None or value == "auto":
             continue
         param = f"hyperparameters.{name}"
@@ -82,14 +98,21 @@ def hyperparameters_request(body: CreateJobBody) -> training_pb2.Hyperparameters
             if name in _INT_HP:
                 if isinstance(value, bool) or int(value) != value:
                     raise ValueError(value)
+                # An int32 field: a larger number raises ValueError here.
                 setattr(hp, name, int(value))
             elif name in _FLOAT_HP:
-                setattr(hp, name, float(value))
+                number = float(value)
+                if isinstance(value, bool) or not math.isfinite(number):
+                    raise ValueError(value)
+                setattr(hp, name, number)
             elif name == "lora_target_modules":
-                hp.lora_target_modules.extend(str(m) for m in value)
+                if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+                    raise ValueError(value)
+                hp.lora_target_modules.extend(value)
             else:
                 raise InvalidArgument(f"unknown hyperparameter {name!r}", param=param)
-        except (TypeError, ValueError):
+        # OverflowError: int() of an infinite float, float() of an integer past 1e308.
+        except (TypeError, ValueError, OverflowError):
             raise InvalidArgument(f"{param} has an invalid value {value!r}", param=param) from None
     return hp
 
