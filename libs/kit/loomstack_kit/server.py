@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from .errors import Internal, InvalidArgument, LoomstackError, Unauthenticated, to_grpc_status
 from .identity import IdentityVerifier, request_id_of
 from .ids import new_request_id
+from .request_text import reject_nul
 from .settings import ServiceSettings
 from .tracing import server_interceptors
 
@@ -91,16 +92,19 @@ def _undecodable() -> InvalidArgument:
 
 
 def _checked(request_or_iterator: Any, streaming: bool) -> Any:
-    """The request itself, or for a request stream one that raises at an undecodable message."""
+    """The request itself, or for a request stream one that raises at an undecodable message;
+    a string field holding NUL is refused either way (request_text.py)."""
     if not streaming:
         if isinstance(request_or_iterator, _Undecodable):
             raise _undecodable()
+        reject_nul(request_or_iterator)
         return request_or_iterator
 
     async def messages() -> AsyncIterator[Any]:
         async for message in request_or_iterator:
             if isinstance(message, _Undecodable):
                 raise _undecodable()
+            reject_nul(message)
             yield message
 
     return messages()

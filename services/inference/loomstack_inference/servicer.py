@@ -413,6 +413,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str) or not model:
             raise InvalidArgument("model is required", param="model", code="missing_model")
+        # The request is JSON in a bytes field, which the kit's NUL check (request_text.py)
+        # does not read; the registry's lookup would fail on PostgreSQL with it.
+        if "\x00" in model:
+            raise InvalidArgument("model must not contain NUL characters", param="model")
         return model
 
     def _local(self, model: str) -> VllmEngine | None:

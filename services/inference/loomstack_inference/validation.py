@@ -128,6 +128,14 @@ def parse_batch_input(
                 "custom_id is missing or not a non-empty string",
                 "custom_id",
             )
+        elif "\x00" in custom_id:
+            # Stored as text, which PostgreSQL refuses with NUL in it.
+            problem(
+                "invalid_custom_id",
+                line_no,
+                "custom_id must not contain NUL characters",
+                "custom_id",
+            )
         elif custom_id in seen:
             problem(
                 "duplicate_custom_id",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from loomstack.training.v1 import training_pb2, training_pb2_grpc
@@ -26,6 +27,8 @@ _WINNER = {
     training_pb2.VOTE_WINNER_TIE: "tie",
 }
 _WINNER_PROTO = {name: value for value, name in _WINNER.items()}
+_DIGITS = re.compile(r"[0-9]+")
+MAX_ITEM_INDEX = 2**31 - 1
 
 
 def _scores(scores: Scores) -> training_pb2.ModelScores:
@@ -104,11 +107,15 @@ def vote_to_proto(vote: VoteView) -> training_pb2.Vote:
 
 
 def _index_cursor(token: str) -> int:
+    # ASCII digits only (`str.isdigit` takes "²", which `int` refuses); the item index column is
+    # 32-bit, and a cursor past it is past every item (a larger one would fail the query).
     if not token:
         return -1
-    if not token.isdigit():
+    if not _DIGITS.fullmatch(token):
         raise InvalidArgument(f"page_token {token!r} is not an item index", param="page_token")
-    return int(token)
+    # Longer than the column's 10 digits: past it without converting (int() refuses numbers of
+    # thousands of digits).
+    return MAX_ITEM_INDEX if len(token) > 10 else min(int(token), MAX_ITEM_INDEX)
 
 
 class ComparisonServicer(training_pb2_grpc.ComparisonServiceServicer):
