@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from loomstack_kit.errors import Unavailable
@@ -29,6 +28,7 @@ from .direct_routes import DirectRoutes
 from .http_errors import error_response, install_error_handlers
 from .key_limits import KeyLimits, request_window
 from .metrics import GatewayMetrics, MetricsMiddleware
+from .openapi_document import build_document
 from .request_ids import RequestIds, install_log_filter, request_id_of
 from .responses import OrjsonResponse
 from .routes_admin import admin_router, open_admin
@@ -138,21 +138,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 def _openapi_with_bearer(app: FastAPI) -> Any:
-    """The generated schema plus the bearer-key scheme the auth middleware enforces."""
+    """The document of openapi_document.py, built once."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
-            )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer"}
-            }
-            for path, operations in schema["paths"].items():
-                if path.startswith("/v1/"):
-                    for operation in operations.values():
-                        operation["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
+            app.openapi_schema = build_document(app)
         return app.openapi_schema
 
     return openapi

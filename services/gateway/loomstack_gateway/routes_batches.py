@@ -24,10 +24,16 @@ class CreateBatchBody(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
     input_file_id: str
-    endpoint: str
-    completion_window: str
+    # The inference service refuses other values with its own codes (`invalid_endpoint`,
+    # `invalid_completion_window`, `invalid_priority`); the document says which it takes.
+    endpoint: str = Field(json_schema_extra={"enum": ["/v1/chat/completions"]})
+    completion_window: str = Field(json_schema_extra={"enum": ["24h"]})
     metadata: dict[str, str] | None = None
-    priority: Int32 = Field(0, description="Loomstack extension: -1 low, 0 normal, 1 high.")
+    priority: Int32 = Field(
+        0,
+        description="Loomstack extension: -1 low, 0 normal, 1 high.",
+        json_schema_extra={"minimum": -1, "maximum": 1},
+    )
 
 
 def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter:

@@ -39,7 +39,16 @@ _CHAT_DOC = {
                 }
             }
         },
-    }
+    },
+    "responses": {
+        "200": {
+            "description": "The completion, or with `stream` its chunks as server-sent events.",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }
+    },
 }
 
 

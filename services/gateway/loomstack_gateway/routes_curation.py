@@ -39,6 +39,25 @@ _STATUSES = {
     "annotated": curation_pb2.TASK_STATUS_ANNOTATED,
 }
 
+# The label config as JSON (`format=json`) or as Label Studio's XML (`format=xml`).
+_LABEL_CONFIG_DOC = {
+    "description": "The Label Studio labeling config.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["object", "label_config"],
+                "properties": {"object": {"type": "string"}, "label_config": {"type": "string"}},
+            }
+        },
+        "application/xml": {"schema": {"type": "string"}},
+    },
+}
+_SNAPSHOT_CONTENT_DOC = {
+    "description": "The snapshot's training or validation file, one example a line.",
+    "content": {"application/jsonl": {"schema": {"type": "string", "format": "binary"}}},
+}
+
 _INT64 = {
     FieldDescriptor.TYPE_INT64,
     FieldDescriptor.TYPE_UINT64,
@@ -160,7 +179,11 @@ def curation_router(
         )
         return OrjsonResponse(_shape(resp, "curation.schema"))
 
-    @router.get("/schemas/{schema_id}/label_config", summary="The Label Studio config")
+    @router.get(
+        "/schemas/{schema_id}/label_config",
+        summary="The Label Studio config",
+        responses={200: _LABEL_CONFIG_DOC},
+    )
     async def label_config(
         request: Request,
         schema_id: str,
@@ -338,7 +361,12 @@ def curation_router(
         )
         return OrjsonResponse(_shape(resp, "curation.snapshot"))
 
-    @router.get("/snapshots/{snapshot_id}/content", summary="Download a snapshot's file")
+    @router.get(
+        "/snapshots/{snapshot_id}/content",
+        summary="Download a snapshot's file",
+        response_class=StreamingResponse,
+        responses={200: _SNAPSHOT_CONTENT_DOC},
+    )
     async def snapshot_content(
         request: Request,
         snapshot_id: str,
