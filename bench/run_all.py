@@ -52,6 +52,7 @@ from typing import Any
 
 import grpc
 import httpx
+import lora
 import psutil
 from harness import (
     API_KEY,
@@ -75,7 +76,7 @@ from workload import make_chat_requests, write_jsonl
 from loomstack.inference.v1 import batches_pb2, batches_pb2_grpc
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("raw", "stack", "gateway", "submit", "curation", "training")
+SCENARIOS = ("raw", "raw_lora", "stack", "gateway", "submit", "curation", "training")
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 POLL_SECONDS = 0.2
 STACK_GOAL = 0.95
@@ -106,6 +107,7 @@ class Config:
     profile: bool
     py_spy: str
     keep_workdirs: bool
+    lora: bool
 
 
 # -- small helpers -----------------------------------------------------------------------------
@@ -166,9 +168,13 @@ class Workdir:
         else:
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def inference(self, roles: str, enforce_eager: bool) -> tuple[Service, float]:
+    def inference(
+        self, roles: str, enforce_eager: bool, extra_env: dict[str, str] | None = None
+    ) -> tuple[Service, float]:
         """Starts the inference service with ``roles`` and waits until it is ready."""
-        service, seconds = start_inference(self.path, roles=roles, enforce_eager=enforce_eager)
+        service, seconds = start_inference(
+            self.path, roles=roles, enforce_eager=enforce_eager, extra_env=extra_env
+        )
         self.services.append(service)
         return service, seconds
 
@@ -182,9 +188,9 @@ class Workdir:
 # -- raw ---------------------------------------------------------------------------------------
 
 
-def scenario_raw(cfg: Config) -> dict[str, Any]:
+def scenario_raw(cfg: Config, name: str = "raw", extra: list[str] | None = None) -> dict[str, Any]:
     """``bench/raw_engine.py`` in a subprocess; its own JSON plus the wall time and load."""
-    tmp_json = cfg.out / "raw.engine.json"
+    tmp_json = cfg.out / f"{name}.engine.json"
     cmd = [
         sys.executable,
         str(BENCH / "raw_engine.py"),
@@ -197,12 +203,13 @@ def scenario_raw(cfg: Config) -> dict[str, Any]:
         "--json-out",
         str(tmp_json),
         *(["--enforce-eager"] if cfg.enforce_eager else []),
+        *(extra or []),
     ]
-    log_path = cfg.out / "logs" / "raw.log"
+    log_path = cfg.out / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
     load_before = load_average()
-    say(f"raw: {cfg.requests} requests × {cfg.max_tokens} tokens through LLM.chat")
+    say(f"{name}: {cfg.requests} requests × {cfg.max_tokens} tokens through LLM.chat {extra or ''}")
     started = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.run(
@@ -215,12 +222,22 @@ def scenario_raw(cfg: Config) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(tmp_json.read_text())
     tmp_json.unlink()
     result.update(
-        scenario="raw",
+        scenario=name,
         command=" ".join(cmd[1:]),
         wall_seconds=round(wall, 1),
         load_average_before=load_before,
         load_average_after=load_average(),
     )
+    return result
+
+
+def scenario_raw_lora(cfg: Config) -> dict[str, Any]:
+    """The raw engine with ``enable_lora`` (rank 16, as ``make up``): base requests only, every
+    request on the benchmark adapter, half on it."""
+    adapter = lora.blank_adapter(cfg.out / "blank-adapter")
+    result: dict[str, Any] = {"scenario": "raw_lora", "adapter": str(adapter)}
+    for variant, extra in lora.raw_variants(adapter).items():
+        result[variant] = scenario_raw(cfg, f"raw_{variant}", extra)
     return result
 
 
@@ -291,11 +308,21 @@ def _verify_output(content: bytes, n: int, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def scenario_stack(cfg: Config, raw: dict[str, Any] | None) -> dict[str, Any]:
+def scenario_stack(
+    cfg: Config, raw: dict[str, Any] | None, raw_lora: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Upload → batch → output file through the gateway; tokens/s and the ratio to raw."""
     with Workdir(cfg, "stack") as work:
         say("stack: starting inference (api,engine) — the first compiled start takes minutes")
-        inference, ready_seconds = work.inference("api,engine", cfg.enforce_eager)
+        # As `make up` starts it: able to serve fine-tuned models (LoRA up to rank 16).
+        inference, ready_seconds = work.inference(
+            "api,engine",
+            cfg.enforce_eager,
+            {
+                "LOOMSTACK_INFERENCE_MAX_LORA_RANK": str(lora.STACK_LORA_RANK),
+                "LOOMSTACK_INFERENCE_LOG_JSON": "true",
+            },
+        )
         say(f"stack: inference ready in {ready_seconds:.1f} s")
         gateway = work.gateway(inference)
         client = openai_client(gateway)
@@ -358,6 +385,34 @@ def scenario_stack(cfg: Config, raw: dict[str, Any] | None) -> dict[str, Any]:
             verify = _verify_output(content, cfg.requests, cfg.max_tokens)
         tokens = verify.get("output_tokens", 0)
 
+        # Fine-tuned models on the same stack: an adapter batch, then base + adapter at once.
+        adapter_results: dict[str, Any] = {}
+        if cfg.lora:
+            adapter_dir = lora.blank_adapter(cfg.out / "blank-adapter")
+            say("stack: registering the benchmark adapter, waiting until an engine serves it")
+            adapter_results["adapter_served_seconds"] = round(
+                lora.register_adapter(inference, adapter_dir), 1
+            )
+            say("stack: a batch on the adapter")
+            adapter_results["adapter"] = lora.run_batches(
+                client,
+                work.path,
+                {"adapter": lora.ADAPTER_NAME},
+                cfg.requests,
+                cfg.max_tokens,
+                inference,
+            )
+            say("stack: a base batch and an adapter batch at once")
+            adapter_results["mixed"] = lora.run_batches(
+                client,
+                work.path,
+                {"base": MODEL_NAME, "adapter": lora.ADAPTER_NAME},
+                cfg.requests // 2,
+                cfg.max_tokens,
+                inference,
+            )
+        engine_settings = lora.engine_settings(inference.log_path)
+
     def rate(seconds: float | None) -> float | None:
         return round(tokens / seconds, 1) if seconds else None
 
@@ -408,7 +463,22 @@ def scenario_stack(cfg: Config, raw: dict[str, Any] | None) -> dict[str, Any]:
             if k.startswith(("LOOMSTACK_INFERENCE_", "VLLM_")) and not k.endswith("_FILE")
         },
         "profiled": cfg.profile,
+        "engine_settings": engine_settings,
+        **adapter_results,
     }
+    for key in ("adapter", "mixed"):
+        reference = (raw_lora or {}).get(f"lora_{key}")
+        measured = adapter_results.get(key, {}).get("output_tokens_per_second")
+        if isinstance(reference, dict) and reference.get("output_tokens_per_second") and measured:
+            ref_tps = float(reference["output_tokens_per_second"])
+            adapter_results[key]["raw_lora_output_tokens_per_second"] = ref_tps
+            adapter_results[key]["ratio_to_raw_lora"] = round(measured / ref_tps, 3)
+    if "adapter" in adapter_results and "ratio_to_raw_lora" in adapter_results["adapter"]:
+        adapter_results["adapter"]["goal_ratio"] = lora.ADAPTER_GOAL
+        adapter_results["adapter"]["meets_goal"] = (
+            adapter_results["adapter"]["ratio_to_raw_lora"] >= lora.ADAPTER_GOAL
+            and adapter_results["adapter"]["ok"]
+        )
     if raw is not None and raw.get("output_tokens_per_second"):
         raw_tps = float(raw["output_tokens_per_second"])
         result["raw_output_tokens_per_second"] = raw_tps
@@ -1027,6 +1097,62 @@ def _verdict(ok: bool | None) -> str:
     return "**met**" if ok else "**MISSED**"
 
 
+def _lora_rows(results: dict[str, Any]) -> list[str]:
+    """Rows of the raw LoRA variants, the stack's adapter and mixed batches, and the engine
+    settings each side ran with."""
+    rows: list[str] = []
+    raw, raw_lora = results.get("raw"), results.get("raw_lora")
+    raw_tps = raw.get("output_tokens_per_second") if isinstance(raw, dict) else None
+    if isinstance(raw_lora, dict) and "error" not in raw_lora:
+        for variant, what in (
+            ("lora_base", "base requests only"),
+            ("lora_adapter", "every request on the adapter"),
+            ("lora_mixed", "half the requests on the adapter"),
+        ):
+            r = raw_lora.get(variant)
+            if not isinstance(r, dict):
+                continue
+            vs = f"; {round(r['output_tokens_per_second'] / raw_tps, 3)}× raw" if raw_tps else ""
+            rows.append(
+                f"| raw_lora | LLM.chat, enable_lora rank {r['max_lora_rank']}, {what} | "
+                f"**{r['output_tokens_per_second']} output tok/s** ({r['generate_seconds']} s; "
+                f"compilation {r.get('compilation_mode')}{vs}) | |"
+            )
+    stack = results.get("stack")
+    if not isinstance(stack, dict) or "error" in stack:
+        return rows
+    for key, what in (("adapter", "every line on the adapter"), ("mixed", "base + adapter")):
+        r = stack.get(key)
+        if not isinstance(r, dict):
+            continue
+        goal = f"≥ {r['goal_ratio']}× {_verdict(r.get('meets_goal'))}" if "goal_ratio" in r else ""
+        rows.append(
+            f"| stack | {what} batch{'es at once' if key == 'mixed' else ''} | "
+            f"**{r['output_tokens_per_second']} output tok/s** ({r['wall_seconds']} s; ratio to "
+            f"raw with LoRA **{r.get('ratio_to_raw_lora', 'n/a')}**; lines ok: {r['ok']}) "
+            f"| {goal} |"
+        )
+    if "adapter_served_seconds" in stack:
+        rows.append(
+            f"| stack | adapter registered → served | {stack['adapter_served_seconds']} s | |"
+        )
+    parts = []
+    for e in stack.get("engine_settings", []):
+        lora_text = f"rank {e['max_lora_rank']}" if e["enable_lora"] else "off"
+        parts.append(
+            f"{e['role']}: {e['compilation_mode']}, LoRA {lora_text}, {e['dtype']}, "
+            f"{e.get('max_num_seqs')} seqs / {e.get('max_num_batched_tokens')} tokens a step"
+        )
+    settings = "; ".join(parts)
+    env = stack.get("inference_env", {})
+    rows.append(
+        f"| stack | engine settings | {settings or 'n/a'} "
+        f"(LOOMSTACK_INFERENCE_MAX_LORA_RANK={env.get('LOOMSTACK_INFERENCE_MAX_LORA_RANK', '0')}, "
+        f"LORA_ENGINE={env.get('LOOMSTACK_INFERENCE_LORA_ENGINE', 'auto')}) | |"
+    )
+    return rows
+
+
 def summary_markdown(cfg: Config, machine: dict[str, Any], results: dict[str, Any]) -> str:
     """The summary table of a run."""
     rows = [
@@ -1084,6 +1210,7 @@ def summary_markdown(cfg: Config, machine: dict[str, Any], results: dict[str, An
             f"{stack['cpu_seconds_engine_core']}, gateway {stack['cpu_seconds_gateway']} "
             f"(engine ready in {stack['inference_ready_seconds']} s) | |",
         ]
+    rows += _lora_rows(results)
     gw = results.get("gateway")
     if isinstance(gw, dict) and "error" not in gw:
         lat = gw["latency"]
@@ -1195,6 +1322,11 @@ def parse_args(argv: list[str] | None) -> Config:
     )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="binary")
     parser.add_argument("--keep-workdirs", action="store_true", help="keep the services' dirs")
+    parser.add_argument(
+        "--no-lora",
+        action="store_true",
+        help="stack: only the base batch (no adapter and mixed batches on the stack)",
+    )
     args = parser.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = set(only) - set(SCENARIOS)
@@ -1221,6 +1353,7 @@ def parse_args(argv: list[str] | None) -> Config:
         profile=args.profile,
         py_spy=args.py_spy,
         keep_workdirs=args.keep_workdirs,
+        lora=not args.no_lora,
     )
 
 
@@ -1242,6 +1375,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "raw":
                 result = scenario_raw(cfg)
                 result["_this_run"] = True
+            elif name == "raw_lora":
+                result = scenario_raw_lora(cfg)
             elif name == "stack":
                 raw = results.get("raw")
                 if not (isinstance(raw, dict) and "output_tokens_per_second" in raw):
@@ -1249,7 +1384,11 @@ def main(argv: list[str] | None = None) -> int:
                     raw = json.loads(previous.read_text()) if previous.exists() else None
                     if raw is not None:
                         raw["_this_run"] = False
-                result = scenario_stack(cfg, raw)
+                raw_lora = results.get("raw_lora")
+                if not isinstance(raw_lora, dict) or "error" in raw_lora:
+                    previous = cfg.out / "raw_lora.json"
+                    raw_lora = json.loads(previous.read_text()) if previous.exists() else None
+                result = scenario_stack(cfg, raw, raw_lora)
             elif name == "gateway":
                 result = scenario_gateway(cfg)
             elif name == "curation":

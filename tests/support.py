@@ -262,37 +262,7 @@ class InferenceClient:
 
 
 def write_zero_adapter(directory: Path, rank: int = 8) -> Path:
-    """A LoRA adapter for the default model whose B matrices are zero: vLLM loads and serves it
-    as a real adapter, and it answers exactly as the base model does (for routing tests that
-    need a servable fine-tuned model without training one)."""
-    import json
+    """A servable fine-tuned model for the default model that answers as the base does."""
+    from loomstack_inference.blank_adapter import write_blank_adapter
 
-    import torch
-    from safetensors.torch import save_file
-
-    config = json.loads((Path(MODEL_PATH) / "config.json").read_text())
-    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for i in range(layers):
-        prefix = f"base_model.model.model.layers.{i}.self_attn.q_proj"
-        tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden) * 0.01
-        tensors[f"{prefix}.lora_B.weight"] = torch.zeros(hidden, rank)
-    save_file(tensors, str(directory / "adapter_model.safetensors"))
-    (directory / "adapter_config.json").write_text(
-        json.dumps(
-            {
-                "peft_type": "LORA",
-                "task_type": "CAUSAL_LM",
-                "base_model_name_or_path": MODEL_PATH,
-                "r": rank,
-                "lora_alpha": rank,
-                "lora_dropout": 0.0,
-                "target_modules": ["q_proj"],
-                "bias": "none",
-                "fan_in_fan_out": False,
-                "inference_mode": True,
-            }
-        )
-    )
-    return directory
+    return write_blank_adapter(Path(MODEL_PATH), directory, rank=rank)

@@ -41,6 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Adapters are served (routing and ownership tests), and the online queue is short
             # enough for a test to fill it.
             "LOOMSTACK_INFERENCE_MAX_LORA_RANK": "8",
+            # Adapters on an engine of their own, as a compiled CPU engine serves them (the
+            # tests' engines run eager, where `auto` would share one engine).
+            "LOOMSTACK_INFERENCE_LORA_ENGINE": "separate",
             "LOOMSTACK_INFERENCE_MAX_ONLINE_REQUESTS": str(ONLINE_LIMIT),
         },
     ).start()

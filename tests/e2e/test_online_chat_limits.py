@@ -123,7 +123,8 @@ def test_forwarded_chat_runs_as_the_callers_project(stack, tmp_path: Path) -> No
         return True
 
     try:
-        wait_until(owner_answered, 60, 0.5, "the adapter served through the api replica")
+        # A LoRA engine may have to start first (the stack serves adapters from their own).
+        wait_until(owner_answered, 240, 0.5, "the adapter served through the api replica")
         reply = owner.chat.CreateChatCompletion(request, metadata=owner.metadata, timeout=60)
         assert json.loads(reply.response_json)["model"] == name
         for stub_client in (other, InferenceClient(stack.inference.address, "team-b")):
@@ -144,6 +145,64 @@ def test_forwarded_chat_runs_as_the_callers_project(stack, tmp_path: Path) -> No
         owner.close()
         other.close()
         api.terminate()
+        with grpc.insecure_channel(stack.inference.address) as channel:
+            models_pb2_grpc.ModelServiceStub(channel).DeleteModel(
+                models_pb2.DeleteModelRequest(model_id=name),
+                metadata=signed("team-a", "training"),
+                timeout=30,
+            )
+
+
+def test_adapters_run_on_an_engine_of_their_own_while_the_base_keeps_its(  # type: ignore[no-untyped-def]
+    stack, tmp_path: Path
+) -> None:
+    """With a separate LoRA engine the base model's engine has no LoRA: it answers while the
+    LoRA engine starts, and the adapter is served (chat and a batch) once that one is up."""
+    client = stack.client()
+    name = f"ft:{MODEL_NAME}:own:{uuid.uuid4().hex[:8]}"
+    adapter = write_zero_adapter(tmp_path / "adapter")
+    with grpc.insecure_channel(stack.inference.address) as channel:
+        models_pb2_grpc.ModelServiceStub(channel).CreateModel(
+            models_pb2.CreateModelRequest(model_id=name, parent=MODEL_NAME, source=str(adapter)),
+            metadata=signed("team-a", "training"),
+            timeout=30,
+        )
+    try:
+        assert _chat(stack.gateway.url, KEY_A, max_tokens=4).status_code == 200
+        served = wait_until(
+            lambda: (
+                (r := _chat(stack.gateway.url, KEY_A, name, max_tokens=4)).status_code == 200 and r
+            ),
+            240,
+            1.0,
+            "the adapter served",
+        )
+        assert served.json()["model"] == name
+        lines = [batch_line(f"a-{i}", "Say hi.", max_tokens=4) for i in range(3)]
+        for line in lines:
+            line["body"]["model"] = name  # type: ignore[index]
+        upload = client.files.create(
+            file=("in.jsonl", b"".join(json.dumps(x).encode() + b"\n" for x in lines)),
+            purpose="batch",
+        )
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = wait_until(
+            lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b,
+            120,
+            0.5,
+            "the adapter batch",
+        )
+        assert done.request_counts.completed == 3
+        settings = [
+            json.loads(line)
+            for line in stack.inference.log_path.read_text().splitlines()
+            if '"engine settings"' in line
+        ]
+        roles = {s["role"]: s["enable_lora"] for s in settings}
+        assert roles.get("base") is False and roles.get("lora") is True, settings
+    finally:
         with grpc.insecure_channel(stack.inference.address) as channel:
             models_pb2_grpc.ModelServiceStub(channel).DeleteModel(
                 models_pb2.DeleteModelRequest(model_id=name),

@@ -63,6 +63,8 @@ async def serve(settings: InferenceSettings) -> None:
             max_lora_rank=settings.max_lora_rank,
             max_loras=settings.max_loras,
             cpu_memory_fraction=settings.cpu_memory_fraction,
+            lora_engine=settings.lora_engine,
+            lora_idle_seconds=settings.lora_idle_seconds,
         )
 
     def engine_ready() -> bool:

@@ -15,7 +15,8 @@ INPUT_TOKENS = Counter(
 )
 INFLIGHT = Gauge("loomstack_engine_inflight_requests", "Requests in flight in this engine.")
 THROUGHPUT = Gauge(
-    "loomstack_engine_output_tokens_per_second", "Output tokens/s over the last heartbeat interval."
+    "loomstack_engine_output_tokens_per_second",
+    "Batch output tokens/s this engine sustains: finished in the last minute, per second of work.",
 )
 QUEUE_DEPTH = Gauge(
     "loomstack_batch_queue_depth_lines", "Lines waiting or running in unfinished shards.", ["model"]

@@ -22,6 +22,7 @@ from .leases import Lease, LeaseQueue, PendingLine, ResultRow
 from .metrics import BATCHES_FINALIZED, INFLIGHT, INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS, THROUGHPUT
 from .registry import Registry
 from .settings import InferenceSettings
+from .throughput import SustainedRate
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +63,31 @@ class Runner:
         self.engine_id = engine_id
         self.address = address
         self.models = [engine.served_name]
-        self._slots = asyncio.Semaphore(settings.max_inflight)
+        # Set once the engine is up (its scheduler's batch size decides the default).
+        self.max_inflight = settings.max_inflight
+        self._slots = asyncio.Semaphore(max(1, settings.max_inflight))
         self._runs: dict[int, _ShardRun] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._started_at = time.time()
-        self._done_lines = 0
-        self._done_tokens = 0
+        self._throughput = SustainedRate()
         self.ready = False
 
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Claims work until stopped."""
+        if not self.settings.max_inflight:
+            # Twice what vLLM schedules at once: finished lines are replaced from a queue
+            # inside the engine, never after a round trip through the runner.
+            self.max_inflight = 2 * self.engine.max_num_seqs()
+            self._slots = asyncio.Semaphore(self.max_inflight)
+            log.info("batch lines in flight", extra={"max_inflight": self.max_inflight})
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         try:
             while not self._stopping:
                 remaining = sum(r.remaining for r in self._runs.values())
-                if remaining < self.settings.max_inflight:
+                if remaining < self.max_inflight:
                     lease = await asyncio.to_thread(self.queue.claim, self.models)
                     if lease is not None and not self._stopping:
                         await self._start_shard(lease)
@@ -95,6 +103,8 @@ class Runner:
     async def _start_shard(self, lease: Lease) -> None:
         lines = await asyncio.to_thread(self.queue.pending_lines, lease)
         run = _ShardRun(lease, remaining=len(lines))
+        if not self._runs:
+            self._throughput.started()
         self._runs[lease.shard_id] = run
         run.task = asyncio.create_task(self._run_shard(run, lines))
         log.info(
@@ -123,15 +133,14 @@ class Runner:
             )
         )
         run.remaining -= 1
-        self._done_lines += 1
-        self._done_tokens += outcome.output_tokens
+        self._throughput.finished(outcome.output_tokens)
         model = run.lease.model
         REQUESTS.labels(model, "completed" if outcome.ok else "failed").inc()
         OUTPUT_TOKENS.labels(model).inc(outcome.output_tokens)
         INPUT_TOKENS.labels(model).inc(outcome.input_tokens)
         if len(run.buffer) >= self.settings.flush_lines:
             run.flush_now.set()
-        if run.remaining < self.settings.max_inflight:
+        if run.remaining < self.max_inflight:
             self._wake.set()
 
     async def _run_shard(self, run: _ShardRun, lines: list[PendingLine]) -> None:
@@ -170,6 +179,8 @@ class Runner:
                 t.cancel()
             await asyncio.gather(all_done, return_exceptions=True)
             self._runs.pop(lease.shard_id, None)
+            if not self._runs:
+                self._throughput.idle()
             self._wake.set()
             if outcome_state != "interrupted":
                 await self._end_shard(lease, outcome_state)
@@ -202,7 +213,7 @@ class Runner:
             await self.engine.set_adapters(local)
         except Exception:
             log.exception("unloading a deleted adapter failed")
-        self.models = [self.engine.served_name, *sorted(local)]
+        self.models = [self.engine.served_name, *self.engine.servable(local)]
 
     def _local_adapters(self, adapters: dict[str, str]) -> dict[str, str]:
         """name → directory of the adapters whose files are on this engine's disk.
@@ -238,17 +249,10 @@ class Runner:
 
     async def _heartbeat_loop(self) -> None:
         interval = max(1.0, self.settings.lease_seconds / 4)
-        last_t, last_lines, last_tokens = time.monotonic(), 0, 0
-        tps = rps = 0.0
         while True:
             if self.engine.lora_enabled:
                 await self._refresh_adapters()
-            now = time.monotonic()
-            dt = max(now - last_t, 1e-6)
-            if self._runs or self._done_lines != last_lines:
-                tps = (self._done_tokens - last_tokens) / dt
-                rps = (self._done_lines - last_lines) / dt
-            last_t, last_lines, last_tokens = now, self._done_lines, self._done_tokens
+            tps, rps = self._throughput.rates()
             THROUGHPUT.set(tps)
             try:
                 await asyncio.to_thread(self.queue.renew_all)

@@ -51,6 +51,22 @@ class InferenceSettings(ServiceSettings):
         ),
     )
     max_loras: int = Field(4, description="LoRA adapters held in one batch at once.")
+    lora_engine: str = Field(
+        "auto",
+        pattern="^(auto|shared|separate)$",
+        description=(
+            "How adapters are served. `shared`: one vLLM engine with LoRA on serves the base model "
+            "and its adapters. `separate`: the base model keeps an engine without LoRA, and a "
+            "second, LoRA-enabled engine starts when the first adapter is registered. `auto`: "
+            "separate where vLLM compiles an engine only without LoRA (the CPU backend, unless "
+            "enforce_eager), else shared."
+        ),
+    )
+    lora_idle_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A separate LoRA engine stops after this long without any registered adapter.",
+    )
 
     # Limits on input files.
     max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest upload accepted.")
@@ -58,7 +74,14 @@ class InferenceSettings(ServiceSettings):
 
     # Batch runner.
     shard_lines: int = Field(1000, description="Lines per shard (the unit of a lease).")
-    max_inflight: int = Field(256, ge=1, description="Batch lines in flight in the engine at once.")
+    max_inflight: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Batch lines in flight in the engine at once; 0 = twice the number of sequences "
+            "vLLM schedules at once (its max_num_seqs), so it always has lines waiting."
+        ),
+    )
     max_online_requests: int = Field(
         64,
         ge=1,
