@@ -280,8 +280,8 @@ def start_inference(
         LOOMSTACK_INFERENCE_ENFORCE_EAGER="true" if enforce_eager else "false",
         LOOMSTACK_INFERENCE_LOG_JSON="false",
         VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"),
-        **(extra_env or {}),
     )
+    env.update(extra_env or {})
     service = Service(
         "inference", env, workdir / "inference.log", workdir / "inference.port"
     ).start("loomstack_inference")
