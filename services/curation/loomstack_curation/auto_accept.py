@@ -22,9 +22,7 @@ from typing import Any
 import httpx
 from label_studio_sdk.client import LabelStudio
 
-from loomstack_kit.errors import FailedPrecondition
-
-from .projects import label_studio_unavailable
+from .projects import check_response, label_studio_unavailable
 
 METADATA_KEY = "curation_auto_accept"
 ANNOTATOR = "auto-accept"
@@ -89,10 +87,4 @@ def ensure_user(client: LabelStudio) -> int:
 
 
 def _check(response: httpx.Response, what: str) -> None:
-    if response.status_code >= 500 or response.status_code == 429:
-        raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
-    if response.status_code >= 400:
-        raise FailedPrecondition(
-            f"Label Studio refused to {what}: {response.status_code} {response.text[:200]} "
-            "(auto-accept needs a token of an organization administrator)"
-        )
+    check_response(response, what, " (auto-accept needs a token of an organization administrator)")

@@ -52,6 +52,45 @@ def label_studio_unavailable(message: str) -> Unavailable:
     return Unavailable(message, code="label_studio_unavailable")
 
 
+def _send(
+    client: LabelStudio,
+    method: str,
+    path: str,
+    *,
+    refused: str,
+    allow: tuple[int, ...] = (),
+    long: bool = False,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One call of Label Studio's REST API beside the SDK (plain JSON, no per-item model
+    walks). Unreachable or overloaded (5xx, 429): the retryable Unavailable; another refusal:
+    FailedPrecondition saying what was `refused`; a status in `allow` is the caller's."""
+    wrapper = client._client_wrapper
+    timeout = max(float(wrapper.get_timeout() or 60), 300.0) if long else wrapper.get_timeout()
+    headers = {**wrapper.get_headers(), **kwargs.pop("headers", {})}
+    try:
+        response = wrapper.httpx_client.httpx_client.request(
+            method, f"{wrapper.get_base_url()}{path}", headers=headers, timeout=timeout, **kwargs
+        )
+    except httpx.TransportError as exc:
+        raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
+    if response.status_code in allow:
+        return response
+    check_response(response, refused)
+    return response
+
+
+def check_response(response: httpx.Response, refused: str, hint: str = "") -> None:
+    """Unavailable for a Label Studio that cannot answer now (5xx, 429), FailedPrecondition
+    for one that refused `refused` (4xx)."""
+    if response.status_code >= 500 or response.status_code == 429:
+        raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
+    if response.status_code >= 400:
+        raise FailedPrecondition(
+            f"Label Studio refused to {refused}: {response.status_code} {response.text[:200]}{hint}"
+        )
+
+
 def unavailable_or_none(exc: BaseException) -> Unavailable | None:
     """The retryable form of an error (Label Studio or a service unreachable), or None."""
     if isinstance(exc, Unavailable):
@@ -369,32 +408,22 @@ def task_pages(
     Read with the SDK's own HTTP client and credentials but not through its models: turning a
     page into pydantic objects (and back) costs several times the request itself.
     """
-    wrapper = client._client_wrapper
-    http = wrapper.httpx_client.httpx_client
     params: dict[str, Any] = {"project": project_id, "fields": fields}
     if task_ids is not None:
         selected = {"all": False, "included": [int(i) for i in task_ids]}
         params["query"] = orjson.dumps({"selectedItems": selected}).decode()
     page = 1
     while True:
-        try:
-            response = http.get(
-                f"{wrapper.get_base_url()}/api/tasks/",
-                params={**params, "page": page, "page_size": page_size},
-                headers=wrapper.get_headers(),
-                timeout=wrapper.get_timeout(),
-            )
-        except httpx.TransportError as exc:
-            raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
+        response = _send(
+            client,
+            "GET",
+            "/api/tasks/",
+            refused=f"list project {project_id}'s tasks",
+            allow=(404,),
+            params={**params, "page": page, "page_size": page_size},
+        )
         if response.status_code == 404:  # past the last page
             return
-        if response.status_code >= 500 or response.status_code == 429:
-            raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
-        if response.status_code >= 400:
-            raise FailedPrecondition(
-                f"Label Studio refused to list project {project_id}'s tasks: "
-                f"{response.status_code} {response.text[:200]}"
-            )
         body = response.json()
         tasks = body.get("tasks", []) if isinstance(body, dict) else body
         if not tasks:
@@ -411,26 +440,16 @@ def export_annotated(
     """Every annotated task of a project (or of `task_ids` only) with its annotations: Label
     Studio's JSON export, in one request, as plain JSON (the export is much cheaper for the
     server than paging `tasks.list(fields="all")`)."""
-    wrapper = client._client_wrapper
-    http = wrapper.httpx_client.httpx_client
     params: list[tuple[str, str | int | float | bool | None]] = [("exportType", "JSON")]
     params += [("ids[]", int(i)) for i in task_ids]
-    try:
-        response = http.get(
-            f"{wrapper.get_base_url()}/api/projects/{project_id}/export",
-            params=params,
-            headers=wrapper.get_headers(),
-            timeout=max(float(wrapper.get_timeout() or 60), 300.0),
-        )
-    except httpx.TransportError as exc:
-        raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
-    if response.status_code >= 400:
-        raise FailedPrecondition(
-            f"Label Studio refused to export project {project_id}: "
-            f"{response.status_code} {response.text[:200]}"
-        )
+    response = _send(
+        client,
+        "GET",
+        f"/api/projects/{project_id}/export",
+        refused=f"export project {project_id}",
+        long=True,
+        params=params,
+    )
     body = response.json()
     return body if isinstance(body, list) else []
 
@@ -442,52 +461,35 @@ def import_tasks(client: LabelStudio, project_id: int, tasks: list[dict[str, Any
     The SDK's own call first walks every task through its type annotations, which costs about
     as much as the server's import itself.
     """
-    wrapper = client._client_wrapper
-    http = wrapper.httpx_client.httpx_client
-    try:
-        response = http.post(
-            f"{wrapper.get_base_url()}/api/projects/{project_id}/import",
-            params={"return_task_ids": "true"},
-            content=orjson.dumps(tasks),
-            headers={**wrapper.get_headers(), "Content-Type": "application/json"},
-            timeout=max(float(wrapper.get_timeout() or 60), 300.0),
-        )
-    except httpx.TransportError as exc:
-        raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
+    response = _send(
+        client,
+        "POST",
+        f"/api/projects/{project_id}/import",
+        refused=f"import into project {project_id}",
+        allow=(404,),
+        long=True,
+        params={"return_task_ids": "true"},
+        content=orjson.dumps(tasks),
+        headers={"Content-Type": "application/json"},
+    )
     if response.status_code == 404:
         # Deleted since it was checked: the next attempt imports into a new one (ensure).
         raise label_studio_unavailable(f"Label Studio has no project {project_id} any more")
-    if response.status_code >= 400:
-        raise FailedPrecondition(
-            f"Label Studio refused the import into project {project_id}: "
-            f"{response.status_code} {response.text[:300]}"
-        )
     return [int(i) for i in response.json().get("task_ids") or []]
 
 
 def delete_tasks(client: LabelStudio, project_id: int, task_ids: Sequence[int]) -> None:
     """Deletes tasks of a project with the Data Manager's `delete_tasks` action (one request
     for many tasks; ids that are gone already are no error)."""
-    wrapper = client._client_wrapper
-    http = wrapper.httpx_client.httpx_client
-    try:
-        response = http.post(
-            f"{wrapper.get_base_url()}/api/dm/actions",
-            params={"id": "delete_tasks", "project": project_id},
-            content=orjson.dumps(
-                {"selectedItems": {"all": False, "included": [int(i) for i in task_ids]}}
-            ),
-            headers={**wrapper.get_headers(), "Content-Type": "application/json"},
-            timeout=max(float(wrapper.get_timeout() or 60), 300.0),
-        )
-    except httpx.TransportError as exc:
-        raise label_studio_unavailable(f"Label Studio is unreachable: {exc}") from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise label_studio_unavailable(f"Label Studio answered {response.status_code}")
-    if response.status_code >= 400:
-        raise FailedPrecondition(
-            f"Label Studio refused to delete tasks of project {project_id}: "
-            f"{response.status_code} {response.text[:200]}"
-        )
+    _send(
+        client,
+        "POST",
+        "/api/dm/actions",
+        refused=f"delete tasks of project {project_id}",
+        long=True,
+        params={"id": "delete_tasks", "project": project_id},
+        content=orjson.dumps(
+            {"selectedItems": {"all": False, "included": [int(i) for i in task_ids]}}
+        ),
+        headers={"Content-Type": "application/json"},
+    )
