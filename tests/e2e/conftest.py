@@ -54,3 +54,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         stop(gateway.proc)
         inference.terminate()
+
+
+@pytest.fixture
+def api_replica(stack: Stack, tmp_path: Path) -> Iterator[InferenceProcess]:
+    """An api-role replica (no engine) on the stack's database: it forwards chat to the engine
+    it finds in the registry."""
+    shared_db = stack.inference.home / "inference.db"
+    api = InferenceProcess(
+        tmp_path / "api-only",
+        roles="api",
+        name="api-only",
+        env={"LOOMSTACK_INFERENCE_DATABASE_URL": f"sqlite:///{shared_db}"},
+    )
+    try:
+        yield api.start().wait_ready(60)
+    finally:
+        api.terminate()

@@ -218,24 +218,13 @@ def test_models_list_shows_the_served_model(stack) -> None:  # type: ignore[no-u
     assert MODEL_NAME in [m.id for m in models]
 
 
-def test_api_only_replica_forwards_chat_to_a_registered_engine(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_api_only_replica_forwards_chat_to_a_registered_engine(api_replica) -> None:  # type: ignore[no-untyped-def]
     """An api-role replica has no engine: it finds the model's engine in the registry."""
-    from support import InferenceClient, InferenceProcess
+    from support import InferenceClient
 
     from loomstack.inference.v1 import chat_pb2
 
-    shared_db = stack.inference.home / "inference.db"
-    api = (
-        InferenceProcess(
-            tmp_path / "api-only",
-            roles="api",
-            name="api-only",
-            env={"LOOMSTACK_INFERENCE_DATABASE_URL": f"sqlite:///{shared_db}"},
-        )
-        .start()
-        .wait_ready(60)
-    )
-    client = InferenceClient(api.address)
+    client = InferenceClient(api_replica.address)
     try:
         body = {
             "model": MODEL_NAME,
@@ -258,4 +247,3 @@ def test_api_only_replica_forwards_chat_to_a_registered_engine(stack, tmp_path) 
         assert json.loads(chunks[0].chunk_json)["object"] == "chat.completion.chunk"
     finally:
         client.close()
-        api.terminate()

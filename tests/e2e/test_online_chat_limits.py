@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -17,7 +20,6 @@ from gateway.gateway_stack import KEY_A, KEY_B
 from support import (
     MODEL_NAME,
     InferenceClient,
-    InferenceProcess,
     batch_line,
     signed,
     wait_until,
@@ -29,6 +31,30 @@ from loomstack.inference.v1 import chat_pb2, models_pb2, models_pb2_grpc
 pytestmark = pytest.mark.engine
 # Streamed: an answered request holds its slot for the whole answer, with no deadline on it.
 LONG = {"max_tokens": 64, "ignore_eos": True, "temperature": 0, "stream": True}
+
+
+@contextmanager
+def registered_adapter(stack: Any, directory: Path, tag: str) -> Iterator[str]:
+    """A blank adapter registered as team-a's fine-tuned model (as the training service does);
+    deleted afterwards. Yields its name."""
+    name = f"ft:{MODEL_NAME}:{tag}:{uuid.uuid4().hex[:8]}"
+    adapter = write_zero_adapter(directory)
+    identity = signed("team-a", "training")
+    with grpc.insecure_channel(stack.inference.address) as channel:
+        models = models_pb2_grpc.ModelServiceStub(channel)
+        models.CreateModel(
+            models_pb2.CreateModelRequest(model_id=name, parent=MODEL_NAME, source=str(adapter)),
+            metadata=identity,
+            timeout=30,
+        )
+        try:
+            yield name
+        finally:
+            models.DeleteModel(
+                models_pb2.DeleteModelRequest(model_id=name),
+                metadata=signed("team-a", "training"),
+                timeout=30,
+            )
 
 
 def _chat(url: str, key: str, model: str = MODEL_NAME, **body: object) -> httpx.Response:
@@ -83,74 +109,47 @@ def test_a_full_online_queue_answers_503_at_once_and_batches_keep_running(stack)
     assert _chat(url, KEY_A, max_tokens=4).status_code == 200
 
 
-def test_forwarded_chat_runs_as_the_callers_project(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_forwarded_chat_runs_as_the_callers_project(stack, api_replica, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """An api-only replica forwards chat to the engine with the caller's signed identity: the
     engine serves team-a's adapter to team-a and refuses it to team-b as unknown; with the
     default project in its place (the old behaviour) team-a would be refused too."""
-    name = f"ft:{MODEL_NAME}:iso:{uuid.uuid4().hex[:8]}"
-    adapter = write_zero_adapter(tmp_path / "adapter")
-    with grpc.insecure_channel(stack.inference.address) as channel:
-        models_pb2_grpc.ModelServiceStub(channel).CreateModel(
-            models_pb2.CreateModelRequest(model_id=name, parent=MODEL_NAME, source=str(adapter)),
-            metadata=signed("team-a", "training"),
-            timeout=30,
-        )
-    shared_db = stack.inference.home / "inference.db"
-    api = (
-        InferenceProcess(
-            tmp_path / "api-only",
-            roles="api",
-            name="api-only",
-            env={"LOOMSTACK_INFERENCE_DATABASE_URL": f"sqlite:///{shared_db}"},
-        )
-        .start()
-        .wait_ready(60)
-    )
-    owner, other = InferenceClient(api.address, "team-a"), InferenceClient(api.address, "team-b")
-    body = json.dumps(
-        {"model": name, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
-    ).encode()
-    request = chat_pb2.CreateChatCompletionRequest(request_json=body)
+    with registered_adapter(stack, tmp_path / "adapter", "iso") as name:
+        owner = InferenceClient(api_replica.address, "team-a")
+        other = InferenceClient(api_replica.address, "team-b")
+        body = json.dumps(
+            {"model": name, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+        ).encode()
+        request = chat_pb2.CreateChatCompletionRequest(request_json=body)
 
-    def owner_answered() -> bool:
+        def owner_answered() -> bool:
+            try:
+                owner.chat.CreateChatCompletion(request, metadata=owner.metadata, timeout=60)
+            except grpc.RpcError as exc:
+                # The engine advertises the adapter once a LoRA engine runs it.
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    return False
+                raise
+            return True
+
         try:
-            owner.chat.CreateChatCompletion(request, metadata=owner.metadata, timeout=60)
-        except grpc.RpcError as exc:
-            # The engine advertises the adapter from its next heartbeat on.
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                return False
-            raise
-        return True
-
-    try:
-        # A LoRA engine may have to start first (the stack serves adapters from their own).
-        wait_until(owner_answered, 240, 0.5, "the adapter served through the api replica")
-        reply = owner.chat.CreateChatCompletion(request, metadata=owner.metadata, timeout=60)
-        assert json.loads(reply.response_json)["model"] == name
-        for stub_client in (other, InferenceClient(stack.inference.address, "team-b")):
-            with pytest.raises(grpc.RpcError) as denied:
-                stub_client.chat.CreateChatCompletion(
-                    request, metadata=stub_client.metadata, timeout=60
-                )
-            assert denied.value.code() == grpc.StatusCode.NOT_FOUND
-        # Through the gateway: the owner's key is served, the other project's is told 404.
-        assert _chat(stack.gateway.url, KEY_A, name, max_tokens=4).status_code == 200
-        refused = _chat(stack.gateway.url, KEY_B, name, max_tokens=4)
-        unknown = _chat(stack.gateway.url, KEY_B, name + "-nope", max_tokens=4)
-        assert refused.status_code == unknown.status_code == 404
-        assert refused.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
-            name + "-nope", name
-        )
-    finally:
-        owner.close()
-        other.close()
-        api.terminate()
-        with grpc.insecure_channel(stack.inference.address) as channel:
-            models_pb2_grpc.ModelServiceStub(channel).DeleteModel(
-                models_pb2.DeleteModelRequest(model_id=name),
-                metadata=signed("team-a", "training"),
-                timeout=30,
+            wait_until(owner_answered, 240, 0.5, "the adapter served through the api replica")
+            reply = owner.chat.CreateChatCompletion(request, metadata=owner.metadata, timeout=60)
+            assert json.loads(reply.response_json)["model"] == name
+            for client in (other, InferenceClient(stack.inference.address, "team-b")):
+                with pytest.raises(grpc.RpcError) as denied:
+                    client.chat.CreateChatCompletion(request, metadata=client.metadata, timeout=60)
+                assert denied.value.code() == grpc.StatusCode.NOT_FOUND
+            # Through the gateway: the owner's key is served, the other project's is told 404.
+            assert _chat(stack.gateway.url, KEY_A, name, max_tokens=4).status_code == 200
+            refused = _chat(stack.gateway.url, KEY_B, name, max_tokens=4)
+            unknown = _chat(stack.gateway.url, KEY_B, name + "-nope", max_tokens=4)
+            assert refused.status_code == unknown.status_code == 404
+            assert refused.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
+                name + "-nope", name
             )
+        finally:
+            owner.close()
+            other.close()
 
 
 def test_adapters_run_on_an_engine_of_their_own_while_the_base_keeps_its(  # type: ignore[no-untyped-def]
@@ -159,15 +158,7 @@ def test_adapters_run_on_an_engine_of_their_own_while_the_base_keeps_its(  # typ
     """With a separate LoRA engine the base model's engine has no LoRA: it answers while the
     LoRA engine starts, and the adapter is served (chat and a batch) once that one is up."""
     client = stack.client()
-    name = f"ft:{MODEL_NAME}:own:{uuid.uuid4().hex[:8]}"
-    adapter = write_zero_adapter(tmp_path / "adapter")
-    with grpc.insecure_channel(stack.inference.address) as channel:
-        models_pb2_grpc.ModelServiceStub(channel).CreateModel(
-            models_pb2.CreateModelRequest(model_id=name, parent=MODEL_NAME, source=str(adapter)),
-            metadata=signed("team-a", "training"),
-            timeout=30,
-        )
-    try:
+    with registered_adapter(stack, tmp_path / "adapter", "own") as name:
         assert _chat(stack.gateway.url, KEY_A, max_tokens=4).status_code == 200
         served = wait_until(
             lambda: (
@@ -202,10 +193,3 @@ def test_adapters_run_on_an_engine_of_their_own_while_the_base_keeps_its(  # typ
         ]
         roles = {s["role"]: s["enable_lora"] for s in settings}
         assert roles.get("base") is False and roles.get("lora") is True, settings
-    finally:
-        with grpc.insecure_channel(stack.inference.address) as channel:
-            models_pb2_grpc.ModelServiceStub(channel).DeleteModel(
-                models_pb2.DeleteModelRequest(model_id=name),
-                metadata=signed("team-a", "training"),
-                timeout=30,
-            )
