@@ -73,6 +73,7 @@ lint: $(STAMP) proto-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(PY) scripts/buf_lint.py
 
 test: $(STAMP) model labelstudio-install training-install lint helm-lint
