@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from .adapters import AdapterCache
@@ -25,6 +26,15 @@ from .settings import InferenceSettings
 from .throughput import SustainedRate
 
 log = logging.getLogger(__name__)
+
+
+class ShardRunEnd(StrEnum):
+    """How the runner's work on a claimed shard ended (logged as the shard's `state`)."""
+
+    DONE = "done"  # every line has a committed result
+    LOST = "lost"  # the lease passed to another runner
+    STOPPED = "stopped"  # the batch was cancelled or expired
+    INTERRUPTED = "interrupted"  # the runner itself is stopping
 
 
 @dataclass
@@ -147,7 +157,7 @@ class Runner:
         lease = run.lease
         tasks = [asyncio.create_task(self._one(run, line)) for line in lines]
         all_done = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
-        outcome_state = "done"
+        outcome_state = ShardRunEnd.DONE
         try:
             while True:
                 run.flush_now.clear()
@@ -163,15 +173,15 @@ class Runner:
                 rows, run.buffer = run.buffer, []
                 outcome = await asyncio.to_thread(self.queue.commit, lease, rows)
                 if not outcome.still_owned:
-                    outcome_state = "lost"
+                    outcome_state = ShardRunEnd.LOST
                     break
                 if outcome.stop:
-                    outcome_state = "stopped"
+                    outcome_state = ShardRunEnd.STOPPED
                     break
                 if finished:
                     break
         except asyncio.CancelledError:
-            outcome_state = "interrupted"
+            outcome_state = ShardRunEnd.INTERRUPTED
             raise
         finally:
             run.abandoned = True
@@ -182,18 +192,18 @@ class Runner:
             if not self._runs:
                 self._throughput.idle()
             self._wake.set()
-            if outcome_state != "interrupted":
+            if outcome_state is not ShardRunEnd.INTERRUPTED:
                 await self._end_shard(lease, outcome_state)
 
-    async def _end_shard(self, lease: Lease, state: str) -> None:
+    async def _end_shard(self, lease: Lease, state: ShardRunEnd) -> None:
         log.info(
             "shard ended", extra={"batch_id": lease.batch_id, "shard": lease.seq, "state": state}
         )
-        if state == "done":
+        if state is ShardRunEnd.DONE:
             await asyncio.to_thread(self.queue.complete, lease)
-        elif state == "stopped":
+        elif state is ShardRunEnd.STOPPED:
             await asyncio.to_thread(self.queue.stop, lease)
-        if state in ("done", "stopped"):
+        if state in (ShardRunEnd.DONE, ShardRunEnd.STOPPED):
             final = await asyncio.to_thread(self.batches.try_finalize, lease.batch_id)
             if final:
                 BATCHES_FINALIZED.labels(final).inc()
