@@ -7,7 +7,6 @@ runners update in the same transaction as the results they commit.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,14 +21,15 @@ from loomstack_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from .files import FileStore
 from .ids import new_id
 from .registry import Registry
-from .statuses import CANCELLABLE, QUEUED, TERMINAL, BatchStatus, ShardStatus
-from .tables import batch_events, batch_requests, batches, results, shards
+from .tables import batch_events, batch_requests, batches, engines, results, shards
 from .validation import ValidationReport, parse_batch_input
 
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
+TERMINAL = ("completed", "failed", "expired", "cancelled")
 MAX_METADATA_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512
 INSERT_CHUNK = 500
 FINALIZE_RETRY_SECONDS = 120.0
+ENGINE_FRESH_SECONDS = 30.0
 
 
 @dataclass
@@ -42,7 +42,7 @@ class BatchView:
     endpoint: str
     completion_window: str
     model: str
-    status: BatchStatus
+    status: str
     priority: int
     metadata: dict[str, str]
     errors: list[dict[str, object]]
@@ -91,7 +91,7 @@ _AHEAD = sa.select(
     sa.func.coalesce(sa.func.sum(shards.c.end_line - shards.c.start_line + 1), 0),
 ).where(
     shards.c.model == sa.bindparam("model"),
-    shards.c.status.in_(QUEUED),
+    shards.c.status.in_(("pending", "leased")),
     shards.c.batch_id != sa.bindparam("batch_id"),
     sa.or_(
         shards.c.priority > sa.bindparam("priority"),
@@ -100,6 +100,9 @@ _AHEAD = sa.select(
             shards.c.batch_created_at < sa.bindparam("created_at"),
         ),
     ),
+)
+_FRESH_ENGINES = sa.select(engines.c.models_json, engines.c.requests_per_second).where(
+    engines.c.heartbeat_at > sa.bindparam("since"), engines.c.ready.is_(True)
 )
 
 
@@ -130,18 +133,10 @@ class Batches:
     """Batch operations on the inference database."""
 
     def __init__(
-        self,
-        engine: Engine,
-        file_store: FileStore,
-        *,
-        shard_lines: int,
-        max_lines: int,
-        registry: Registry | None = None,
+        self, engine: Engine, file_store: FileStore, *, shard_lines: int, max_lines: int
     ) -> None:
         self.engine = engine
         self.files = file_store
-        # Which models a project may use, and how fast the engines serving one run lines.
-        self.registry = registry or Registry(engine)
         self.shard_lines = shard_lines
         self.max_lines = max_lines
 
@@ -185,7 +180,7 @@ class Batches:
                 param="input_file_id",
                 code="invalid_file_purpose",
             )
-        known = self.registry.model_ids(project)
+        known = Registry(self.engine).model_ids(project)
         batch_id = new_id("batch_")
         now = time.time()
         report = ValidationReport()
@@ -222,7 +217,7 @@ class Batches:
                     endpoint=endpoint,
                     completion_window=completion_window,
                     model=report.model,
-                    status=BatchStatus.IN_PROGRESS,
+                    status="in_progress",
                     priority=priority,
                     metadata_json=orjson.dumps(metadata).decode(),
                     total=len(line_nos),
@@ -241,7 +236,7 @@ class Batches:
                         "model": report.model,
                         "priority": priority,
                         "batch_created_at": now,
-                        "status": ShardStatus.PENDING,
+                        "status": "pending",
                     }
                     for seq, i in enumerate(range(0, len(line_nos), self.shard_lines))
                 ],
@@ -270,7 +265,7 @@ class Batches:
             endpoint=row.endpoint,
             completion_window=row.completion_window,
             model=row.model,
-            status=BatchStatus(row.status),
+            status=row.status,
             priority=row.priority,
             metadata=orjson.loads(row.metadata_json),
             errors=orjson.loads(row.errors_json),
@@ -285,7 +280,7 @@ class Batches:
             view.input_tokens = int(sums.input_tokens or 0)
             view.cached_tokens = int(sums.cached_tokens or 0)
             view.output_tokens = int(sums.output_tokens or 0)
-        if view.status is BatchStatus.IN_PROGRESS:
+        if row.status == "in_progress":
             self._estimate(conn, view)
         return view
 
@@ -302,7 +297,10 @@ class Batches:
         ).one()
         view.queue_position = int(ahead[0])
         now = time.time()
-        rate = self.registry.request_rate(view.model)
+        rate = 0.0
+        for eng in conn.execute(_FRESH_ENGINES, {"since": now - ENGINE_FRESH_SECONDS}):
+            if view.model in orjson.loads(eng.models_json):
+                rate += eng.requests_per_second
         if rate > 0:
             remaining = view.total - view.completed - view.failed
             view.estimated_start_at = view.times["in_progress_at"] or now + int(ahead[1]) / rate
@@ -348,9 +346,9 @@ class Batches:
         now = time.time()
         with write_transaction(self.engine) as conn:
             row = self._row(conn, project, batch_id)
-            if row.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+            if row.status in ("cancelling", "cancelled"):
                 pass
-            elif row.status not in CANCELLABLE:
+            elif row.status not in ("validating", "in_progress"):
                 raise FailedPrecondition(
                     f"batch {batch_id} is {row.status} and cannot be cancelled",
                     param="batch_id",
@@ -360,12 +358,12 @@ class Batches:
                 conn.execute(
                     batches.update()
                     .where(batches.c.id == batch_id)
-                    .values(status=BatchStatus.CANCELLING, cancelling_at=now)
+                    .values(status="cancelling", cancelling_at=now)
                 )
                 conn.execute(
                     shards.update()
-                    .where(shards.c.batch_id == batch_id, shards.c.status == ShardStatus.PENDING)
-                    .values(status=ShardStatus.STOPPED)
+                    .where(shards.c.batch_id == batch_id, shards.c.status == "pending")
+                    .values(status="stopped")
                 )
         self.try_finalize(batch_id)
         return self.get(project, batch_id)
@@ -375,13 +373,13 @@ class Batches:
             conn.execute(
                 sa.select(sa.func.count()).where(
                     shards.c.batch_id == batch_id,
-                    shards.c.status == ShardStatus.LEASED,
+                    shards.c.status == "leased",
                     shards.c.lease_expires_at > now,
                 )
             ).scalar_one()
         )
 
-    def try_finalize(self, batch_id: str) -> BatchStatus | None:
+    def try_finalize(self, batch_id: str) -> str | None:
         """Finalizes the batch if it is ready to be; returns the final status when it did."""
         now = time.time()
         with write_transaction(self.engine) as conn:
@@ -390,31 +388,31 @@ class Batches:
                 return None
             if row.finalizing_at is not None and row.finalizing_at > now - FINALIZE_RETRY_SECONDS:
                 return None  # another process is finalizing it
-            if row.status == BatchStatus.CANCELLING:
+            if row.status == "cancelling":
                 if self._live_leases(conn, batch_id, now):
                     return None
-                target = BatchStatus.CANCELLED
+                target = "cancelled"
             elif row.expires_at <= now:
                 if self._live_leases(conn, batch_id, now):
                     return None
-                target = BatchStatus.EXPIRED
+                target = "expired"
             else:
                 unfinished = conn.execute(
                     sa.select(sa.func.count()).where(
-                        shards.c.batch_id == batch_id, shards.c.status != ShardStatus.DONE
+                        shards.c.batch_id == batch_id, shards.c.status != "done"
                     )
                 ).scalar_one()
                 if unfinished:
                     return None
-                target = BatchStatus.COMPLETED
+                target = "completed"
             values: dict[str, object] = {"finalizing_at": now}
-            if target is BatchStatus.COMPLETED:
-                values["status"] = BatchStatus.FINALIZING
+            if target == "completed":
+                values["status"] = "finalizing"
             conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
             conn.execute(
                 shards.update()
-                .where(shards.c.batch_id == batch_id, shards.c.status.in_(QUEUED))
-                .values(status=ShardStatus.STOPPED, lease_owner=None, lease_expires_at=None)
+                .where(shards.c.batch_id == batch_id, shards.c.status.in_(("pending", "leased")))
+                .values(status="stopped", lease_owner=None, lease_expires_at=None)
             )
         self._write_outputs(row, target)
         return target
@@ -460,15 +458,32 @@ class Batches:
                 )
 
     def _write_file(self, project: str, name: str, parts: list[Iterator[bytes]]) -> str | None:
-        record = self.files.write_lines(project, name, "batch_output", itertools.chain(*parts))
-        return record.id if record is not None else None
+        file_id = new_id("file-")
+        writer = self.files.blobs.open_writer(file_id)
+        lines = 0
+        try:
+            for part in parts:
+                for line in part:
+                    writer.write(line)
+                    lines += 1
+            if lines == 0:
+                writer.abort()
+                return None
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        self.files.record_blob(
+            project, name, "batch_output", file_id, writer.size, lines, writer.sha256
+        )
+        return file_id
 
-    def _write_outputs(self, row: sa.Row, target: BatchStatus) -> None:
+    def _write_outputs(self, row: sa.Row, target: str) -> None:
         output_id = self._write_file(
             row.project, f"{row.id}_output.jsonl", [self._result_lines(row.id, True)]
         )
         error_parts = [self._result_lines(row.id, False)]
-        if target is BatchStatus.EXPIRED:
+        if target == "expired":
             error_parts.append(self._expired_lines(row.id))
         error_id = self._write_file(row.project, f"{row.id}_errors.jsonl", error_parts)
         now = time.time()
@@ -487,7 +502,7 @@ class Batches:
             if landed:
                 conn.execute(
                     batch_events.insert().values(
-                        batch_id=row.id, type=target.event_type, created_at=now
+                        batch_id=row.id, type=f"batch.{target}", created_at=now
                     )
                 )
         if not landed:
@@ -531,12 +546,12 @@ class Batches:
                         - shards.c.failed
                     ),
                 )
-                .where(shards.c.status.in_(QUEUED))
+                .where(shards.c.status.in_(("pending", "leased")))
                 .group_by(shards.c.model)
             ).all()
         return {model: int(lines or 0) for model, lines in rows}
 
-    def maintain(self) -> list[tuple[str, BatchStatus]]:
+    def maintain(self) -> list[tuple[str, str]]:
         """Finalizes what is due: cancelled or expired batches, stale finalizations.
 
         Runs periodically on the api role, so a batch never waits on a runner to end.
@@ -546,19 +561,16 @@ class Batches:
             due = conn.execute(
                 sa.select(batches.c.id).where(
                     sa.or_(
-                        batches.c.status == BatchStatus.CANCELLING,
+                        batches.c.status == "cancelling",
+                        sa.and_(batches.c.status == "in_progress", batches.c.expires_at <= now),
                         sa.and_(
-                            batches.c.status == BatchStatus.IN_PROGRESS, batches.c.expires_at <= now
-                        ),
-                        sa.and_(
-                            batches.c.status == BatchStatus.FINALIZING,
+                            batches.c.status == "finalizing",
                             batches.c.finalizing_at < now - FINALIZE_RETRY_SECONDS,
                         ),
                         sa.and_(
-                            batches.c.status == BatchStatus.IN_PROGRESS,
+                            batches.c.status == "in_progress",
                             ~sa.exists().where(
-                                shards.c.batch_id == batches.c.id,
-                                shards.c.status != ShardStatus.DONE,
+                                shards.c.batch_id == batches.c.id, shards.c.status != "done"
                             ),
                         ),
                     )

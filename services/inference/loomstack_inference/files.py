@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -93,40 +93,10 @@ class FileStore:
         if last != b"\n":
             lines += 1
         return await asyncio.to_thread(
-            self._record_blob,
-            project,
-            filename,
-            purpose,
-            file_id,
-            writer.size,
-            lines,
-            writer.sha256,
+            self.record_blob, project, filename, purpose, file_id, writer.size, lines, writer.sha256
         )
 
-    def write_lines(
-        self, project: str, filename: str, purpose: str, lines: Iterable[bytes]
-    ) -> FileRecord | None:
-        """Streams lines (each with its newline) into a new file of the service's own; with
-        no line at all nothing is stored and None is returned."""
-        file_id = new_id("file-")
-        writer = self.blobs.open_writer(file_id)
-        count = 0
-        try:
-            for line in lines:
-                writer.write(line)
-                count += 1
-            if count == 0:
-                writer.abort()
-                return None
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        return self._record_blob(
-            project, filename, purpose, file_id, writer.size, count, writer.sha256
-        )
-
-    def _record_blob(
+    def record_blob(
         self,
         project: str,
         filename: str,

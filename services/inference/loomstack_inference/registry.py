@@ -22,12 +22,6 @@ from .tables import engines, models
 
 FRESH_SECONDS = 30.0
 
-# Built once with a bind parameter: GetBatch asks for the rate on every poll of a running batch,
-# and on SQLite building a Core statement costs several times more than running it.
-_READY_ENGINES = sa.select(engines.c.models_json, engines.c.requests_per_second).where(
-    engines.c.heartbeat_at > sa.bindparam("since"), engines.c.ready.is_(True)
-)
-
 
 def _visible_to(project: str | None) -> sa.ColumnElement[bool]:
     """The models a project may see and use: base models, and its own adapters."""
@@ -206,12 +200,6 @@ class Registry:
                 )
             ).all()
         return [r.address for r in rows if model_id in orjson.loads(r.models_json)]
-
-    def request_rate(self, model_id: str) -> float:
-        """Lines per second the ready engines serving `model_id` measured (fresh heartbeat)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(_READY_ENGINES, {"since": time.time() - FRESH_SECONDS}).all()
-        return sum(r.requests_per_second for r in rows if model_id in orjson.loads(r.models_json))
 
     def adapters_of(self, base_model: str) -> dict[str, str]:
         """The LoRA adapters registered for `base_model`: name → adapter directory."""

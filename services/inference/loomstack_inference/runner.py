@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from .adapters import AdapterCache
@@ -26,15 +25,6 @@ from .settings import InferenceSettings
 from .throughput import SustainedRate
 
 log = logging.getLogger(__name__)
-
-
-class ShardRunEnd(StrEnum):
-    """How the runner's work on a claimed shard ended (logged as the shard's `state`)."""
-
-    DONE = "done"  # every line has a committed result
-    LOST = "lost"  # the lease passed to another runner
-    STOPPED = "stopped"  # the batch was cancelled or expired
-    INTERRUPTED = "interrupted"  # the runner itself is stopping
 
 
 @dataclass
@@ -157,7 +147,7 @@ class Runner:
         lease = run.lease
         tasks = [asyncio.create_task(self._one(run, line)) for line in lines]
         all_done = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
-        outcome_state = ShardRunEnd.DONE
+        outcome_state = "done"
         try:
             while True:
                 run.flush_now.clear()
@@ -173,15 +163,15 @@ class Runner:
                 rows, run.buffer = run.buffer, []
                 outcome = await asyncio.to_thread(self.queue.commit, lease, rows)
                 if not outcome.still_owned:
-                    outcome_state = ShardRunEnd.LOST
+                    outcome_state = "lost"
                     break
                 if outcome.stop:
-                    outcome_state = ShardRunEnd.STOPPED
+                    outcome_state = "stopped"
                     break
                 if finished:
                     break
         except asyncio.CancelledError:
-            outcome_state = ShardRunEnd.INTERRUPTED
+            outcome_state = "interrupted"
             raise
         finally:
             run.abandoned = True
@@ -192,18 +182,18 @@ class Runner:
             if not self._runs:
                 self._throughput.idle()
             self._wake.set()
-            if outcome_state is not ShardRunEnd.INTERRUPTED:
+            if outcome_state != "interrupted":
                 await self._end_shard(lease, outcome_state)
 
-    async def _end_shard(self, lease: Lease, state: ShardRunEnd) -> None:
+    async def _end_shard(self, lease: Lease, state: str) -> None:
         log.info(
             "shard ended", extra={"batch_id": lease.batch_id, "shard": lease.seq, "state": state}
         )
-        if state is ShardRunEnd.DONE:
+        if state == "done":
             await asyncio.to_thread(self.queue.complete, lease)
-        elif state is ShardRunEnd.STOPPED:
+        elif state == "stopped":
             await asyncio.to_thread(self.queue.stop, lease)
-        if state in (ShardRunEnd.DONE, ShardRunEnd.STOPPED):
+        if state in ("done", "stopped"):
             final = await asyncio.to_thread(self.batches.try_finalize, lease.batch_id)
             if final:
                 BATCHES_FINALIZED.labels(final).inc()

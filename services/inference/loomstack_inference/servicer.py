@@ -39,17 +39,16 @@ from .engine import EngineRequestError, VllmEngine
 from .files import ADAPTER_PURPOSE, FileRecord, FileStore
 from .metrics import ONLINE_INFLIGHT, ONLINE_REFUSED
 from .registry import ModelInfo, Registry
-from .statuses import TERMINAL, BatchStatus
 
 _STATUS = {
-    BatchStatus.VALIDATING: batches_pb2.BATCH_STATUS_VALIDATING,
-    BatchStatus.FAILED: batches_pb2.BATCH_STATUS_FAILED,
-    BatchStatus.IN_PROGRESS: batches_pb2.BATCH_STATUS_IN_PROGRESS,
-    BatchStatus.FINALIZING: batches_pb2.BATCH_STATUS_FINALIZING,
-    BatchStatus.COMPLETED: batches_pb2.BATCH_STATUS_COMPLETED,
-    BatchStatus.EXPIRED: batches_pb2.BATCH_STATUS_EXPIRED,
-    BatchStatus.CANCELLING: batches_pb2.BATCH_STATUS_CANCELLING,
-    BatchStatus.CANCELLED: batches_pb2.BATCH_STATUS_CANCELLED,
+    "validating": batches_pb2.BATCH_STATUS_VALIDATING,
+    "failed": batches_pb2.BATCH_STATUS_FAILED,
+    "in_progress": batches_pb2.BATCH_STATUS_IN_PROGRESS,
+    "finalizing": batches_pb2.BATCH_STATUS_FINALIZING,
+    "completed": batches_pb2.BATCH_STATUS_COMPLETED,
+    "expired": batches_pb2.BATCH_STATUS_EXPIRED,
+    "cancelling": batches_pb2.BATCH_STATUS_CANCELLING,
+    "cancelled": batches_pb2.BATCH_STATUS_CANCELLED,
 }
 _TIME_FIELDS = {
     "created_at": "create_time",
@@ -283,7 +282,7 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
             if key != last:
                 last = key
                 yield msg
-            if view.status in TERMINAL:
+            if view.status in ("completed", "failed", "expired", "cancelled"):
                 return
             await asyncio.sleep(self.watch_seconds)
 
