@@ -41,6 +41,7 @@ from . import tables
 from .label_config import label_config
 from .lost_projects import Forgotten, forget
 from .task_schema import TaskSchema
+from .webhook_events import EVENTS, SECRET_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,6 @@ class ProjectMap:
         False when no webhook is configured."""
         if not (self.webhook_url and self.webhook_secret):
             return False
-        from .webhook import EVENTS, SECRET_HEADER
-
         client = self._client()
         try:
             headers = {SECRET_HEADER: self.webhook_secret}

@@ -16,11 +16,9 @@ from typing import Any
 from loomstack_kit.errors import InvalidArgument, Unauthenticated
 
 from .annotations import AnnotationStore, annotation_record, label_studio_id
+from .webhook_events import DELETE_EVENTS, SECRET_HEADER, UPSERT_EVENTS
 
-SECRET_HEADER = "X-Loomstack-Webhook-Secret"
-UPSERT_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
-DELETE_EVENTS = ("ANNOTATIONS_DELETED",)
-EVENTS = (*UPSERT_EVENTS, *DELETE_EVENTS)
+__all__ = ["SECRET_HEADER", "WebhookOutcome", "handle_event", "verify_secret"]
 
 
 def verify_secret(expected: str, given: str | None) -> None:
