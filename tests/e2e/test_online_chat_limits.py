@@ -21,6 +21,7 @@ from support import (
     MODEL_NAME,
     InferenceClient,
     batch_line,
+    health_status,
     signed,
     wait_until,
     write_zero_adapter,
@@ -156,19 +157,27 @@ def test_adapters_run_on_an_engine_of_their_own_while_the_base_keeps_its(  # typ
     stack, tmp_path: Path
 ) -> None:
     """With a separate LoRA engine the base model's engine has no LoRA: it answers while the
-    LoRA engine starts, and the adapter is served (chat and a batch) once that one is up."""
+    LoRA engine starts (the service is not frozen by vLLM's blocking start: its health check
+    and base-model chat answer throughout), and the adapter is served (chat and a batch) once
+    that one is up."""
     client = stack.client()
+    stalls: list[str] = []
+
+    def adapter_served() -> httpx.Response | None:
+        # A probe's budget: Kubernetes restarts a pod whose health check keeps timing out.
+        if (status := health_status(stack.inference.address, "readiness", 5.0)) != "SERVING":
+            stalls.append(f"health check: {status}")
+        if (base := _chat(stack.gateway.url, KEY_A, max_tokens=4)).status_code != 200:
+            stalls.append(f"base chat: {base.status_code} {base.text}")
+        r = _chat(stack.gateway.url, KEY_A, name, max_tokens=4)
+        return r if r.status_code == 200 else None
+
     with registered_adapter(stack, tmp_path / "adapter", "own") as name:
-        assert _chat(stack.gateway.url, KEY_A, max_tokens=4).status_code == 200
-        served = wait_until(
-            lambda: (
-                (r := _chat(stack.gateway.url, KEY_A, name, max_tokens=4)).status_code == 200 and r
-            ),
-            240,
-            1.0,
-            "the adapter served",
-        )
+        served = wait_until(adapter_served, 240, 1.0, "the adapter served")
         assert served.json()["model"] == name
+        log = stack.inference.log_path.read_text()
+        assert '"starting the LoRA engine"' in log and '"LoRA engine ready"' in log
+        assert not stalls, stalls
         lines = [batch_line(f"a-{i}", "Say hi.", max_tokens=4) for i in range(3)]
         for line in lines:
             line["body"]["model"] = name  # type: ignore[index]

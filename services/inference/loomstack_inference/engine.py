@@ -14,6 +14,7 @@ import logging
 import shlex
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,34 +135,63 @@ class _Backend:
     client: Any = None
     chat: Any = None
     serving_models: Any = None
-    context: Any = None
+    shutdown_timeout: float | None = None
+    starter: Executor | None = None
 
-    async def start(self, argv: list[str]) -> None:
+    async def start(self, argv: list[str], starter: Executor | None = None) -> None:
+        """Starts the engine; with `starter`, vLLM's blocking start (config, spawning the
+        engine core, loading the model, the warm-up: a minute on CPU) runs in that thread, so
+        the service keeps answering meanwhile (a LoRA engine starting beside a serving one)."""
         from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
         from vllm.entrypoints.launchers.run_batch import make_arg_parser
-        from vllm.usage.usage_lib import UsageContext
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        engine_args = AsyncEngineArgs.from_cli_args(args)
         # Its engine-core and worker processes die with this process (engine_processes.py).
         engine_processes.mark_owner()
-        # vLLM sizes its scheduler by usage context: only LLM_CLASS gets the offline batch
-        # sizes (on CPU 256 sequences / 4,096 tokens a step, against 128 / 2,048 for every
-        # other context); an engine that runs batches wants those, as `LLM.chat` has them. The
-        # context changes nothing else but usage statistics. engine_args may set both.
-        self.context = build_async_engine_client(args, usage_context=UsageContext.LLM_CLASS)
-        self.client = await self.context.__aenter__()
+        if starter is None:
+            self.client = self._create(engine_args)
+        else:
+            loop = asyncio.get_running_loop()
+            self.client = await loop.run_in_executor(starter, self._create, engine_args)
+            self.starter = starter
+        await self.client.reset_mm_cache()
         state = State()
         await init_app_state(self.client, state, args, await self.client.get_supported_tasks())
         self.chat = state.openai_serving_chat
         self.serving_models = state.openai_serving_models
 
+    def _create(self, engine_args: Any) -> Any:
+        """vLLM's `AsyncLLM`, as its API server builds one (`build_async_engine_client`)."""
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # vLLM sizes its scheduler by usage context: only LLM_CLASS gets the offline batch
+        # sizes (on CPU 256 sequences / 4,096 tokens a step, against 128 / 2,048 for every
+        # other context); an engine that runs batches wants those, as `LLM.chat` has them. The
+        # context changes nothing else but usage statistics. engine_args may set both.
+        config = engine_args.create_engine_config(usage_context=UsageContext.LLM_CLASS)
+        self.shutdown_timeout = config.shutdown_timeout
+        return AsyncLLM.from_vllm_config(
+            vllm_config=config,
+            usage_context=UsageContext.LLM_CLASS,
+            enable_log_requests=engine_args.enable_log_requests,
+            aggregate_engine_logging=engine_args.aggregate_engine_logging,
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+
     async def close(self) -> None:
-        if self.context is not None:
-            context, self.context = self.context, None
-            await context.__aexit__(None, None, None)
+        if self.client is not None:
+            client, self.client = self.client, None
+            if self.starter is None:
+                client.shutdown(timeout=self.shutdown_timeout)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.starter, lambda: client.shutdown(timeout=self.shutdown_timeout)
+                )
 
 
 class VllmEngine:
@@ -212,6 +242,10 @@ class VllmEngine:
         self._lora: _Backend | None = None  # the backend that serves adapters, once up
         self._lora_start: asyncio.Task[None] | None = None
         self._lora_stop: asyncio.Task[None] | None = None
+        # The LoRA engine starts and stops in this thread while the base engine serves. One
+        # thread for the process's life: the engine core's parent-death signal
+        # (engine_processes.py) follows the thread that spawned it, so that thread must not end.
+        self._lora_starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-engine")
         self._no_adapters_since: float | None = None
 
     # -- configuration -------------------------------------------------------------------------
@@ -308,7 +342,7 @@ class VllmEngine:
     async def _start_lora(self) -> None:
         backend = _Backend(lora=True)
         try:
-            await backend.start(self._argv(lora=True))
+            await backend.start(self._argv(lora=True), self._lora_starter)
         except Exception:
             log.exception("the LoRA engine failed to start")
             with contextlib.suppress(Exception):
