@@ -14,6 +14,7 @@ import uvicorn
 from loomstack_kit.json_logging import configure_logging
 
 from .app import create_app
+from .direct_routes import DirectRouteError
 from .settings import GatewaySettings
 
 log = logging.getLogger("loomstack_gateway")
@@ -34,9 +35,10 @@ def serve(settings: GatewaySettings) -> None:
     """Serves until SIGTERM/SIGINT (uvicorn drains in-flight requests first)."""
     try:
         app = create_app(settings)
-    except ValueError as exc:
-        # A configuration the gateway cannot run with (an unusable key list, a bad limit store):
-        # say what is wrong and stop, before listening.
+    except (ValueError, DirectRouteError) as exc:
+        # A configuration the gateway cannot run with (an unusable key list, a bad limit store,
+        # a route marked @direct that the direct layer cannot serve): say what is wrong and
+        # stop, before listening.
         log.error("cannot start the gateway: %s", exc)
         raise SystemExit(2) from None
     try:

@@ -4,7 +4,7 @@ Middleware is pure ASGI so that the hot path pays a few function calls, not a
 `BaseHTTPMiddleware` task per request. From the outside in: request ids (every response, a
 refusal too, carries `x-request-id`), metrics, body limits (`body_limits.py`), auth, the per-key
 rate and concurrency limits (`key_limits.py`, after auth: they count keys), then the direct
-routes: routes that take only path parameters skip FastAPI's request handling (see
+routes: the few polled routes marked `@direct` skip FastAPI's request handling (see
 `direct_routes.py`).
 """
 
@@ -24,7 +24,7 @@ from loomstack_kit.tracing import configure_tracing
 
 from .auth import ApiKeys, AuthMiddleware
 from .body_limits import BodyLimits
-from .direct_routes import DirectRoutes
+from .direct_routes import DirectRoutes, check_direct_routes, direct
 from .http_errors import error_response, install_error_handlers
 from .key_limits import KeyLimits, request_window
 from .metrics import GatewayMetrics, MetricsMiddleware
@@ -90,10 +90,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(admin_router(open_admin(settings)))
 
     @app.get("/healthz", tags=["health"], summary="The process answers")
+    @direct
     async def healthz() -> Response:
         return OrjsonResponse({"status": "ok"})
 
     @app.get("/readyz", tags=["health"], summary="The inference service is ready")
+    @direct
     async def readyz(request: Request) -> Response:
         ready, why = await inference.ready(settings.ready_timeout_seconds)
         if not ready:
@@ -111,7 +113,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_api_route(
         "/metrics", metrics.endpoint, methods=["GET"], tags=["health"], include_in_schema=False
     )
-    # Added first, so innermost: every other layer wraps the direct routes too.
+    # A route marked @direct that the layer cannot serve stops the app here, not at its first
+    # request. Added first, so innermost: every other layer wraps the direct routes too.
+    check_direct_routes(app.routes)
     app.add_middleware(DirectRoutes, fastapi_app=app)
     app.add_middleware(
         KeyLimits,

@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .direct_routes import direct
+
 UNMATCHED = "unmatched"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -50,6 +52,7 @@ class GatewayMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    @direct
     async def endpoint(self, request: Request) -> Response:
         """`GET /metrics` in Prometheus' text format."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

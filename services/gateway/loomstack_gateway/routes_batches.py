@@ -12,6 +12,7 @@ from loomstack.inference.v1 import batches_pb2
 
 from . import openai_shapes
 from .auth import caller_of
+from .direct_routes import direct
 from .request_fields import Int32, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
@@ -70,6 +71,7 @@ def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter
         return OrjsonResponse(openai_shapes.batch_list(resp))
 
     @router.get("/{batch_id}", summary="Retrieve a batch")
+    @direct
     async def get_batch(request: Request, batch_id: str) -> Response:
         resp = await inference.batches.GetBatch(
             batches_pb2.GetBatchRequest(batch_id=batch_id),

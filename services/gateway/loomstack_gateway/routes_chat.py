@@ -17,6 +17,7 @@ from loomstack.inference.v1 import chat_pb2
 from loomstack_kit.errors import InvalidArgument, openai_error_body
 
 from .auth import caller_of
+from .direct_routes import direct
 from .http_errors import upstream_error
 from .settings import GatewaySettings
 from .upstream import Inference, prefetched
@@ -69,6 +70,7 @@ def chat_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
     router = APIRouter(prefix="/v1/chat", tags=["chat"])
 
     @router.post("/completions", summary="Create a chat completion", openapi_extra=_CHAT_DOC)
+    @direct
     async def create_chat_completion(request: Request) -> Response:
         raw = await request.body()
         metadata = caller_of(request).metadata

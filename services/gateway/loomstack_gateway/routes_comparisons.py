@@ -20,6 +20,7 @@ from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
 
 from .auth import caller_of
+from .direct_routes import direct
 from .request_fields import NonNegativeInt32, NonNegativeInt64, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
@@ -185,6 +186,7 @@ def comparisons_router(training: Training, settings: GatewaySettings) -> APIRout
         )
 
     @router.get("/{comparison_id}", summary="Retrieve a comparison")
+    @direct
     async def get_comparison(request: Request, comparison_id: str) -> Response:
         resp = await training.comparisons.GetComparison(
             training_pb2.GetComparisonRequest(comparison_id=comparison_id),

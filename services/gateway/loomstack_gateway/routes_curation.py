@@ -21,6 +21,7 @@ from loomstack.inference.v1 import files_pb2
 from loomstack_kit.errors import NotFound
 
 from .auth import caller_of
+from .direct_routes import direct
 from .request_fields import NonNegativeInt32, PositiveInt64, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
@@ -154,6 +155,7 @@ def curation_router(
     timeout = settings.upstream_timeout_seconds
 
     @router.get("/schemas", summary="List task schemas")
+    @direct
     async def list_schemas(request: Request) -> Response:
         resp = await curation.schemas.ListSchemas(
             curation_pb2.ListSchemasRequest(page_size=1000),
@@ -298,6 +300,7 @@ def curation_router(
         )
 
     @router.get("/imports/{batch_id}", summary="The import of one batch")
+    @direct
     async def get_import(request: Request, batch_id: str) -> Response:
         resp = await curation.imports.GetImport(
             curation_pb2.GetImportRequest(batch_id=batch_id),
@@ -353,6 +356,7 @@ def curation_router(
         )
 
     @router.get("/snapshots/{snapshot_id}", summary="Retrieve a dataset snapshot")
+    @direct
     async def get_snapshot(request: Request, snapshot_id: str) -> Response:
         resp = await curation.snapshots.GetSnapshot(
             curation_pb2.GetSnapshotRequest(snapshot_id=snapshot_id),

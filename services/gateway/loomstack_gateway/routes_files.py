@@ -15,6 +15,7 @@ from loomstack_kit.errors import InvalidArgument
 
 from . import openai_shapes
 from .auth import caller_of
+from .direct_routes import direct
 from .multipart_stream import MultipartStream
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
@@ -96,6 +97,7 @@ def files_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
         return OrjsonResponse(openai_shapes.file_list(resp))
 
     @router.get("/{file_id}", summary="Retrieve a file")
+    @direct
     async def get_file(request: Request, file_id: str) -> Response:
         resp = await inference.files.GetFile(
             files_pb2.GetFileRequest(file_id=file_id),
@@ -119,6 +121,7 @@ def files_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
         response_class=StreamingResponse,
         responses={200: _CONTENT_DOC},
     )
+    @direct
     async def file_content(request: Request, file_id: str) -> Response:
         call = inference.files.DownloadFileContent(
             files_pb2.DownloadFileContentRequest(file_id=file_id),

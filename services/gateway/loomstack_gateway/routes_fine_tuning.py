@@ -21,6 +21,7 @@ from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
 
 from .auth import caller_of
+from .direct_routes import direct
 from .request_fields import Int64, RequestBody
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
@@ -271,6 +272,7 @@ def fine_tuning_router(training: Training, settings: GatewaySettings) -> APIRout
         return OrjsonResponse(_list([job_object(j) for j in resp.jobs], bool(resp.next_page_token)))
 
     @router.get("/{job_id}", summary="Retrieve a fine-tuning job")
+    @direct
     async def get_job(request: Request, job_id: str) -> Response:
         resp = await training.jobs.GetFineTuningJob(
             training_pb2.GetFineTuningJobRequest(job_id=job_id),

@@ -9,6 +9,7 @@ from loomstack.inference.v1 import models_pb2
 
 from . import openai_shapes
 from .auth import caller_of
+from .direct_routes import direct
 from .responses import OrjsonResponse
 from .settings import GatewaySettings
 from .upstream import Inference
@@ -20,6 +21,7 @@ def models_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
     timeout = settings.upstream_timeout_seconds
 
     @router.get("", summary="List models")
+    @direct
     async def list_models(request: Request) -> Response:
         resp = await inference.models.ListModels(
             models_pb2.ListModelsRequest(), metadata=caller_of(request).metadata, timeout=timeout
@@ -28,6 +30,7 @@ def models_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
 
     # `:path`: model ids may contain slashes (`org/name`).
     @router.get("/{model_id:path}", summary="Retrieve a model")
+    @direct
     async def get_model(request: Request, model_id: str) -> Response:
         resp = await inference.models.GetModel(
             models_pb2.GetModelRequest(model_id=model_id),
