@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from labelstudio_fixtures import (  # noqa: F401 — fixtures and hooks of the whole session
     label_studio,
     label_studio_server,

@@ -317,7 +317,6 @@ def test_the_gateway_serves_curation(
     service: CurationProcess, inference_api: Any, tmp_path: Path
 ) -> None:
     """`/v1/curation/...` through the real gateway: an admin key, and another project's."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
     from gateway_stack import KEY_ADMIN, KEY_B, start_gateway, stop
 
     gateway = start_gateway(

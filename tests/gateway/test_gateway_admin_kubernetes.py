@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import ssl
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -24,15 +23,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import helm_chart
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
 from loomstack_gateway.app import create_app
 from loomstack_gateway.settings import GatewaySettings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helm"))
-import helm_chart
 
 NAMESPACE = "loomstack"
 TOKEN = "stand-in-service-account-token"

@@ -3,15 +3,12 @@ real training service process whose trainers run in the Unsloth environment."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from training_support import TRAINER_PYTHON, GatewayProcess, TrainingClient, TrainingProcess
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import helm_chart
 import pytest
 import yaml
 
@@ -36,9 +36,6 @@ from loomstack_training.promotion import Promotion
 from loomstack_training.runner_kubernetes import KubernetesRunner, api_client
 from loomstack_training.settings import TrainingSettings
 from loomstack_training.validation import Hyperparameters
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helm"))
-import helm_chart
 
 NAMESPACE = "loomstack"
 TOKEN = "stand-in-training-token"
