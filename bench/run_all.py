@@ -308,6 +308,34 @@ def _verify_output(content: bytes, n: int, max_tokens: int) -> dict[str, Any]:
     }
 
 
+def _stack_adapter_batches(
+    cfg: Config, work: Workdir, inference: Service, client: OpenAI, results: dict[str, Any]
+) -> None:
+    """Fine-tuned models on the stack: an adapter batch, then base + adapter at once. Each
+    result is recorded as it finishes, so a later failure keeps the earlier figures."""
+    adapter_dir = lora.blank_adapter(cfg.out / "blank-adapter")
+    say("stack: registering the benchmark adapter, waiting until an engine serves it")
+    results["adapter_served_seconds"] = round(lora.register_adapter(inference, adapter_dir), 1)
+    say("stack: a batch on the adapter")
+    results["adapter"] = lora.run_batches(
+        client,
+        work.path,
+        {"adapter": lora.ADAPTER_NAME},
+        cfg.requests,
+        cfg.max_tokens,
+        inference,
+    )
+    say("stack: a base batch and an adapter batch at once")
+    results["mixed"] = lora.run_batches(
+        client,
+        work.path,
+        {"base": MODEL_NAME, "adapter": lora.ADAPTER_NAME},
+        cfg.requests // 2,
+        cfg.max_tokens,
+        inference,
+    )
+
+
 def scenario_stack(
     cfg: Config, raw: dict[str, Any] | None, raw_lora: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -387,30 +415,12 @@ def scenario_stack(
 
         # Fine-tuned models on the same stack: an adapter batch, then base + adapter at once.
         adapter_results: dict[str, Any] = {}
-        if cfg.lora:
-            adapter_dir = lora.blank_adapter(cfg.out / "blank-adapter")
-            say("stack: registering the benchmark adapter, waiting until an engine serves it")
-            adapter_results["adapter_served_seconds"] = round(
-                lora.register_adapter(inference, adapter_dir), 1
-            )
-            say("stack: a batch on the adapter")
-            adapter_results["adapter"] = lora.run_batches(
-                client,
-                work.path,
-                {"adapter": lora.ADAPTER_NAME},
-                cfg.requests,
-                cfg.max_tokens,
-                inference,
-            )
-            say("stack: a base batch and an adapter batch at once")
-            adapter_results["mixed"] = lora.run_batches(
-                client,
-                work.path,
-                {"base": MODEL_NAME, "adapter": lora.ADAPTER_NAME},
-                cfg.requests // 2,
-                cfg.max_tokens,
-                inference,
-            )
+        try:
+            if cfg.lora:
+                _stack_adapter_batches(cfg, work, inference, client, adapter_results)
+        except Exception as exc:  # the base batch's figures stay; the summary names the failure
+            say(f"stack: the adapter batches failed: {exc!r}")
+            adapter_results["adapter_error"] = f"{type(exc).__name__}: {exc}"
         engine_settings = lora.engine_settings(inference.log_path)
 
     def rate(seconds: float | None) -> float | None:
@@ -1132,6 +1142,8 @@ def _lora_rows(results: dict[str, Any]) -> list[str]:
             f"raw with LoRA **{r.get('ratio_to_raw_lora', 'n/a')}**; lines ok: {r['ok']}) "
             f"| {goal} |"
         )
+    if "adapter_error" in stack:
+        rows.append(f"| stack | adapter batches | failed: {stack['adapter_error']} | **MISSED** |")
     if "adapter_served_seconds" in stack:
         rows.append(
             f"| stack | adapter registered → served | {stack['adapter_served_seconds']} s | |"
