@@ -11,6 +11,7 @@ import socket
 
 import uvicorn
 
+from loomstack_kit.grpc_core import require_defaults
 from loomstack_kit.json_logging import configure_logging
 
 from .app import create_app
@@ -69,6 +70,7 @@ def serve(settings: GatewaySettings) -> None:
 
 def main() -> None:
     """Console entry point."""
+    require_defaults()  # GRPC_EXPERIMENTS took effect (grpc_core.py)
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_json)
     serve(settings)

@@ -15,16 +15,19 @@ from prometheus_client import start_http_server
 from loomstack.inference.v1 import batches_pb2_grpc, chat_pb2_grpc, files_pb2_grpc, models_pb2_grpc
 from loomstack_kit.blobstore import open_blob_store
 from loomstack_kit.database import create_db_engine, migrate
+from loomstack_kit.grpc_core import require_defaults
 from loomstack_kit.identity import IdentitySigner
 from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
 
 from .adapters import AdapterCache
+from .background import maintain_batches, start_engine_then_run
 from .batches import Batches
 from .engine import VllmEngine
 from .files import FileStore
 from .leases import LeaseQueue, release_previous_leases
+from .metrics import InferenceMetrics
 from .registry import Registry
 from .runner import Runner
 from .servicer import BatchServicer, ChatServicer, FileServicer, ModelServicer
@@ -46,6 +49,7 @@ async def serve(settings: InferenceSettings) -> None:
         db, files, shard_lines=settings.shard_lines, max_lines=settings.max_batch_lines
     )
     registry = Registry(db)
+    metrics = InferenceMetrics()
     is_api, is_engine = settings.has_role("api"), settings.has_role("engine")
 
     vllm: VllmEngine | None = None
@@ -94,6 +98,7 @@ async def serve(settings: InferenceSettings) -> None:
                 registry,
                 settings=settings,
                 signer=IdentitySigner(settings.secret(), "inference"),
+                metrics=metrics,
                 max_online_requests=settings.max_online_requests,
                 engine_tls_server_name=settings.engine_tls_server_name,
             ),
@@ -113,7 +118,7 @@ async def serve(settings: InferenceSettings) -> None:
     server.install_signal_handlers()
     if settings.metrics_port:
         try:
-            start_http_server(settings.metrics_port, addr=settings.host)
+            start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
         except OSError as exc:  # metrics are not worth refusing to serve batches
             log.warning("metrics server not started", extra={"error": str(exc)})
 
@@ -127,7 +132,7 @@ async def serve(settings: InferenceSettings) -> None:
             settings.max_model_len,
         )
     if is_api:
-        tasks.append(asyncio.create_task(_maintenance(batches, settings.poll_seconds)))
+        tasks.append(asyncio.create_task(maintain_batches(batches, settings.poll_seconds, metrics)))
     if not is_engine:
         await server.set_started()
         await server.set_ready(True)
@@ -140,8 +145,18 @@ async def serve(settings: InferenceSettings) -> None:
         queue = LeaseQueue(db, f"{engine_id}:{uuid.uuid4().hex[:8]}", settings.lease_seconds)
         assert vllm is not None
         adapter_cache = AdapterCache(files, settings.home / "adapters", max_bytes=8 * 1024**3)
-        runner = Runner(settings, queue, vllm, batches, registry, engine_id, address, adapter_cache)
-        tasks.append(asyncio.create_task(_start_engine(server, vllm, runner)))
+        runner = Runner(
+            settings,
+            queue,
+            vllm,
+            batches,
+            registry,
+            engine_id,
+            address,
+            adapter_cache,
+            metrics=metrics,
+        )
+        tasks.append(asyncio.create_task(start_engine_then_run(server, vllm, runner)))
     try:
         await server.wait_for_stop()
     finally:
@@ -153,43 +168,12 @@ async def serve(settings: InferenceSettings) -> None:
         db.dispose()
 
 
-async def _start_engine(server: GrpcServer, vllm: VllmEngine, runner: Runner) -> None:
-    try:
-        await vllm.start()
-    except Exception:
-        log.exception("engine failed to start")
-        server.request_stop()
-        raise
-    runner.ready = True
-    await server.set_started()
-    await server.set_ready(True)
-    await runner.run()
-
-
-async def _maintenance(batches: Batches, interval: float) -> None:
-    """Finalizes cancelled, expired and stale batches, whatever the runners are doing."""
-    from .metrics import BATCHES_FINALIZED, QUEUE_DEPTH
-
-    seen: set[str] = set()
-    while True:
-        try:
-            depth = await asyncio.to_thread(batches.queue_depth)
-            seen |= depth.keys()
-            for model in seen:
-                QUEUE_DEPTH.labels(model).set(depth.get(model, 0))
-            for batch_id, status in await asyncio.to_thread(batches.maintain):
-                BATCHES_FINALIZED.labels(status).inc()
-                log.info("batch finalized", extra={"batch_id": batch_id, "status": status})
-        except Exception:
-            log.exception("maintenance pass failed")
-        await asyncio.sleep(interval)
-
-
 def main() -> None:
     """Console entry point: `serve` (the default) or `migrate` (schema only, then exit).
 
     `migrate` is what the Helm chart's pre-install/pre-upgrade hook Job runs.
     """
+    require_defaults()  # GRPC_EXPERIMENTS took effect (grpc_core.py)
     import sys
 
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"

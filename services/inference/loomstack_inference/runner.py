@@ -19,7 +19,7 @@ from .adapters import AdapterCache
 from .batches import Batches
 from .engine import VllmEngine
 from .leases import Lease, LeaseQueue, PendingLine, ResultRow
-from .metrics import BATCHES_FINALIZED, INFLIGHT, INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS, THROUGHPUT
+from .metrics import InferenceMetrics
 from .registry import Registry
 from .settings import InferenceSettings
 from .throughput import SustainedRate
@@ -52,8 +52,11 @@ class Runner:
         engine_id: str,
         address: str,
         adapter_cache: AdapterCache | None = None,
+        *,
+        metrics: InferenceMetrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.adapter_cache = adapter_cache
         self._fetches: dict[str, asyncio.Task[str]] = {}
         self.queue = queue
@@ -114,11 +117,11 @@ class Runner:
 
     async def _one(self, run: _ShardRun, line: PendingLine) -> None:
         async with self._slots:
-            INFLIGHT.inc()
+            self.metrics.inflight.inc()
             try:
                 outcome = await self.engine.run_line(line.custom_id, line.body_json)
             finally:
-                INFLIGHT.dec()
+                self.metrics.inflight.dec()
         if run.abandoned:
             return
         run.buffer.append(
@@ -135,9 +138,9 @@ class Runner:
         run.remaining -= 1
         self._throughput.finished(outcome.output_tokens)
         model = run.lease.model
-        REQUESTS.labels(model, "completed" if outcome.ok else "failed").inc()
-        OUTPUT_TOKENS.labels(model).inc(outcome.output_tokens)
-        INPUT_TOKENS.labels(model).inc(outcome.input_tokens)
+        self.metrics.requests.labels(model, "completed" if outcome.ok else "failed").inc()
+        self.metrics.output_tokens.labels(model).inc(outcome.output_tokens)
+        self.metrics.input_tokens.labels(model).inc(outcome.input_tokens)
         if len(run.buffer) >= self.settings.flush_lines:
             run.flush_now.set()
         if run.remaining < self.max_inflight:
@@ -196,7 +199,7 @@ class Runner:
         if state in ("done", "stopped"):
             final = await asyncio.to_thread(self.batches.try_finalize, lease.batch_id)
             if final:
-                BATCHES_FINALIZED.labels(final).inc()
+                self.metrics.batches_finalized.labels(final).inc()
                 log.info("batch finalized", extra={"batch_id": lease.batch_id, "status": final})
 
     # -- heartbeat and stop --------------------------------------------------------------------
@@ -253,7 +256,7 @@ class Runner:
             if self.engine.lora_enabled:
                 await self._refresh_adapters()
             tps, rps = self._throughput.rates()
-            THROUGHPUT.set(tps)
+            self.metrics.throughput.set(tps)
             try:
                 await asyncio.to_thread(self.queue.renew_all)
                 await asyncio.to_thread(

@@ -37,7 +37,7 @@ from .adapters import is_file_source
 from .batches import Batches, BatchView
 from .engine import EngineRequestError, VllmEngine
 from .files import ADAPTER_PURPOSE, FileRecord, FileStore
-from .metrics import ONLINE_INFLIGHT, ONLINE_REFUSED
+from .metrics import InferenceMetrics
 from .registry import ModelInfo, Registry
 
 _STATUS = {
@@ -369,10 +369,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         *,
         settings: ServiceSettings,
         signer: IdentitySigner,
+        metrics: InferenceMetrics,
         max_online_requests: int = 64,
         engine_tls_server_name: str = "",
     ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.ready = ready
         self.registry = registry
         self.settings = settings
@@ -389,7 +391,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         engine answers "retry shortly" instead of queueing without bound (batch lines have
         slots of their own in the runner)."""
         if self._online >= self.max_online_requests:
-            ONLINE_REFUSED.inc()
+            self.metrics.online_refused.inc()
             raise Unavailable(
                 f"the engine is answering {self.max_online_requests} online requests already; "
                 "retry shortly",
@@ -397,12 +399,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 retry_after=1.0,
             )
         self._online += 1
-        ONLINE_INFLIGHT.inc()
+        self.metrics.online_inflight.inc()
         try:
             yield
         finally:
             self._online -= 1
-            ONLINE_INFLIGHT.dec()
+            self.metrics.online_inflight.dec()
 
     @staticmethod
     def _model(request_json: bytes) -> str:

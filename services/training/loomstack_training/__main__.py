@@ -10,6 +10,7 @@ from pathlib import Path
 from loomstack.training.v1 import training_pb2_grpc
 from loomstack_kit.blobstore import open_blob_store
 from loomstack_kit.database import create_db_engine, migrate
+from loomstack_kit.grpc_core import require_defaults
 from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
@@ -168,6 +169,7 @@ async def serve(settings: TrainingSettings) -> None:
 
 def main() -> None:
     """Console entry point: `serve` (the default) or `migrate` (schema only, then exit)."""
+    require_defaults()  # GRPC_EXPERIMENTS took effect (grpc_core.py)
     import sys
 
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
