@@ -24,25 +24,19 @@ import httpx
 import pytest
 from curation_support import (
     CurationProcess,
+    finish_batch,
     input_line,
-    output_line,
     ticket,
-    ticket_answer,
 )
 from google.protobuf.timestamp_pb2 import Timestamp
 from label_studio_sdk.client import LabelStudio
-from support import MODEL_NAME, InferenceClient, signed, wait_until
+from support import InferenceClient, signed, wait_until
 
 from loomstack.curation.v1 import curation_pb2, curation_pb2_grpc
 from loomstack_curation.labelstudio_server import LabelStudioServer, free_port
 from loomstack_curation.predictions import regions
 from loomstack_curation.registry import TaskRegistry
 from loomstack_curation.webhook import SECRET_HEADER
-from loomstack_inference.batches import Batches
-from loomstack_inference.files import FileStore
-from loomstack_inference.leases import LeaseQueue, ResultRow
-from loomstack_kit.blobstore import FilesystemBlobStore
-from loomstack_kit.database import create_db_engine
 
 pytestmark = pytest.mark.labelstudio
 SECRET = "s3cret-webhook-value"
@@ -58,34 +52,6 @@ class Stubs:
         self.tasks = curation_pb2_grpc.TaskServiceStub(self.channel)
         self.imports = curation_pb2_grpc.ImportServiceStub(self.channel)
         self.snapshots = curation_pb2_grpc.SnapshotServiceStub(self.channel)
-
-
-def finish_batch(home: Path, batch_id: str, failed: set[int]) -> None:
-    """Runs the batch's shards the way an engine would, with prepared answers, and finalizes."""
-    engine = create_db_engine(f"sqlite:///{home / 'inference.db'}")
-    files = FileStore(engine, FilesystemBlobStore(home / "blobs"), 10**9)
-    batches = Batches(engine, files, shard_lines=1000, max_lines=50_000)
-    queue = LeaseQueue(engine, "test-engine:1", 60)
-    while (lease := queue.claim([MODEL_NAME])) is not None:
-        rows = []
-        for line in queue.pending_lines(lease):
-            i = int(line.custom_id[1:])
-            content = None if i in failed else ticket_answer(i)
-            rows.append(
-                ResultRow(
-                    line.line_no,
-                    line.custom_id,
-                    content is not None,
-                    json.dumps(output_line(line.custom_id, content)),
-                    5,
-                    0,
-                    7,
-                )
-            )
-        assert queue.commit(lease, rows).still_owned
-        queue.complete(lease)
-    batches.try_finalize(batch_id)
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,11 @@ class InferenceStack:
     def address(self) -> str:
         return str(self.api.address)
 
+    @property
+    def spans(self) -> Path:
+        """Where the api role (and the training service beside it) export their spans."""
+        return Path(self.api.home) / "spans.jsonl"
+
     def wait_ready(self, timeout: float) -> None:
         self.engine.wait_ready(timeout)
 
@@ -45,7 +50,14 @@ def training_inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inf
     from support import InferenceProcess
 
     home = tmp_path_factory.mktemp("training-inference")
-    api = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
+    # Traced, as the training service is: an eval gate is one trace across both.
+    api = InferenceProcess(
+        home,
+        roles="api",
+        name="inference-api",
+        env={"LOOMSTACK_INFERENCE_OTEL_EXPORTER": f"jsonl:{home / 'spans.jsonl'}"},
+    )
+    api.start().wait_ready(120)
     engine = InferenceProcess(
         home,
         roles="engine",
@@ -80,7 +92,10 @@ def training_service(
 ) -> Iterator[TrainingProcess]:
     """A real training service process (SQLite, filesystem blobs) on an ephemeral port."""
     home = tmp_path_factory.mktemp("training")
-    process = TrainingProcess(home, training_inference.address).start()  # type: ignore[attr-defined]
+    stack: InferenceStack = training_inference  # type: ignore[assignment]
+    process = TrainingProcess(
+        home, stack.address, LOOMSTACK_TRAINING_OTEL_EXPORTER=f"jsonl:{stack.spans}"
+    ).start()
     try:
         yield process
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,8 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
     with LoRA settings in method.supervised.hyperparameters; a real Unsloth run; a chat request
     sent the instant the job succeeds is answered with the adapter (the trained answer); the
     adapter is a model in GET /v1/models, and a batch naming it is answered with it too while
-    the base model answers otherwise."""
+    the base model answers otherwise. The eval gate is one trace across the training and the
+    inference service."""
     openai = gateway.client()
     train = openai.files.create(file=("train.jsonl", jsonl(examples(16))), purpose="fine-tune")
     held_out = openai.files.create(file=("val.jsonl", jsonl(examples(2))), purpose="fine-tune")
@@ -154,6 +156,33 @@ def test_job_through_the_openai_client_trains_registers_and_serves(
         for row in map(json.loads, output.splitlines())
     ]
     assert len(answers) == 2 and all("eleven ducks" in a for a in answers)
+    _assert_the_eval_gate_was_one_trace(training_inference.spans, job.id)  # type: ignore[attr-defined]
+
+
+def _assert_the_eval_gate_was_one_trace(spans_file: Path, job_id: str) -> None:
+    """The gate's span (training) parents its gRPC client calls to the inference service
+    (the candidate's registration, both batches: upload, create, polls, output reads, the
+    candidate's deletion), and the inference service's server span of each is their child."""
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines() if line.strip()]
+    gate = next(
+        s
+        for s in spans
+        if s["name"] == "training.eval_gate" and s["attributes"].get("loomstack.job_id") == job_id
+    )
+    assert gate["service"] == "loomstack-training" and gate["parent_id"] is None
+    trace = [s for s in spans if s["trace_id"] == gate["trace_id"]]
+    clients = {
+        s["span_id"]: s
+        for s in trace
+        if s["parent_id"] == gate["span_id"] and "loomstack.inference.v1." in s["name"]
+    }
+    names = {s["name"].rsplit("/", 1)[-1] for s in clients.values()}
+    assert {"CreateModel", "UploadFile", "CreateBatch", "GetBatch"} <= names, names
+    assert {"DownloadFileContent", "DeleteModel"} <= names, names
+    servers = [
+        s for s in trace if s["service"] == "loomstack-inference" and s["parent_id"] in clients
+    ]
+    assert {s["parent_id"] for s in servers} == set(clients), "each call has its server span"
 
 
 def test_bad_requests_through_the_openai_client(gateway: GatewayProcess) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import grpc
 
 from .settings import ServiceSettings
-from .tracing import client_interceptors, sync_client_interceptors
+from .tracing import client_interceptors, trace_channel
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 Options = Sequence[tuple[str, int | str]]
@@ -71,5 +71,4 @@ def open_channel(
         channel = grpc.insecure_channel(address, options=opts)
     else:
         channel = grpc.secure_channel(address, credentials, options=opts)
-    interceptors = sync_client_interceptors()
-    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+    return trace_channel(channel)

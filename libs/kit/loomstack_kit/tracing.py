@@ -109,10 +109,14 @@ def instrument_sqlalchemy(engine: Any) -> None:
     SQLAlchemyInstrumentor().instrument(engine=engine)
 
 
-def sync_client_interceptors() -> list[Any]:
-    """The same for a blocking channel (`grpc.intercept_channel`)."""
+def trace_channel(channel: Any) -> Any:
+    """A blocking channel that propagates the current trace (the channel itself when tracing is
+    off). OpenTelemetry's blocking client interceptor is not one of grpc's interceptor classes:
+    it is applied with its own `grpcext.intercept_channel`, never `grpc.intercept_channel`
+    (which refuses it with a TypeError)."""
     if not _configured:
-        return []
+        return channel
     from opentelemetry.instrumentation.grpc import client_interceptor
+    from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
-    return [client_interceptor()]
+    return intercept_channel(channel, client_interceptor())

@@ -1,17 +1,17 @@
 """Entry point: settings → dependencies → servers. `python -m loomstack_curation`.
 
-One process serves the gRPC API, the HTTP endpoints Label Studio calls (webhook, ML backend)
-and runs three loops: the batch event feed consumer, the import queue worker and the periodic
-annotation reconcile (which first forgets mapped Label Studio projects that are gone,
-lost_projects.py, and moves tasks recorded in another project's Label Studio project,
-relocation.py). Without Label Studio configured the API still serves (schemas, renders,
-snapshots of what is recorded) and imports wait in the queue.
+One process serves the gRPC API, the HTTP endpoints Label Studio calls (webhook, ML backend;
+http_server.py) and runs the loops of loops.py: the batch event feed consumer, the import
+queue worker, the periodic annotation reconcile (which first forgets mapped Label Studio
+projects that are gone, lost_projects.py, and moves tasks recorded in another project's Label
+Studio project, relocation.py) and the projects' tidying at start. Without Label Studio
+configured the API still serves (schemas, renders, snapshots of what is recorded) and imports
+wait in the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import uvicorn
 
 from loomstack.curation.v1 import curation_pb2_grpc
 from loomstack_kit.database import create_db_engine, migrate
-from loomstack_kit.errors import NotFound
+from loomstack_kit.grpc_core import require_defaults
 from loomstack_kit.json_logging import configure_logging
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
@@ -28,12 +28,13 @@ from .annotations import AnnotationStore
 from .catalog import SchemaCatalog
 from .feed import FeedConsumer
 from .http_app import create_app
-from .importer import BatchResults, Importer, QueuedImport, read_results, split_lines
+from .http_server import serve_http
+from .importer import Importer
 from .inference_client import InferenceClient
+from .loops import follow_feed, reconcile_loop, tidy_projects, work_imports
 from .ml_auth import load_credentials
 from .ml_backend import MLBackend
 from .projects import ProjectMap, connect
-from .reconcile import reconcile
 from .relocation import Relocation
 from .servicer import ImportServicer, SchemaServicer, SnapshotServicer, TaskServicer
 from .settings import CurationSettings
@@ -150,17 +151,15 @@ async def serve(settings: CurationSettings) -> None:
     server = GrpcServer(settings, registrations, on_shutdown=[stop_loops])
     await server.start()
     server.install_signal_handlers()
-    tasks.append(asyncio.create_task(_serve_http(http, settings)))
+    tasks.append(asyncio.create_task(serve_http(http, settings)))
     wake = asyncio.Event()
-    tasks.append(asyncio.create_task(_follow_feed(inference, consumer, settings, wake)))
-    tasks.append(asyncio.create_task(_work_imports(importer, catalog, inference, settings, wake)))
+    tasks.append(asyncio.create_task(follow_feed(inference, consumer, settings, wake)))
+    tasks.append(asyncio.create_task(work_imports(importer, catalog, inference, settings, wake)))
     if client is not None:
         tasks.append(
-            asyncio.create_task(
-                _reconcile_loop(client, projects, annotations, relocation, settings)
-            )
+            asyncio.create_task(reconcile_loop(client, projects, annotations, relocation, settings))
         )
-        tasks.append(asyncio.create_task(_tidy_projects(projects, catalog, relocation, settings)))
+        tasks.append(asyncio.create_task(tidy_projects(projects, catalog, relocation, settings)))
     await server.set_started()
     await server.set_ready(True)
     try:
@@ -172,146 +171,9 @@ async def serve(settings: CurationSettings) -> None:
         db.dispose()
 
 
-async def _serve_http(http: uvicorn.Server, settings: CurationSettings) -> None:
-    config = http.config
-    if not config.loaded:
-        config.load()
-    http.lifespan = config.lifespan_class(config)
-    try:
-        await http.startup()
-    except SystemExit:  # uvicorn exits the process when the port is taken; we keep serving gRPC
-        http.should_exit = True
-    if http.should_exit:
-        log.error("HTTP endpoints not started", extra={"port": settings.http_port})
-        return
-    port = http.servers[0].sockets[0].getsockname()[1]
-    if settings.http_port_file:
-        settings.http_port_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = settings.http_port_file.with_suffix(".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(settings.http_port_file)
-    log.info("HTTP endpoints listening", extra={"port": port})
-    try:
-        await http.main_loop()
-    finally:
-        await http.shutdown()
-
-
-async def _follow_feed(
-    inference: InferenceClient,
-    consumer: FeedConsumer,
-    settings: CurationSettings,
-    wake: asyncio.Event,
-) -> None:
-    """Long-polls the batch event feed from the stored cursor; queues imports."""
-    delay = settings.retry_base_seconds
-    while True:
-        try:
-            cursor = await asyncio.to_thread(consumer.cursor)
-            events = await asyncio.to_thread(
-                inference.batch_events, cursor, 100, settings.feed_wait_seconds
-            )
-            queued = await asyncio.to_thread(consumer.handle, events) if events else 0
-            if queued:
-                wake.set()
-            delay = settings.retry_base_seconds
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("batch event feed unavailable", extra={"error": str(exc), "delay": delay})
-            await asyncio.sleep(delay)
-            delay = min(settings.retry_max_seconds, delay * 2)
-
-
-async def _work_imports(
-    importer: Importer,
-    catalog: SchemaCatalog,
-    inference: InferenceClient,
-    settings: CurationSettings,
-    wake: asyncio.Event,
-) -> None:
-    """Runs due imports one at a time."""
-
-    def read(item: QueuedImport) -> BatchResults:
-        return read_results(
-            split_lines(inference.read_file(item.project, item.input_file_id)),
-            split_lines(inference.read_file(item.project, item.output_file_id)),
-        )
-
-    while True:
-        try:
-            await asyncio.to_thread(catalog.refresh)
-            due = await asyncio.to_thread(importer.due)
-            for item in due:
-                await asyncio.to_thread(importer.attempt, item, read)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("import pass failed")
-            due = []
-        if not due:
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), settings.poll_seconds)
-
-
-async def _reconcile_loop(
-    client: object,
-    projects: ProjectMap,
-    store: AnnotationStore,
-    relocation: Relocation,
-    settings: CurationSettings,
-) -> None:
-    while True:
-        await asyncio.sleep(settings.reconcile_seconds)
-        try:
-            # A project deleted in (or wiped from) Label Studio is never exported or written to.
-            await asyncio.to_thread(projects.forget_lost)
-            await asyncio.to_thread(relocation.run)
-            await asyncio.to_thread(reconcile, client, projects, store)  # type: ignore[arg-type]
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("reconcile failed", extra={"error": str(exc)})
-
-
-async def _tidy_projects(
-    projects: ProjectMap,
-    catalog: SchemaCatalog,
-    relocation: Relocation,
-    settings: CurationSettings,
-) -> None:
-    """Once at start: mapped projects Label Studio lost are forgotten (their batches imported
-    again), every other one's title names its project and carries our webhook (new projects
-    get both when they are created), and tasks recorded in another project's Label Studio
-    project are moved to their own (the reconcile loop finishes what is left)."""
-
-    def tidy() -> None:
-        # Never retitle a project id a wiped Label Studio has given to someone else.
-        projects.forget_lost()
-        for mapped in projects.all():
-            try:
-                schema = catalog.get(mapped.schema_id, mapped.schema_version)
-            except NotFound:
-                schema = None
-            if schema is not None:
-                projects.retitle(mapped, schema)
-            projects.ensure_webhook(mapped.ls_project_id)
-        relocation.run()
-
-    while True:
-        try:
-            await asyncio.to_thread(tidy)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("Label Studio projects not tidied yet", extra={"error": str(exc)})
-            await asyncio.sleep(settings.retry_base_seconds * 5)
-
-
 def main() -> None:
     """Console entry point: `serve` (the default) or `migrate` (schema only, then exit)."""
+    require_defaults()  # GRPC_EXPERIMENTS took effect (grpc_core.py)
     import sys
 
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"

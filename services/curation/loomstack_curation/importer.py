@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from label_studio_sdk.client import LabelStudio
 from sqlalchemy.engine import Engine
 
+from loomstack_kit.batch_output import read_output
 from loomstack_kit.database import write_transaction
 from loomstack_kit.errors import LoomstackError, NotFound
 
@@ -117,33 +118,21 @@ def read_results(input_lines: Iterable[bytes], output_lines: Iterable[bytes]) ->
             requests[str(line.get("custom_id"))] = line.get("body") or {}
     lines: list[ResultLine] = []
     skipped = 0
-    for raw in output_lines:
-        if not raw.strip():
-            continue
-        out = orjson.loads(raw)
-        response = out.get("response") or {}
-        body = response.get("body") or {}
-        choices = body.get("choices") or []
-        if out.get("error") or response.get("status_code") != 200 or not choices:
+    for out in read_output(output_lines):
+        if not out.ok:
             skipped += 1
             continue
-        custom_id = str(out.get("custom_id"))
-        request = requests.get(custom_id, {})
+        request = requests.get(out.custom_id, {})
         metadata = request.get("metadata")
         lines.append(
             ResultLine(
-                custom_id=custom_id,
+                custom_id=out.custom_id,
                 prompt=_prompt_of(request),
-                answer=str((choices[0].get("message") or {}).get("content") or ""),
+                answer=out.answer,
                 data=dict(metadata) if isinstance(metadata, dict) else {},
             )
         )
     return BatchResults(lines, skipped)
-
-
-def split_lines(content: bytes) -> Iterator[bytes]:
-    """The lines of a JSONL file's bytes."""
-    return iter(content.splitlines())
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
+from loomstack_kit.batch_output import OutputLine
 from loomstack_kit.errors import Unavailable
 
 from .inference import InferenceClient
@@ -33,16 +33,10 @@ class Answer:
     error: str = ""
 
 
-def _answer(row: dict[str, Any] | None) -> Answer:
+def _answer(row: OutputLine | None) -> Answer:
     if row is None:
         return Answer("", "no result line for this prompt")
-    if row.get("error"):
-        error = row["error"]
-        return Answer("", str(error.get("message") or error.get("code") or error))
-    try:
-        return Answer(str(row["response"]["body"]["choices"][0]["message"]["content"] or ""))
-    except (KeyError, IndexError, TypeError):
-        return Answer("", "the result line has no chat completion")
+    return Answer(row.answer, row.error or "")
 
 
 def answer_prompts(

@@ -15,6 +15,7 @@ import asyncio
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 
 from loomstack_kit.blobstore import BlobStore
 
@@ -23,6 +24,8 @@ from .batch_answers import answer_prompts, split_example
 from .inference import InferenceClient
 from .jobs import JobView
 from .scoring import promoted, score
+
+tracer = trace.get_tracer("loomstack_training")
 
 
 class EvalGate:
@@ -44,7 +47,15 @@ class EvalGate:
         self.timeout_seconds = timeout_seconds
 
     def evaluate(self, job: JobView, source: str, name: str) -> dict[str, Any]:
-        """Blocking: registers the candidate, runs both batches, scores them."""
+        """Blocking: registers the candidate, runs both batches, scores them; one trace, whose
+        calls to the inference service are its children."""
+        with tracer.start_as_current_span(
+            "training.eval_gate",
+            attributes={"loomstack.job_id": job.id, "loomstack.project": job.project},
+        ):
+            return self._evaluate(job, source, name)
+
+    def _evaluate(self, job: JobView, source: str, name: str) -> dict[str, Any]:
         data = read_bytes(self.blobs, f"{job.id}-validation")
         examples = [orjson.loads(line)["messages"] for line in data.splitlines() if line.strip()]
         pairs = [split_example(m) for m in examples]
