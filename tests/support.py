@@ -1,20 +1,17 @@
-"""Helpers the tests share: real service processes, databases, gRPC health checks."""
+"""Helpers the tests share: the inference service as a process (on service_processes.py, which
+also gives wait_until and health_status, re-exported here), databases, signed identities."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import psycopg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_processes import ServiceProcess, health_status, wait_until  # noqa: F401 — re-exported
 
 from loomstack_inference.engine_processes import EngineProcess, engine_processes
 
@@ -36,18 +33,6 @@ def signed(project: str | None, service: str = "gateway") -> tuple[tuple[str, st
     return IdentitySigner(SERVICE_SECRET.encode(), service).metadata(project)
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Polls `predicate` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the machine's server; dropped afterwards."""
@@ -61,20 +46,10 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def health_status(address: str, service: str, timeout: float = 2.0) -> str:
-    """grpc.health.v1 status name of `service`, or UNREACHABLE."""
-    try:
-        with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    except grpc.RpcError:
-        return "UNREACHABLE"
-
-
-class InferenceProcess:
+class InferenceProcess(ServiceProcess):
     """A real `python -m loomstack_inference` process in its own process group."""
+
+    package = "loomstack_inference"
 
     def __init__(
         self,
@@ -84,97 +59,35 @@ class InferenceProcess:
         env: dict[str, str] | None = None,
         name: str = "inference",
     ) -> None:
-        self.home = home
-        self.name = name
         self.port_file = home / f"{name}.port"
-        self.log_path = home / f"{name}.log"
-        self.env = {
-            **os.environ,
-            "LOOMSTACK_HOME": str(home),
-            "LOOMSTACK_INFERENCE_ROLES": roles,
-            "LOOMSTACK_INFERENCE_MODEL_PATH": MODEL_PATH,
-            "LOOMSTACK_INFERENCE_PORT_FILE": str(self.port_file),
-            "LOOMSTACK_INFERENCE_ENFORCE_EAGER": "true",
-            "LOOMSTACK_INFERENCE_POLL_SECONDS": "0.3",
-            "LOOMSTACK_INFERENCE_LOG_JSON": "true",
-            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
-            # vLLM checks this share of the machine's memory is free at start; several engines
-            # run at once in the tests, so each asks for little (the KV cache is sized above).
-            "LOOMSTACK_INFERENCE_ENGINE_ARGS": "--gpu-memory-utilization 0.15",
-            **(env or {}),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> InferenceProcess:
-        self.port_file.unlink(missing_ok=True)
-        self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 — kept open for the child's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_inference"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            home,
+            name,
+            {
+                **os.environ,
+                "LOOMSTACK_HOME": str(home),
+                "LOOMSTACK_INFERENCE_ROLES": roles,
+                "LOOMSTACK_INFERENCE_MODEL_PATH": MODEL_PATH,
+                "LOOMSTACK_INFERENCE_PORT_FILE": str(self.port_file),
+                "LOOMSTACK_INFERENCE_ENFORCE_EAGER": "true",
+                "LOOMSTACK_INFERENCE_POLL_SECONDS": "0.3",
+                "LOOMSTACK_INFERENCE_LOG_JSON": "true",
+                "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+                # vLLM checks this share of the machine's memory is free at start; several
+                # engines run at once in the tests, so each asks for little (the KV cache is
+                # sized above).
+                "LOOMSTACK_INFERENCE_ENGINE_ARGS": "--gpu-memory-utilization 0.15",
+                **(env or {}),
+            },
+            {"grpc": self.port_file},
         )
-        wait_until(lambda: self.port_file.exists() or self._died(), 60, what=f"{self.name} port")
-        self._died(raise_=True)
-        self.port = int(self.port_file.read_text())
-        return self
 
-    def _died(self, raise_: bool = False) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            if raise_:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            return True
-        return False
-
-    def wait_ready(self, timeout: float = 300) -> InferenceProcess:
-        wait_until(
-            lambda: (
-                self._died(raise_=True) or health_status(self.address, "readiness") == "SERVING"
-            ),
-            timeout,
-            0.5,
-            f"{self.name} readiness",
-        )
-        return self
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def kill9(self) -> list[EngineProcess]:
+    def kill9(self) -> list[EngineProcess]:  # type: ignore[override]
         """SIGKILL the service process alone, as `kill -9 <pid>` does; returns the engine
         processes it had (vLLM's EngineCore and Worker), which must die with it."""
-        assert self.proc is not None
         engines = engine_processes(self.home)
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
+        super().kill9()
         return engines
-
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM the service and wait for a graceful exit."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        # vLLM's engine-core child must not outlive the service.
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.returncode
 
 
 def batch_line(custom_id: str, content: str, **body: object) -> dict[str, object]:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from label_studio_sdk.client import LabelStudio
-from support import health_status, wait_until
+from service_processes import ServiceProcess
+from support import MODEL_NAME, wait_until
 
 from loomstack_curation.__main__ import MIGRATIONS, VERSION_TABLE
 from loomstack_curation.annotations import AnnotationStore
@@ -27,6 +25,10 @@ from loomstack_curation.importer import BatchResults, Importer, QueuedImport, re
 from loomstack_curation.projects import ProjectMap
 from loomstack_curation.snapshots import SnapshotStore
 from loomstack_curation.tasks import TaskQueries
+from loomstack_inference.batches import Batches
+from loomstack_inference.files import FileStore
+from loomstack_inference.leases import LeaseQueue, ResultRow
+from loomstack_kit.blobstore import FilesystemBlobStore
 from loomstack_kit.database import create_db_engine, migrate, write_transaction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,73 +224,71 @@ def ls_tasks(client: LabelStudio, project_id: int) -> list[Any]:
     return list(client.tasks.list(project=project_id, fields="all", page_size=1000))
 
 
-class CurationProcess:
-    """A real `python -m loomstack_curation` process."""
+class CurationProcess(ServiceProcess):
+    """A real `python -m loomstack_curation` process (gRPC and the HTTP side Label Studio
+    calls)."""
+
+    package = "loomstack_curation"
 
     def __init__(self, home: Path, env: dict[str, str]) -> None:
-        self.home = home
         self.port_file = home / "curation.port"
         self.http_port_file = home / "curation-http.port"
-        self.log_path = home / "curation.log"
-        self.env = {
-            **os.environ,
-            "LOOMSTACK_HOME": str(home),
-            "LOOMSTACK_CURATION_PORT_FILE": str(self.port_file),
-            "LOOMSTACK_CURATION_HTTP_PORT_FILE": str(self.http_port_file),
-            "LOOMSTACK_CURATION_SCHEMAS_DIR": str(REPO / "schemas"),
-            "LOOMSTACK_CURATION_POLL_SECONDS": "0.2",
-            "LOOMSTACK_CURATION_FEED_WAIT_SECONDS": "1",
-            "LOOMSTACK_CURATION_RETRY_BASE_SECONDS": "0.2",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = self.http_port = 0
+        super().__init__(
+            home,
+            "curation",
+            {
+                **os.environ,
+                "LOOMSTACK_HOME": str(home),
+                "LOOMSTACK_CURATION_PORT_FILE": str(self.port_file),
+                "LOOMSTACK_CURATION_HTTP_PORT_FILE": str(self.http_port_file),
+                "LOOMSTACK_CURATION_SCHEMAS_DIR": str(REPO / "schemas"),
+                "LOOMSTACK_CURATION_POLL_SECONDS": "0.2",
+                "LOOMSTACK_CURATION_FEED_WAIT_SECONDS": "1",
+                "LOOMSTACK_CURATION_RETRY_BASE_SECONDS": "0.2",
+                **env,
+            },
+            {"grpc": self.port_file, "http": self.http_port_file},
+        )
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def http_port(self) -> int:
+        return self.ports.get("http", 0)
 
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self) -> CurationProcess:
-        self.home.mkdir(parents=True, exist_ok=True)
-        for f in (self.port_file, self.http_port_file):
-            f.unlink(missing_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 — kept open for the child's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_curation"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_until(
-            lambda: (self.port_file.exists() and self.http_port_file.exists()) or self._died(),
-            60,
-            what="curation ports",
-        )
-        if self._died():
-            raise RuntimeError(f"curation exited:\n{self.log_tail()}")
-        self.port = int(self.port_file.read_text())
-        self.http_port = int(self.http_port_file.read_text())
-        wait_until(lambda: health_status(self.address, "readiness") == "SERVING", 30, what="ready")
-        return self
-
-    def _died(self) -> bool:
-        assert self.proc is not None
-        return self.proc.poll() is not None
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+    def start(self, timeout: float = 60) -> CurationProcess:
+        super().start(timeout)
+        return self.wait_ready(30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        self.terminate(30)
+
+
+def finish_batch(home: Path, batch_id: str, failed: set[int]) -> None:
+    """Runs the batch's shards the way an engine would, with prepared answers, and finalizes."""
+    engine = create_db_engine(f"sqlite:///{home / 'inference.db'}")
+    files = FileStore(engine, FilesystemBlobStore(home / "blobs"), 10**9)
+    batches = Batches(engine, files, shard_lines=1000, max_lines=50_000)
+    queue = LeaseQueue(engine, "test-engine:1", 60)
+    while (lease := queue.claim([MODEL_NAME])) is not None:
+        rows = []
+        for line in queue.pending_lines(lease):
+            i = int(line.custom_id[1:])
+            content = None if i in failed else ticket_answer(i)
+            rows.append(
+                ResultRow(
+                    line.line_no,
+                    line.custom_id,
+                    content is not None,
+                    json.dumps(output_line(line.custom_id, content)),
+                    5,
+                    0,
+                    7,
+                )
+            )
+        assert queue.commit(lease, rows).still_owned
+        queue.complete(lease)
+    batches.try_finalize(batch_id)
+    engine.dispose()

@@ -15,7 +15,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import httpx
 from openai import OpenAI
+from service_processes import ServiceProcess, http_healthy
 from support import SERVICE_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,18 +43,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["LOOMSTACK_SERVICE_SECRET"] = SERVICE_SECRET
     env.update(extra)
     return env
-
-
-def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path) -> str:
-    """The content of `path` once the process has written it."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)
-    raise TimeoutError(f"{path} not written in {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -98,57 +86,54 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+class _Service(ServiceProcess):
+    """A service of the stack under test, its log truncated at each start."""
+
+    def __init__(self, package: str, home: Path, name: str, env: dict[str, str]) -> None:
+        self.package = package
+        port_file = home / f"{name}.port"
+        env = {
+            **env,
+            f"LOOMSTACK_{package.removeprefix('loomstack_').upper()}_PORT_FILE": str(port_file),
+        }
+        super().__init__(home, name, env, {"port": port_file}, log_mode="wb")
+
+
 def start_inference(home: Path, **extra_env: str) -> tuple[str, subprocess.Popen[bytes]]:
     """Starts `python -m loomstack_inference` (api role) on a free port: (address, process)."""
-    port_file, log = home / "inference.port", home / "inference.log"
     env = clean_env(
         LOOMSTACK_HOME=str(home),
         LOOMSTACK_INFERENCE_ROLES="api",
         LOOMSTACK_INFERENCE_MODEL_PATH=MODEL_PATH,
         LOOMSTACK_INFERENCE_MODEL_NAME=MODEL_NAME,
         LOOMSTACK_INFERENCE_PORT="0",
-        LOOMSTACK_INFERENCE_PORT_FILE=str(port_file),
         LOOMSTACK_INFERENCE_LOG_JSON="false",
         **extra_env,
     )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_inference"], env=env, stdout=out, stderr=out
-        )
-    try:
-        return f"127.0.0.1:{wait_for_file(port_file, proc, log)}", proc
-    except BaseException:
-        stop(proc)
-        raise
+    service = _Service("loomstack_inference", home, "inference", env).start(START_TIMEOUT)
+    assert service.proc is not None
+    return service.address, service.proc
 
 
 def start_gateway(tmp: Path, inference_address: str, name: str, **extra_env: str) -> Gateway:
     """Starts `python -m loomstack_gateway` on a free port and waits for /healthz."""
-    port_file, log = tmp / f"{name}.port", tmp / f"{name}.log"
     settings = {
         "LOOMSTACK_GATEWAY_INFERENCE_ADDRESS": inference_address,
         "LOOMSTACK_GATEWAY_PORT": "0",
-        "LOOMSTACK_GATEWAY_PORT_FILE": str(port_file),
         "LOOMSTACK_GATEWAY_API_KEYS": API_KEYS,
         "LOOMSTACK_GATEWAY_UPLOAD_BUFFER_BYTES": str(UPLOAD_BUFFER_BYTES),
         "LOOMSTACK_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "30",
     }
     env = clean_env(**{**settings, **extra_env})  # `extra_env` may replace a default
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_gateway"], env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{wait_for_file(port_file, proc, log)}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return Gateway(url, proc, log)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    stop(proc)
-    raise TimeoutError(f"gateway did not answer /healthz:\n{log.read_text()[-4000:]}")
+    service = _Service("loomstack_gateway", tmp, name, env).start(START_TIMEOUT)
+    url = f"http://127.0.0.1:{service.port}"
+    try:
+        service.wait_healthy(lambda: http_healthy(f"{url}/healthz"), START_TIMEOUT, 0.05)
+    except BaseException:
+        service.terminate(15)
+        raise
+    assert service.proc is not None
+    return Gateway(url, service.proc, service.log_path)
 
 
 def request_line(custom_id: str, content: str = "What is the capital of France?") -> dict:

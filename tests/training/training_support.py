@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import grpc
+from service_processes import ServiceProcess, http_healthy
 
 from loomstack.inference.v1 import files_pb2, files_pb2_grpc
 from loomstack.training.v1 import training_pb2, training_pb2_grpc
-from support import MODEL_NAME, ROOT, health_status, signed, wait_until
+from support import MODEL_NAME, ROOT, signed, wait_until
 
 TRAINER_PYTHON = os.environ.get(
     "LOOMSTACK_TRAINING_TRAINER_PYTHON", str(ROOT / ".cache" / "training-venv" / "bin" / "python")
@@ -52,74 +49,37 @@ FAST = training_pb2.Hyperparameters(
 )
 
 
-class TrainingProcess:
-    """A real `python -m loomstack_training` process in its own process group."""
+class TrainingProcess(ServiceProcess):
+    """A real `python -m loomstack_training` process in its own process group (its trainers
+    run in sessions of their own)."""
+
+    package = "loomstack_training"
 
     def __init__(self, home: Path, inference_address: str, **env: str) -> None:
-        self.home = home
         self.port_file = home / "training.port"
-        self.log_path = home / "training.log"
-        self.env = {
-            **os.environ,
-            "LOOMSTACK_HOME": str(home),
-            "LOOMSTACK_TRAINING_PORT_FILE": str(self.port_file),
-            "LOOMSTACK_TRAINING_INFERENCE_ADDRESS": inference_address,
-            "LOOMSTACK_TRAINING_TRAINER_PYTHON": TRAINER_PYTHON,
-            "LOOMSTACK_TRAINING_POLL_SECONDS": "0.2",
-            "LOOMSTACK_TRAINING_MIN_EXAMPLES": "4",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> TrainingProcess:
-        self.port_file.unlink(missing_ok=True)
-        self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 — kept open for the child's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_training"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            home,
+            "training",
+            {
+                **os.environ,
+                "LOOMSTACK_HOME": str(home),
+                "LOOMSTACK_TRAINING_PORT_FILE": str(self.port_file),
+                "LOOMSTACK_TRAINING_INFERENCE_ADDRESS": inference_address,
+                "LOOMSTACK_TRAINING_TRAINER_PYTHON": TRAINER_PYTHON,
+                "LOOMSTACK_TRAINING_POLL_SECONDS": "0.2",
+                "LOOMSTACK_TRAINING_MIN_EXAMPLES": "4",
+                **env,
+            },
+            {"grpc": self.port_file},
         )
-        wait_until(
-            lambda: self.port_file.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
-            60,
-            what="training port",
-        )
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"training service exited:\n{self.log_tail()}")
-        self.port = int(self.port_file.read_text())
-        wait_until(
-            lambda: health_status(self.address, "readiness") == "SERVING", 60, what="readiness"
-        )
-        return self
 
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+    def start(self, timeout: float = 60) -> TrainingProcess:
+        super().start(timeout)
+        return self.wait_ready(60)
 
-    def kill9(self) -> None:
+    def kill9(self) -> None:  # type: ignore[override]
         """SIGKILL the service (its trainers run in their own sessions and survive it)."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def terminate(self, timeout: float = 60) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
+        super().kill9(group=True)
 
 
 class TrainingClient:
@@ -232,64 +192,42 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-class GatewayProcess:
+class GatewayProcess(ServiceProcess):
     """A real `python -m loomstack_gateway` in front of the inference and training services."""
 
+    package = "loomstack_gateway"
     KEY = "sk-training-test"
 
     def __init__(self, home: Path, inference_address: str, training_address: str) -> None:
-        self.home = home
         self.port_file = home / "gateway.port"
-        self.log_path = home / "gateway.log"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("LOOMSTACK_GATEWAY_")},
-            "LOOMSTACK_GATEWAY_INFERENCE_ADDRESS": inference_address,
-            "LOOMSTACK_GATEWAY_TRAINING_ADDRESS": training_address,
-            "LOOMSTACK_GATEWAY_PORT": "0",
-            "LOOMSTACK_GATEWAY_PORT_FILE": str(self.port_file),
-            "LOOMSTACK_GATEWAY_API_KEYS": f"{self.KEY}:default",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self) -> GatewayProcess:
-        import httpx
-
-        self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 — kept open for the child's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomstack_gateway"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            home,
+            "gateway",
+            {
+                **{k: v for k, v in os.environ.items() if not k.startswith("LOOMSTACK_GATEWAY_")},
+                "LOOMSTACK_GATEWAY_INFERENCE_ADDRESS": inference_address,
+                "LOOMSTACK_GATEWAY_TRAINING_ADDRESS": training_address,
+                "LOOMSTACK_GATEWAY_PORT": "0",
+                "LOOMSTACK_GATEWAY_PORT_FILE": str(self.port_file),
+                "LOOMSTACK_GATEWAY_API_KEYS": f"{self.KEY}:default",
+            },
+            {"http": self.port_file},
         )
-        wait_until(
-            lambda: self.port_file.exists() and self.port_file.read_text().strip(),
-            60,
-            what="gateway port",
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> GatewayProcess:
+        super().start(timeout)
+        return self.wait_healthy(
+            lambda: http_healthy(f"{self.url}/healthz"), 60, 0.2, "gateway /healthz"
         )
-        self.url = f"http://127.0.0.1:{self.port_file.read_text().strip()}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, 60, what="gateway /healthz")
-        return self
 
     def client(self) -> Any:
         from openai import OpenAI
 
         return OpenAI(base_url=f"{self.url}/v1", api_key=self.KEY, max_retries=0, timeout=300)
 
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def terminate(self, timeout: float = 15) -> int:
+        return super().terminate(timeout)
