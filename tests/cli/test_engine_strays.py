@@ -119,3 +119,37 @@ def test_down_stops_them_too(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -
     assert f"(pids {sleeper.pid})" in down.stdout
     assert sleeper.wait(10) == -9
     assert wait_gone(engine_processes(home), 1) == []
+
+
+@pytest.mark.parametrize("reaped", [True, False])
+def test_an_engine_process_dies_within_a_second_of_its_owner_without_the_parent_signal(
+    reaped: bool,
+) -> None:
+    """The owner watch (engine_processes._watch_owner), the guard beside the parent-death
+    signal: a process watching an owner that is not its parent kills itself once the owner
+    has exited, whether or not the owner's parent reaped it yet (a zombie is dead too)."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from loomstack_inference.engine_processes import _watch_owner\n"
+            f"_watch_owner({owner.pid}, 0.1)\n"
+            "print('watching', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert watcher.stdout is not None and watcher.stdout.readline() == b"watching\n"
+        assert watcher.poll() is None  # the owner lives: so does the watcher
+        owner.kill()
+        if reaped:
+            owner.wait(10)
+        assert watcher.wait(10) == -9
+    finally:
+        for proc in (owner, watcher):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,39 @@ def die_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and parent.pid != os.getppid():
         os.kill(os.getpid(), signal.SIGKILL)
+    _watch_owner(int(owner))
+
+
+_watching = False
+
+
+def _watch_owner(owner: int, interval: float = 1.0) -> None:
+    """A second guard beside the parent-death signal (which the kernel ties to the thread that
+    spawned a process, and a worker's to its engine core alone): a daemon thread that kills
+    this process within `interval` once the owning inference process is gone (its pid exited
+    or was reused, or it is a zombie). Started once per process."""
+    global _watching
+    if _watching:
+        return
+    try:
+        owner_process = psutil.Process(owner)
+    except psutil.Error:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    _watching = True
+
+    def gone() -> bool:
+        try:  # a zombie is dead too: its parent may not have reaped it yet
+            return not owner_process.is_running() or owner_process.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="loomstack-owner-watch", daemon=True).start()
 
 
 def _record(owner: int) -> None:
