@@ -20,8 +20,10 @@ from support import MODEL_NAME, wait_until
 
 from loomstack_curation.__main__ import MIGRATIONS, VERSION_TABLE
 from loomstack_curation.annotations import AnnotationStore
+from loomstack_curation.batch_results import BatchResults, read_results
 from loomstack_curation.catalog import SchemaCatalog
-from loomstack_curation.importer import BatchResults, Importer, QueuedImport, read_results
+from loomstack_curation.import_queue import ImportQueue, QueuedImport
+from loomstack_curation.importer import Importer
 from loomstack_curation.projects import ProjectMap
 from loomstack_curation.snapshots import SnapshotStore
 from loomstack_curation.tasks import TaskQueries
@@ -111,6 +113,7 @@ class Curation:
     schemas_dir: Path
     catalog: SchemaCatalog
     projects: ProjectMap
+    imports: ImportQueue
     importer: Importer
     annotations: AnnotationStore
     queries: TaskQueries
@@ -124,7 +127,7 @@ class Curation:
         auto_accept: bool = False,
     ) -> QueuedImport:
         with write_transaction(self.engine) as conn:
-            self.importer.enqueue(
+            self.imports.enqueue(
                 conn,
                 batch_id=batch_id,
                 project=project,
@@ -154,9 +157,12 @@ class Curation:
         return self.run(item, read_results(jsonl(inputs), jsonl(outputs)))
 
 
-def make_curation(
-    url: str, client: LabelStudio | None, tmp_path: Path, **importer_args: Any
-) -> Curation:
+QUEUE_ARGS = ("retry_base", "retry_max", "allow_auto_accept")
+
+
+def make_curation(url: str, client: LabelStudio | None, tmp_path: Path, **args: Any) -> Curation:
+    """The domain objects on `url`; `args` go to the import queue (retry_base, retry_max,
+    allow_auto_accept) or the importer (chunk_size, send, after_chunk)."""
     migrate(url, MIGRATIONS, VERSION_TABLE)
     schemas = tmp_path / "schemas"
     if not schemas.exists():
@@ -165,7 +171,14 @@ def make_curation(
     catalog = SchemaCatalog(schemas)
     # A fresh title prefix per test: the session's one Label Studio serves every test.
     projects = ProjectMap(engine, client, title_prefix=f"t-{uuid.uuid4().hex[:8]} ")
-    importer = Importer(engine, catalog, projects, **importer_args)
+    imports = ImportQueue(engine, catalog, **{k: v for k, v in args.items() if k in QUEUE_ARGS})
+    importer = Importer(
+        engine,
+        catalog,
+        projects,
+        imports,
+        **{k: v for k, v in args.items() if k not in QUEUE_ARGS},
+    )
     annotations = AnnotationStore(engine, catalog)
     return Curation(
         url,
@@ -173,6 +186,7 @@ def make_curation(
         schemas,
         catalog,
         projects,
+        imports,
         importer,
         annotations,
         TaskQueries(engine, catalog, projects, annotations),

@@ -28,11 +28,13 @@ from curation_support import (
 from label_studio_sdk.client import LabelStudio
 
 from loomstack_curation import auto_accept, tables
+from loomstack_curation.batch_results import BatchResults, read_results
 from loomstack_curation.feed import BatchEvent, FeedConsumer
-from loomstack_curation.importer import BatchResults, QueuedImport, read_results
+from loomstack_curation.import_queue import QueuedImport
+from loomstack_curation.importer import Importer
 from loomstack_curation.inference_client import InferenceClient
 from loomstack_curation.predictions import regions
-from loomstack_curation.projects import ProjectMap
+from loomstack_curation.projects import ProjectMap, import_tasks
 from loomstack_curation.reconcile import reconcile
 from loomstack_curation.snapshots import SnapshotFilter
 from loomstack_kit.database import write_transaction
@@ -57,7 +59,7 @@ def results() -> BatchResults:
 
 def queue(cur: Curation, batch_id: str, *, auto: bool = True) -> QueuedImport:
     with write_transaction(cur.engine) as conn:
-        cur.importer.enqueue(
+        cur.imports.enqueue(
             conn,
             batch_id=batch_id,
             project="p1",
@@ -67,7 +69,7 @@ def queue(cur: Curation, batch_id: str, *, auto: bool = True) -> QueuedImport:
             output_file_id="file-out",
             auto_accept=auto,
         )
-    (item,) = [i for i in cur.importer.due() if i.batch_id == batch_id]
+    (item,) = [i for i in cur.imports.due() if i.batch_id == batch_id]
     return item
 
 
@@ -200,7 +202,7 @@ def test_the_flag_comes_from_batch_metadata_and_can_be_refused(
     assert not auto_accept.requested({"schema_type": "classify_ticket"})
 
     cur = make_curation(f"sqlite:///{tmp_path / 'curation.db'}", label_studio, tmp_path)
-    consumer = FeedConsumer(cur.engine, cur.importer)
+    consumer = FeedConsumer(cur.engine, cur.imports)
 
     def event(sequence: int, batch_id: str, **metadata: str) -> BatchEvent:
         return BatchEvent(
@@ -215,11 +217,11 @@ def test_the_flag_comes_from_batch_metadata_and_can_be_refused(
         )
 
     assert consumer.handle([event(1, "b_auto", curation_auto_accept="true"), event(2, "b_plain")])
-    flags = {i.batch_id: i.auto_accept for i in cur.importer.due()}
+    flags = {i.batch_id: i.auto_accept for i in cur.imports.due()}
     assert flags == {"b_auto": True, "b_plain": False}
 
     # A batch without the flag: tasks with predictions, no annotations.
-    (plain,) = [i for i in cur.importer.due() if i.batch_id == "b_plain"]
+    (plain,) = [i for i in cur.imports.due() if i.batch_id == "b_plain"]
     assert cur.run(plain, results()) == "completed"
     row = import_row(cur, "b_plain")
     assert row.auto_accepted_tasks == 0
@@ -227,9 +229,9 @@ def test_the_flag_comes_from_batch_metadata_and_can_be_refused(
     assert rows(cur, tables.ls_annotations) == []
 
     # An installation that does not allow auto-accept ignores the flag.
-    cur.importer.allow_auto_accept = False
+    cur.imports.allow_auto_accept = False
     assert consumer.handle([event(3, "b_refused", curation_auto_accept="true")])
-    (refused,) = [i for i in cur.importer.due() if i.batch_id == "b_refused"]
+    (refused,) = [i for i in cur.imports.due() if i.batch_id == "b_refused"]
     assert refused.auto_accept is False
     assert import_row(cur, "b_refused").auto_accept is False
 
@@ -243,7 +245,7 @@ def test_a_crash_after_label_studio_stored_the_chunk_still_records_every_annotat
 ) -> None:
     cur = make_curation(db_url, label_studio, tmp_path, chunk_size=10)
     item = queue(cur, "batch_crash")
-    real_send = cur.importer.send
+    real_send = import_tasks
     calls: list[int] = []
 
     def send_then_crash(client: LabelStudio, project: int, tasks: list[dict[str, Any]]) -> Any:
@@ -253,10 +255,12 @@ def test_a_crash_after_label_studio_stored_the_chunk_still_records_every_annotat
             raise Crash("killed after Label Studio stored the second chunk")
         return ids
 
-    cur.importer.send = send_then_crash
+    crashing = Importer(
+        cur.engine, cur.catalog, cur.projects, cur.imports, chunk_size=10, send=send_then_crash
+    )
     schema = cur.catalog.get("classify_ticket")
     with pytest.raises(Crash):
-        cur.importer.import_results(
+        crashing.import_results(
             "batch_crash", "p1", schema, results(), model="smollm2-test", auto_accept=True
         )
     # The first chunk (its misfit has none) is recorded.

@@ -27,10 +27,11 @@ from label_studio_sdk.client import LabelStudio
 from support import wait_until
 
 from loomstack_curation import tables
-from loomstack_curation.importer import read_results
+from loomstack_curation.batch_results import read_results
+from loomstack_curation.importer import Importer
 from loomstack_curation.label_config import label_config
 from loomstack_curation.predictions import label_interface
-from loomstack_curation.projects import ProjectMap
+from loomstack_curation.projects import ProjectMap, import_tasks
 
 pytestmark = pytest.mark.labelstudio
 
@@ -124,7 +125,6 @@ def test_restart_mid_import_still_exactly_1000_tasks(
 ) -> None:
     inputs, outputs = ticket_lines(1000)
     results = read_results(jsonl(inputs), jsonl(outputs))
-    curation.importer.chunk_size = 200
     item = curation.queue("batch_r")
 
     # 1) dies between chunks: after the second chunk is recorded.
@@ -133,21 +133,27 @@ def test_restart_mid_import_still_exactly_1000_tasks(
         if len(seen) == 2:
             raise Crash("killed between chunks")
 
-    curation.importer.after_chunk = stop_after_two
+    dying = Importer(
+        curation.engine,
+        curation.catalog,
+        curation.projects,
+        curation.imports,
+        chunk_size=200,
+        after_chunk=stop_after_two,
+    )
     with pytest.raises(Crash):
-        curation.importer.import_results(
-            "batch_r", "p1", curation.catalog.get("classify_ticket"), results
-        )
+        dying.import_results("batch_r", "p1", curation.catalog.get("classify_ticket"), results)
     rows = _task_rows(curation)
     assert len([r for r in rows if r.ls_task_id is not None]) == 400
     # The next chunk was prepared (recorded as pending) while the second one was imported.
     assert len([r for r in rows if r.ls_task_id is None]) == 200
 
     # 2) restarted, dies again: Label Studio stored chunk 4, we never learnt its ids.
-    restarted = make_curation(db_url, None, tmp_path, chunk_size=200)
+    restarted = make_curation(
+        db_url, None, tmp_path, chunk_size=200, send=crashing_send(import_tasks, 2)
+    )
     restarted.projects = ProjectMap(restarted.engine, label_studio, curation.projects.title_prefix)
     restarted.importer.projects = restarted.projects
-    restarted.importer.send = crashing_send(restarted.importer.send, 2)
     with pytest.raises(Crash):
         restarted.importer.import_results(
             "batch_r", "p1", restarted.catalog.get("classify_ticket"), results
@@ -187,7 +193,7 @@ def test_unknown_schema_fails_clearly_and_is_retried_when_it_appears(
     assert row.status == "failed"
     assert "unknown schema 'triage_ticket'" in row.error and "classify_ticket" in row.error
     assert row.error_code == "unknown_schema"
-    assert curation.importer.due() == []  # nothing to retry while the schema is unknown
+    assert curation.imports.due() == []  # nothing to retry while the schema is unknown
     assert _task_rows(curation) == []
 
     # The schema file appears (a copy of classify_ticket under the new id).
@@ -196,7 +202,7 @@ def test_unknown_schema_fails_clearly_and_is_retried_when_it_appears(
         text.replace("id: classify_ticket", "id: triage_ticket")
     )
     assert curation.catalog.refresh()
-    (due,) = curation.importer.due()
+    (due,) = curation.imports.due()
     assert due.batch_id == "batch_u"
     assert curation.run(due, results) == "completed"
     row = _import(curation, "batch_u")
@@ -223,11 +229,11 @@ def test_label_studio_down_keeps_the_import_queued_with_backoff(
     assert row.status == "queued" and row.attempts == 2
     assert "unreachable" in row.error
     assert row.next_attempt_at >= before + 0.4  # the second delay doubled the first
-    assert cur.importer.due(now=time.time()) == [] or row.next_attempt_at <= time.time()
+    assert cur.imports.due(now=time.time()) == [] or row.next_attempt_at <= time.time()
 
     # Label Studio is back: the next due attempt imports everything, once.
     cur.projects.client = label_studio
-    due = wait_until(lambda: cur.importer.due(), 5, 0.05, "the retry to be due")
+    due = wait_until(lambda: cur.imports.due(), 5, 0.05, "the retry to be due")
     assert cur.run(due[0], results) == "completed"
     row = _import(cur, "batch_d")
     assert (row.status, row.attempts, row.imported_tasks) == ("completed", 3, 40)
@@ -249,8 +255,8 @@ def test_failed_imports_never_starve_a_new_one(db_url: str, tmp_path: Path) -> N
         item = cur.queue(f"batch_f{i:03}", schema_type=f"later_{i % 3}")
         assert cur.importer.attempt(item, never_read) == "failed"
     cur.queue("batch_new")  # queued after every failed one: the youngest row
-    assert [d.batch_id for d in cur.importer.due(limit=page)] == ["batch_new"]
-    assert [d.batch_id for d in cur.importer.due(limit=1)] == ["batch_new"]
+    assert [d.batch_id for d in cur.imports.due(limit=page)] == ["batch_new"]
+    assert [d.batch_id for d in cur.imports.due(limit=1)] == ["batch_new"]
 
     # One of the three unknown schemas appears: its imports are queued again, the others wait.
     text = (cur.schemas_dir / "classify_ticket.yaml").read_text()
@@ -258,7 +264,7 @@ def test_failed_imports_never_starve_a_new_one(db_url: str, tmp_path: Path) -> N
         text.replace("id: classify_ticket", "id: later_1")
     )
     assert cur.catalog.refresh()
-    due = {d.batch_id for d in cur.importer.due(limit=1000)}
+    due = {d.batch_id for d in cur.imports.due(limit=1000)}
     assert due == {"batch_new"} | {f"batch_f{i:03}" for i in range(1, failing, 3)}
     with cur.engine.connect() as conn:
         statuses = dict(

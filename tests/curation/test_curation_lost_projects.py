@@ -14,7 +14,8 @@ from curation_support import Curation, jsonl, ls_tasks, make_curation, ticket_li
 from label_studio_sdk.client import LabelStudio
 
 from loomstack_curation import tables
-from loomstack_curation.importer import BatchResults, get_import, read_results
+from loomstack_curation.batch_results import BatchResults, read_results
+from loomstack_curation.import_records import get_import
 from loomstack_curation.label_config import label_config
 from loomstack_curation.predictions import regions
 from loomstack_curation.webhook import handle_event
@@ -36,7 +37,7 @@ def _import(cur: Curation, batch_id: str, n: int) -> str:
 def _run_due(cur: Curation, sizes: dict[str, int]) -> list[str]:
     """Runs the due imports as the service's worker does; the batches it ran."""
     ran = []
-    for item in cur.importer.due():
+    for item in cur.imports.due():
         assert cur.run(item, _results(sizes[item.batch_id])) == "completed"
         ran.append(item.batch_id)
     return sorted(ran)
@@ -96,7 +97,7 @@ def test_a_deleted_project_is_recreated_and_an_import_lands_exactly_once(
         assert left.scalar() == 0
 
     # Nothing more to do, nothing imported twice, one project with the title.
-    assert cur.importer.due() == []
+    assert cur.imports.due() == []
     assert _import(cur, "batch_2", 3) == "completed"  # the same batch again: no new task
     assert len(ls_tasks(label_studio, new)) == 8
     title = cur.projects.title("team-a", schema)

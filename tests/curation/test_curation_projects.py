@@ -26,11 +26,13 @@ from label_studio_sdk.client import LabelStudio
 from loomstack_curation import auto_accept, tables
 from loomstack_curation.__main__ import MIGRATIONS, VERSION_TABLE
 from loomstack_curation.annotations import AnnotationStore
+from loomstack_curation.batch_results import read_results
 from loomstack_curation.catalog import SchemaCatalog
-from loomstack_curation.importer import Importer, read_results
+from loomstack_curation.import_queue import ImportQueue
+from loomstack_curation.importer import Importer
 from loomstack_curation.label_config import label_config
 from loomstack_curation.predictions import regions
-from loomstack_curation.projects import MAX_TITLE, ProjectMap
+from loomstack_curation.projects import MAX_TITLE, ProjectMap, import_tasks
 from loomstack_curation.reconcile import reconcile
 from loomstack_curation.relocation import Relocation
 from loomstack_curation.task_schema import TaskSchema
@@ -145,14 +147,15 @@ def old_installation(
             ),
             {"k": schema.key, "i": schema.id, "v": schema.version, "p": shared, "t": old_title},
         )
-    importer = Importer(engine, catalog, SharedProject(engine, client, shared))
+    imports = ImportQueue(engine, catalog)
+    importer = Importer(engine, catalog, SharedProject(engine, client, shared), imports)
     for batch, project, n, auto in (("old_a", "team-a", 6, False), ("old_b", "team-b", 3, True)):
         inputs, outputs = ticket_lines(n)
         if auto:  # the last line's answer does not fit: it waits for a person
             outputs[-1]["response"]["body"]["choices"][0]["message"]["content"] = "no idea"
         results = read_results(jsonl(inputs), jsonl(outputs))
         with engine.begin() as conn:
-            importer.enqueue(
+            imports.enqueue(
                 conn,
                 batch_id=batch,
                 project=project,
@@ -162,7 +165,7 @@ def old_installation(
                 output_file_id="file-out",
                 auto_accept=auto,
             )
-        (item,) = [i for i in importer.due() if i.batch_id == batch]
+        (item,) = [i for i in imports.due() if i.batch_id == batch]
         assert importer.attempt(item, lambda _item, r=results: r) == "completed"
     store = AnnotationStore(engine, catalog)
     by_custom_id = {
@@ -201,12 +204,13 @@ def test_migration_keeps_a_shared_project_with_its_main_owner_and_moves_the_rest
     assert len(list(label_studio.projects.list())) == projects_before  # no project created
 
     annotations = AnnotationStore(engine, catalog)
-    relocation = Relocation(engine, catalog, projects, annotations, chunk_size=2)
+    relocation = Relocation(
+        engine, catalog, projects, annotations, chunk_size=2, send=crashing_send(import_tasks, 1)
+    )
     (group,) = relocation.misplaced()
     assert (group.project, group.ls_project_id, group.tasks) == ("team-b", shared, 3)
 
     # Dies after Label Studio stored the first chunk's copies, before they were recorded.
-    relocation.send = crashing_send(relocation.send, 1)
     with pytest.raises(Crash):
         relocation.run()
     target = projects.lookup("team-b", schema)

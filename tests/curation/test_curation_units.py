@@ -11,8 +11,8 @@ import pytest
 from curation_support import input_line, jsonl, output_line
 
 from loomstack_curation.annotations import agreement
+from loomstack_curation.batch_results import read_results
 from loomstack_curation.catalog import SchemaCatalog, parse_schema_type
-from loomstack_curation.importer import read_results
 from loomstack_curation.predictions import regions
 from loomstack_curation.projects import MAX_TITLE, project_marker, project_title
 from loomstack_curation.registry import TaskRegistry

@@ -29,6 +29,8 @@ from .catalog import SchemaCatalog
 from .feed import FeedConsumer
 from .http_app import create_app
 from .http_server import serve_http
+from .import_queue import ImportQueue
+from .import_records import ImportRecords
 from .importer import Importer
 from .inference_client import InferenceClient
 from .loops import follow_feed, reconcile_loop, tidy_projects, work_imports
@@ -72,20 +74,19 @@ async def serve(settings: CurationSettings) -> None:
         else "",
         webhook_secret=settings.webhook_secret,
     )
-    importer = Importer(
+    queue = ImportQueue(
         db,
         catalog,
-        projects,
-        chunk_size=settings.import_chunk,
         retry_base=settings.retry_base_seconds,
         retry_max=settings.retry_max_seconds,
         allow_auto_accept=settings.allow_auto_accept,
     )
+    importer = Importer(db, catalog, projects, queue, chunk_size=settings.import_chunk)
     annotations = AnnotationStore(db, catalog)
     queries = TaskQueries(db, catalog, projects, annotations)
     snapshots = SnapshotStore(db, catalog)
     inference = InferenceClient(settings.inference_address, settings)
-    consumer = FeedConsumer(db, importer)
+    consumer = FeedConsumer(db, queue)
 
     def upload(project: str, filename: str, content: bytes) -> str:
         return inference.upload(project, filename, content, purpose="fine-tune")
@@ -103,7 +104,7 @@ async def serve(settings: CurationSettings) -> None:
         ),
         Registration(
             curation_pb2_grpc.add_ImportServiceServicer_to_server,
-            ImportServicer(db),
+            ImportServicer(ImportRecords(db)),
             PACKAGE + "ImportService",
         ),
         Registration(

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from loomstack_kit.database import write_transaction
 
 from . import auto_accept, tables
-from .importer import Importer
+from .import_queue import ImportQueue
 
 CONSUMER = "curation-import"
 SCHEMA_TYPE_KEY = "schema_type"
@@ -43,9 +43,9 @@ class BatchEvent:
 class FeedConsumer:
     """Stores the cursor and queues imports."""
 
-    def __init__(self, engine: Engine, importer: Importer, consumer: str = CONSUMER) -> None:
+    def __init__(self, engine: Engine, queue: ImportQueue, consumer: str = CONSUMER) -> None:
         self.engine = engine
-        self.importer = importer
+        self.queue = queue
         self.consumer = consumer
 
     def cursor(self) -> int:
@@ -76,7 +76,7 @@ class FeedConsumer:
                     continue
                 schema_type = event.metadata.get(SCHEMA_TYPE_KEY, "").strip()
                 if event.type == "batch.completed" and schema_type and event.output_file_id:
-                    queued += self.importer.enqueue(
+                    queued += self.queue.enqueue(
                         conn,
                         batch_id=event.batch_id,
                         project=event.project,

@@ -1,4 +1,4 @@
-"""Batch results → Label Studio tasks with predictions: the import queue and the resumable import.
+"""Batch results → Label Studio tasks with predictions: the resumable, exactly-once import.
 
 A finished batch with `metadata.schema_type` is queued (feed.py). An attempt reads its input and
 output files, keeps the successful lines (failed requests are not tasks), builds each task's
@@ -11,13 +11,14 @@ data and prediction from the schema (predictions.py), and imports them in chunks
   Label Studio which of them exist (each task's data carries its batch id and custom_id) and
   records those instead of importing them again.
 
-Label Studio down or slow → the import goes back to the queue with exponential backoff; an
-unknown schema → `failed` with the reason, queued again as soon as the schema appears (failed
-imports wait outside the queue, so any number of them never delays a new import).
+Label Studio down or slow → the import goes back to the queue (import_queue.py) with exponential
+backoff; an unknown schema → `failed` with the reason, queued again as soon as the schema appears.
+The batch's files are parsed by batch_results.py.
 
 With auto-accept (auto_accept.py) the tasks whose prediction fits are imported with it as an
-annotation too, and those annotations are recorded in the transaction that records the task
-ids (an interrupted attempt finds them again with the tasks it resolves).
+annotation too, and those annotations (read back by accepted_annotations.py) are recorded in the
+transaction that records the task ids (an interrupted attempt finds them again with the tasks it
+resolves).
 """
 
 from __future__ import annotations
@@ -25,29 +26,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from label_studio_sdk.client import LabelStudio
 from sqlalchemy.engine import Engine
 
-from loomstack_kit.batch_output import read_output
 from loomstack_kit.database import write_transaction
 from loomstack_kit.errors import LoomstackError, NotFound
 
 from . import tables
-from .annotations import AnnotationRecord, AnnotationStore, annotation_record
-from .auto_accept import accepted_annotation, ensure_user, is_automatic
+from .accepted_annotations import automatic_annotations
+from .annotations import AnnotationRecord, AnnotationStore
+from .auto_accept import accepted_annotation, ensure_user
+from .batch_results import BatchResults, ResultLine
 from .catalog import SchemaCatalog
-from .import_states import COMPLETED, FAILED, IMPORTED, PENDING, QUEUED, RUNNING
+from .import_queue import ImportQueue, QueuedImport
+from .import_states import COMPLETED, FAILED, IMPORTED, PENDING, QUEUED
 from .predictions import TaskImport, build_task
 from .projects import (
     ProjectMap,
-    export_annotated,
     import_tasks,
     label_studio_unavailable,
     task_pages,
@@ -62,111 +62,35 @@ BATCH_KEY = "loomstack_batch_id"
 CUSTOM_ID_KEY = "loomstack_custom_id"
 
 
-@dataclass(frozen=True)
-class ResultLine:
-    """One successful batch result: the request's prompt and data, and the model's answer."""
-
-    custom_id: str
-    prompt: str
-    answer: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BatchResults:
-    """The importable lines of a batch and how many result lines were left out."""
-
-    lines: list[ResultLine]
-    skipped: int
-
-
-@dataclass(frozen=True)
-class QueuedImport:
-    """A due import: what the worker needs to fetch the batch's files."""
-
-    batch_id: str
-    project: str
-    schema_type: str
-    model: str
-    input_file_id: str
-    output_file_id: str
-    auto_accept: bool = False
-
-
-def _prompt_of(body: dict[str, Any]) -> str:
-    """The last user message's text (content parts joined)."""
-    for message in reversed(body.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
-def read_results(input_lines: Iterable[bytes], output_lines: Iterable[bytes]) -> BatchResults:
-    """Joins a batch's input (prompts, task data in `body.metadata`) with its output lines.
-
-    Only lines with a 200 response and no error are importable; every other output line counts
-    as skipped.
-    """
-    requests: dict[str, dict[str, Any]] = {}
-    for raw in input_lines:
-        if raw.strip():
-            line = orjson.loads(raw)
-            requests[str(line.get("custom_id"))] = line.get("body") or {}
-    lines: list[ResultLine] = []
-    skipped = 0
-    for out in read_output(output_lines):
-        if not out.ok:
-            skipped += 1
-            continue
-        request = requests.get(out.custom_id, {})
-        metadata = request.get("metadata")
-        lines.append(
-            ResultLine(
-                custom_id=out.custom_id,
-                prompt=_prompt_of(request),
-                answer=out.answer,
-                data=dict(metadata) if isinstance(metadata, dict) else {},
-            )
-        )
-    return BatchResults(lines, skipped)
-
-
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 class Importer:
-    """The import queue and the import itself (synchronous; call it from a thread)."""
+    """The exactly-once import of a batch's results (synchronous; call it from a thread). Its
+    collaborators come in through the constructor: the queue it reports to, how a chunk is sent
+    to Label Studio (`send`) and what runs after each chunk is recorded (`after_chunk`; tests
+    stop an import between chunks with it)."""
 
     def __init__(
         self,
         engine: Engine,
         catalog: SchemaCatalog,
         projects: ProjectMap,
+        queue: ImportQueue,
         *,
         chunk_size: int = 500,
-        retry_base: float = 2.0,
-        retry_max: float = 300.0,
-        allow_auto_accept: bool = True,
+        send: Callable[[LabelStudio, int, list[dict[str, Any]]], list[int]] = import_tasks,
+        after_chunk: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
         self.projects = projects
-        self.allow_auto_accept = allow_auto_accept
+        self.queue = queue
         self.chunk_size = chunk_size
-        self.retry_base = retry_base
-        self.retry_max = retry_max
-        # Called after each chunk is recorded (tests stop an import between chunks with it).
-        self.after_chunk: Callable[[int], None] | None = None
-        # Sends a chunk to Label Studio, returns the new task ids in order.
-        self.send: Callable[[LabelStudio, int, list[dict[str, Any]]], list[int]] = import_tasks
-        # The catalog generation `revive` last looked at (None: not since this process started).
-        self._revived_generation: int | None = None
+        self._send = send
+        self._after_chunk = after_chunk
 
     @property
     def client(self) -> LabelStudio:
@@ -176,167 +100,16 @@ class Importer:
             )
         return self.projects.client
 
-    # ---- the queue -------------------------------------------------------------------------
-
-    def enqueue(
-        self,
-        conn: sa.Connection,
-        *,
-        batch_id: str,
-        project: str,
-        schema_type: str,
-        model: str,
-        input_file_id: str,
-        output_file_id: str,
-        failed_lines: int = 0,
-        auto_accept: bool = False,
-    ) -> bool:
-        """Queues a batch once (a repeated event changes nothing); True if it was new."""
-        exists = conn.execute(
-            sa.select(tables.imports.c.batch_id).where(tables.imports.c.batch_id == batch_id)
-        ).first()
-        if exists:
-            return False
-        if auto_accept and not self.allow_auto_accept:
-            log.warning(
-                "auto-accept is not allowed here: the batch's tasks wait for people",
-                extra={"batch_id": batch_id},
-            )
-            auto_accept = False
-        now = time.time()
-        conn.execute(
-            tables.imports.insert().values(
-                batch_id=batch_id,
-                project=project,
-                schema_type=schema_type,
-                model=model,
-                input_file_id=input_file_id,
-                output_file_id=output_file_id,
-                failed_lines=failed_lines,
-                skipped_lines=failed_lines,
-                auto_accept=auto_accept,
-                status=QUEUED,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        return True
-
-    def due(self, now: float | None = None, limit: int = 10) -> list[QueuedImport]:
-        """Imports whose attempt is due, oldest first: queued ones past their time and
-        interrupted ones.
-
-        A failed import (unknown schema) is never among them, however many pile up: it waits
-        outside the queue and goes back into it when the catalog can resolve its schema
-        (`revive`), so it can never take the place of a new import in the page.
-        """
-        now = time.time() if now is None else now
-        if self._revived_generation != self.catalog.generation:
-            self.revive(now)
-        c = tables.imports.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(tables.imports)
-                .where(c.status.in_((QUEUED, RUNNING)), c.next_attempt_at <= now)
-                .order_by(c.next_attempt_at, c.batch_id)
-                .limit(limit)
-            ).all()
-        return [
-            QueuedImport(
-                row.batch_id,
-                row.project,
-                row.schema_type,
-                row.model,
-                row.input_file_id,
-                row.output_file_id,
-                bool(row.auto_accept),
-            )
-            for row in rows
-        ]
-
-    def revive(self, now: float | None = None) -> int:
-        """Queues again the imports that failed for an unknown schema the catalog knows now;
-        returns how many. `due` calls it once per catalog change (not per poll): the distinct
-        schema types of the failed imports are looked at, not each of them."""
-        now = time.time() if now is None else now
-        generation = self.catalog.generation
-        c = tables.imports.c
-        waiting = (c.status == FAILED, c.error_code == "unknown_schema")
-        with self.engine.connect() as conn:
-            schema_types = list(
-                conn.execute(sa.select(c.schema_type).where(*waiting).distinct()).scalars()
-            )
-        known = []
-        for schema_type in schema_types:
-            try:
-                self.catalog.resolve(schema_type)
-            except NotFound:
-                continue
-            known.append(schema_type)
-        revived = 0
-        for start in range(0, len(known), 500):
-            with write_transaction(self.engine) as conn:
-                revived += (
-                    conn.execute(
-                        tables.imports.update()
-                        .where(*waiting, c.schema_type.in_(known[start : start + 500]))
-                        .values(status=QUEUED, next_attempt_at=now, updated_at=now)
-                    ).rowcount
-                    or 0
-                )
-        self._revived_generation = generation
-        if revived:
-            log.info("imports queued again: their schema is known now", extra={"count": revived})
-        return revived
-
-    def _update(self, batch_id: str, **values: Any) -> None:
-        with write_transaction(self.engine) as conn:
-            conn.execute(
-                tables.imports.update()
-                .where(tables.imports.c.batch_id == batch_id)
-                .values(updated_at=time.time(), **values)
-            )
-
-    def retry_later(self, batch_id: str, error: str) -> float:
-        """Records a retryable failure; returns the delay before the next attempt."""
-        with self.engine.connect() as conn:
-            attempts = conn.execute(
-                sa.select(tables.imports.c.attempts).where(tables.imports.c.batch_id == batch_id)
-            ).scalar_one()
-        delay = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
-        self._update(
-            batch_id,
-            status=QUEUED,
-            error=error,
-            error_code="unavailable",
-            next_attempt_at=time.time() + delay,
-        )
-        return delay
-
-    def fail(self, batch_id: str, error: LoomstackError) -> None:
-        """Records a failure that waits for its cause to go away (no timed retry)."""
-        self._update(batch_id, status=FAILED, error=error.message, error_code=error.code)
-
     # ---- one attempt -----------------------------------------------------------------------
 
     def attempt(self, item: QueuedImport, read: Callable[[QueuedImport], BatchResults]) -> str:
         """One import attempt; returns the import's status after it. `read` fetches the
         batch's results (it may raise LoomstackError, e.g. Unavailable)."""
-        with write_transaction(self.engine) as conn:
-            conn.execute(
-                tables.imports.update()
-                .where(tables.imports.c.batch_id == item.batch_id)
-                .values(
-                    status=RUNNING,
-                    attempts=tables.imports.c.attempts + 1,
-                    updated_at=time.time(),
-                )
-            )
+        self.queue.start_attempt(item.batch_id)
         try:
             schema = self.catalog.resolve(item.schema_type)
         except NotFound as exc:
-            self.fail(item.batch_id, exc)
+            self.queue.fail(item.batch_id, exc)
             log.warning("import failed", extra={"batch_id": item.batch_id, "error": exc.message})
             return FAILED
         try:
@@ -354,15 +127,9 @@ class Importer:
             if retryable is None:
                 log.exception("import failed", extra={"batch_id": item.batch_id})
                 message = exc.message if isinstance(exc, LoomstackError) else f"{exc}"
-                self._update(
-                    item.batch_id,
-                    status=QUEUED,
-                    error=message,
-                    error_code="error",
-                    next_attempt_at=time.time() + self.retry_max,
-                )
+                self.queue.retry_much_later(item.batch_id, message)
                 return QUEUED
-            delay = self.retry_later(item.batch_id, retryable.message)
+            delay = self.queue.retry_later(item.batch_id, retryable.message)
             log.warning(
                 "import will be retried",
                 extra={"batch_id": item.batch_id, "error": retryable.message, "delay": delay},
@@ -388,7 +155,7 @@ class Importer:
         ls_project = self.projects.ensure(project, schema)
         # The Label Studio user the automatic annotations belong to.
         annotator = ensure_user(self.client) if auto_accept else None
-        self._update(
+        self.queue.update(
             batch_id,
             ls_project_id=ls_project,
             result_lines=len(results.lines),
@@ -433,8 +200,8 @@ class Importer:
                 built = upcoming.result()
                 upcoming = prepare(index + 1)
                 problems += self._import_chunk(batch_id, ls_project, chunk, built, annotator)
-                if self.after_chunk is not None:
-                    self.after_chunk(len(chunk))
+                if self._after_chunk is not None:
+                    self._after_chunk(len(chunk))
         with write_transaction(self.engine) as conn:
             count = conn.execute(
                 sa.select(sa.func.count()).where(tables.tasks.c.batch_id == batch_id)
@@ -546,7 +313,7 @@ class Importer:
     ) -> int:
         problems = sum(bool(task.problems) for task in built)
         try:
-            task_ids = self.send(self.client, ls_project, [t.task for t in built])
+            task_ids = self._send(self.client, ls_project, [t.task for t in built])
         except Exception as exc:
             # Nothing reached Label Studio, or we cannot tell: the next attempt resolves it.
             raise unavailable_or_none(exc) or exc from None
@@ -560,7 +327,7 @@ class Importer:
             if task.task.get("annotations")
         ]
         automatic = (
-            self._automatic_annotations(ls_project, accepted, annotator)
+            automatic_annotations(self.client, ls_project, accepted, annotator)
             if annotator is not None and accepted
             else []
         )
@@ -592,22 +359,6 @@ class Importer:
     def _annotations(self) -> AnnotationStore:
         return AnnotationStore(self.engine, self.catalog)
 
-    def _automatic_annotations(
-        self, ls_project: int, task_ids: Sequence[int], annotator: int
-    ) -> list[AnnotationRecord]:
-        """The auto-accept user's annotations of these tasks, as Label Studio has them."""
-        records = []
-        try:
-            for start in range(0, len(task_ids), 200):
-                exported = export_annotated(self.client, ls_project, task_ids[start : start + 200])
-                for task in exported:
-                    for annotation in task.get("annotations") or []:
-                        if is_automatic(annotation, annotator):
-                            records.append(annotation_record(annotation, int(task["id"])))
-        except Exception as exc:
-            raise unavailable_or_none(exc) or exc from None
-        return records
-
     def _resolve_pending(self, batch_id: str, annotator: int | None) -> None:
         """Lines recorded as pending by an interrupted attempt: the ones Label Studio has (in
         the project they were sent to) get their ids, the rest are forgotten (and imported
@@ -635,8 +386,8 @@ class Importer:
                         if data.get(BATCH_KEY) == batch_id and custom_id in custom_ids:
                             in_project[str(custom_id)] = int(task["id"])
                 if annotator is not None and in_project:
-                    automatic += self._automatic_annotations(
-                        ls_project, list(in_project.values()), annotator
+                    automatic += automatic_annotations(
+                        self.client, ls_project, list(in_project.values()), annotator
                     )
                 found.update(in_project)
         except Exception as exc:
@@ -670,31 +421,3 @@ def _predicted(task: dict[str, Any]) -> dict[str, Any]:
     if not predictions:
         return {}
     return {r["from_name"]: r["value"] for r in predictions[0]["result"]}
-
-
-def list_imports(
-    engine: Engine, project: str | None, limit: int = 100, offset: int = 0
-) -> list[sa.Row]:
-    """Imports, newest first."""
-    query = sa.select(tables.imports)
-    if project is not None:
-        query = query.where(tables.imports.c.project == project)
-    query = query.order_by(tables.imports.c.created_at.desc(), tables.imports.c.batch_id)
-    with engine.connect() as conn:
-        return list(conn.execute(query.limit(limit).offset(offset)).all())
-
-
-def get_import(engine: Engine, project: str | None, batch_id: str) -> sa.Row:
-    """One batch's import; NotFound if the batch was never queued."""
-    query = sa.select(tables.imports).where(tables.imports.c.batch_id == batch_id)
-    if project is not None:
-        query = query.where(tables.imports.c.project == project)
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    if row is None:
-        raise NotFound(
-            f"no import for batch {batch_id!r} (only completed batches with "
-            "metadata.schema_type are imported)",
-            param="batch_id",
-        )
-    return row

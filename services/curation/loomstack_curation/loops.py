@@ -14,9 +14,11 @@ from opentelemetry import trace
 from loomstack_kit.errors import NotFound
 
 from .annotations import AnnotationStore
+from .batch_results import BatchResults, read_results
 from .catalog import SchemaCatalog
 from .feed import FeedConsumer
-from .importer import BatchResults, Importer, QueuedImport, read_results
+from .import_queue import QueuedImport
+from .importer import Importer
 from .inference_client import InferenceClient
 from .projects import ProjectMap
 from .reconcile import reconcile
@@ -84,7 +86,7 @@ async def work_imports(
     while True:
         try:
             await asyncio.to_thread(catalog.refresh)
-            due = await asyncio.to_thread(importer.due)
+            due = await asyncio.to_thread(importer.queue.due)
             for item in due:
                 await asyncio.to_thread(_traced_attempt, importer, item, read)
         except asyncio.CancelledError:

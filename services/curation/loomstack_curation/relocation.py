@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,7 @@ class Relocation:
         annotations: AnnotationStore,
         *,
         chunk_size: int = 200,
+        send: Callable[[LabelStudio, int, list[dict[str, Any]]], list[int]] = import_tasks,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
@@ -89,7 +90,7 @@ class Relocation:
         self.annotations = annotations
         self.chunk_size = chunk_size
         # Sends a chunk to Label Studio, returns the new task ids in order (tests interrupt it).
-        self.send = import_tasks
+        self._send = send
 
     @property
     def client(self) -> LabelStudio:
@@ -200,7 +201,7 @@ class Relocation:
                 .where(tables.tasks.c.id.in_([r.id for r in rows]))
                 .values(moving_to=target)
             )
-        new_ids = self.send(self.client, target, payload)
+        new_ids = self._send(self.client, target, payload)
         if len(new_ids) != len(rows):
             raise label_studio_unavailable(
                 f"Label Studio returned {len(new_ids)} task ids for {len(rows)} tasks"

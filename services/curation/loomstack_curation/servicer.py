@@ -1,4 +1,6 @@
-"""gRPC servicers: convert protos to domain calls and back, nothing more."""
+"""gRPC servicers: convert protos to domain calls and back, nothing more: each RPC checks its
+request's fields, makes one domain call and converts the typed result with a `*_to_proto`
+function (no database rows here)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import json
 from typing import Any
 
 import grpc
-import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loomstack.curation.v1 import curation_pb2, curation_pb2_grpc
@@ -16,13 +17,13 @@ from loomstack_kit.identity import owner_project, project_of
 
 from . import field_checks as check
 from .catalog import SchemaCatalog
-from .importer import get_import, list_imports
+from .import_records import ImportRecords, ImportView
 from .label_config import label_config
 from .projects import ProjectMap
 from .prompts import render_prompt, response_format, response_json_schema
 from .snapshots import FORMATS, SnapshotFilter, SnapshotRecord, SnapshotStore, Upload
 from .task_schema import TaskSchema
-from .tasks import Statistics, TaskFilter, TaskQueries
+from .tasks import Statistics, TaskFilter, TaskQueries, TaskView
 
 _TASK_STATUS = {
     "pending": curation_pb2.TASK_STATUS_PENDING,
@@ -54,7 +55,7 @@ def _ts(seconds: float | None) -> Timestamp | None:
     return ts
 
 
-def schema_message(
+def schema_to_proto(
     schema: TaskSchema, catalog: SchemaCatalog, projects: ProjectMap, project: str
 ) -> Any:
     """A schema as its proto, with the caller's project's Label Studio project."""
@@ -92,7 +93,7 @@ class SchemaServicer(curation_pb2_grpc.SchemaServiceServicer):
         page = schemas[:limit]
         project = owner_project(project_of(context))
         messages = await asyncio.to_thread(
-            lambda: [schema_message(s, self.catalog, self.projects, project) for s in page]
+            lambda: [schema_to_proto(s, self.catalog, self.projects, project) for s in page]
         )
         return curation_pb2.ListSchemasResponse(
             schemas=messages,
@@ -103,7 +104,9 @@ class SchemaServicer(curation_pb2_grpc.SchemaServiceServicer):
     async def GetSchema(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         schema = self._schema(request.schema_id, request.version)
         project = owner_project(project_of(context))
-        return await asyncio.to_thread(schema_message, schema, self.catalog, self.projects, project)
+        return await asyncio.to_thread(
+            schema_to_proto, schema, self.catalog, self.projects, project
+        )
 
     async def RenderLabelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         schema = self._schema(request.schema_id, request.version)
@@ -119,8 +122,8 @@ class SchemaServicer(curation_pb2_grpc.SchemaServiceServicer):
         )
 
 
-def task_message(row: sa.Row) -> Any:
-    """A task row as its proto."""
+def task_to_proto(row: TaskView) -> Any:
+    """A task as its proto."""
     message = curation_pb2.Task(
         id=row.ls_task_id or 0,
         label_studio_project_id=row.ls_project_id,
@@ -129,13 +132,13 @@ def task_message(row: sa.Row) -> Any:
         batch_id=row.batch_id,
         custom_id=row.custom_id,
         status=_TASK_STATUS.get(row.status, curation_pb2.TASK_STATUS_UNSPECIFIED),
-        gold=bool(row.gold),
+        gold=row.gold,
         annotation_count=row.annotation_count,
-        corrected=bool(row.corrected),
+        corrected=row.corrected,
         data_json=row.data_json,
         create_time=_ts(row.created_at),
         annotate_time=_ts(row.annotated_at),
-        auto_accepted=bool(row.auto_accepted),
+        auto_accepted=row.auto_accepted,
     )
     if row.agreement is not None:
         message.agreement = row.agreement
@@ -178,7 +181,7 @@ class TaskServicer(curation_pb2_grpc.TaskServiceServicer):
         )
         page = rows[:limit]
         return curation_pb2.ListTasksResponse(
-            tasks=[task_message(r) for r in page],
+            tasks=[task_to_proto(r) for r in page],
             next_page_token=str(page[-1].id) if len(rows) > limit else "",
         )
 
@@ -187,7 +190,7 @@ class TaskServicer(curation_pb2_grpc.TaskServiceServicer):
         rows = await asyncio.to_thread(
             self.queries.set_gold, project_of(context), task_ids, request.gold
         )
-        return curation_pb2.SetTasksGoldResponse(tasks=[task_message(r) for r in rows])
+        return curation_pb2.SetTasksGoldResponse(tasks=[task_to_proto(r) for r in rows])
 
     async def GetTaskStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         schema_id = check.text(request.schema_id, "schema_id")
@@ -215,8 +218,8 @@ class TaskServicer(curation_pb2_grpc.TaskServiceServicer):
         )
 
 
-def import_message(row: sa.Row) -> Any:
-    """An import row as its proto."""
+def import_to_proto(row: ImportView) -> Any:
+    """An import as its proto."""
     return curation_pb2.Import(
         batch_id=row.batch_id,
         schema_type=row.schema_type,
@@ -231,7 +234,7 @@ def import_message(row: sa.Row) -> Any:
         next_attempt_time=_ts(row.next_attempt_at) if row.status == "queued" else None,
         create_time=_ts(row.created_at),
         update_time=_ts(row.updated_at),
-        auto_accept=bool(row.auto_accept),
+        auto_accept=row.auto_accept,
         auto_accepted_tasks=row.auto_accepted_tasks,
     )
 
@@ -239,27 +242,25 @@ def import_message(row: sa.Row) -> Any:
 class ImportServicer(curation_pb2_grpc.ImportServiceServicer):
     """The import queue, read-only."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+    def __init__(self, records: ImportRecords) -> None:
+        self.records = records
 
     async def ListImports(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         limit = check.page_size(request.page_size)
         offset = check.number_token(request.page_token)
-        rows = await asyncio.to_thread(
-            list_imports, self.engine, project_of(context), limit + 1, offset
-        )
+        rows = await asyncio.to_thread(self.records.page, project_of(context), limit + 1, offset)
         return curation_pb2.ListImportsResponse(
-            imports=[import_message(r) for r in rows[:limit]],
+            imports=[import_to_proto(r) for r in rows[:limit]],
             next_page_token=str(offset + limit) if len(rows) > limit else "",
         )
 
     async def GetImport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         batch_id = check.text(request.batch_id, "batch_id")
-        row = await asyncio.to_thread(get_import, self.engine, project_of(context), batch_id)
-        return import_message(row)
+        row = await asyncio.to_thread(self.records.get, project_of(context), batch_id)
+        return import_to_proto(row)
 
 
-def snapshot_message(record: SnapshotRecord) -> Any:
+def snapshot_to_proto(record: SnapshotRecord) -> Any:
     """A snapshot as its proto."""
     f = record.filter
     return curation_pb2.Snapshot(
@@ -322,12 +323,12 @@ class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
             validation_fraction=request.validation_fraction,
             upload=self.upload,
         )
-        return snapshot_message(record)
+        return snapshot_to_proto(record)
 
     async def GetSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         snapshot_id = check.text(request.snapshot_id, "snapshot_id")
         record = await asyncio.to_thread(self.store.get, project_of(context), snapshot_id)
-        return snapshot_message(record)
+        return snapshot_to_proto(record)
 
     async def ListSnapshots(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         limit = check.page_size(request.page_size)
@@ -337,6 +338,6 @@ class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
             self.store.list_snapshots, project_of(context), name, limit + 1, offset
         )
         return curation_pb2.ListSnapshotsResponse(
-            snapshots=[snapshot_message(r) for r in records[:limit]],
+            snapshots=[snapshot_to_proto(r) for r in records[:limit]],
             next_page_token=str(offset + limit) if len(records) > limit else "",
         )

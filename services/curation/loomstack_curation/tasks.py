@@ -21,7 +21,7 @@ from . import tables
 from .annotations import AnnotationStore, annotation_record
 from .catalog import SchemaCatalog
 from .predictions import regions
-from .projects import ProjectMap, task_payload, unavailable_or_none
+from .projects import ProjectMap, label_studio_unavailable, task_payload, unavailable_or_none
 
 MAX_GOLD_TASKS = 1000
 
@@ -34,6 +34,51 @@ class TaskFilter:
     status: str = ""
     gold_only: bool = False
     batch_id: str = ""
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A confirmed task as the API shows it (`id` is our row id, the list's cursor)."""
+
+    id: int
+    ls_task_id: int | None
+    ls_project_id: int
+    schema_id: str
+    schema_version: int
+    batch_id: str
+    custom_id: str
+    status: str
+    gold: bool
+    annotation_count: int
+    corrected: bool
+    data_json: str
+    created_at: float
+    annotated_at: float | None
+    auto_accepted: bool
+    agreement: float | None
+    rating: int | None
+
+
+def task_view(row: sa.Row) -> TaskView:
+    return TaskView(
+        id=row.id,
+        ls_task_id=row.ls_task_id,
+        ls_project_id=row.ls_project_id,
+        schema_id=row.schema_id,
+        schema_version=row.schema_version,
+        batch_id=row.batch_id,
+        custom_id=row.custom_id,
+        status=row.status,
+        gold=bool(row.gold),
+        annotation_count=row.annotation_count,
+        corrected=bool(row.corrected),
+        data_json=row.data_json,
+        created_at=row.created_at,
+        annotated_at=row.annotated_at,
+        auto_accepted=bool(row.auto_accepted),
+        agreement=row.agreement,
+        rating=row.rating,
+    )
 
 
 @dataclass(frozen=True)
@@ -66,7 +111,7 @@ class TaskQueries:
 
     def list_tasks(
         self, project: str | None, flt: TaskFilter, limit: int = 100, before: int = 0
-    ) -> list[sa.Row]:
+    ) -> list[TaskView]:
         """Confirmed tasks, newest first; `before` is the last row id of the previous page."""
         c = tables.tasks.c
         query = sa.select(tables.tasks).where(c.ls_task_id.is_not(None))
@@ -83,9 +128,10 @@ class TaskQueries:
         if before:
             query = query.where(c.id < before)
         with self.engine.connect() as conn:
-            return list(conn.execute(query.order_by(c.id.desc()).limit(limit)).all())
+            rows = conn.execute(query.order_by(c.id.desc()).limit(limit)).all()
+        return [task_view(r) for r in rows]
 
-    def get_many(self, project: str | None, task_ids: Iterable[int]) -> list[sa.Row]:
+    def _rows(self, project: str | None, task_ids: Iterable[int]) -> list[sa.Row]:
         """Tasks by Label Studio id; NotFound names the first unknown one."""
         ids = list(dict.fromkeys(int(i) for i in task_ids))
         c = tables.tasks.c
@@ -131,17 +177,19 @@ class TaskQueries:
             for r in rows
         ]
 
-    def set_gold(self, project: str | None, task_ids: list[int], gold: bool) -> list[sa.Row]:
+    def get_many(self, project: str | None, task_ids: Iterable[int]) -> list[TaskView]:
+        """Tasks by Label Studio id; NotFound names the first unknown one."""
+        return [task_view(r) for r in self._rows(project, task_ids)]
+
+    def set_gold(self, project: str | None, task_ids: list[int], gold: bool) -> list[TaskView]:
         """Gives (or takes) the gold star of tasks in Label Studio and records the result."""
         if not task_ids:
             raise InvalidArgument("name at least one task", param="task_ids")
         if len(task_ids) > MAX_GOLD_TASKS:
             raise InvalidArgument(f"at most {MAX_GOLD_TASKS} tasks at once", param="task_ids")
-        rows = self.get_many(project, task_ids)
+        rows = self._rows(project, task_ids)
         client = self.projects.client
         if client is None:
-            from .projects import label_studio_unavailable
-
             raise label_studio_unavailable("Label Studio is not configured")
         for row in rows:
             schema = self.catalog.get(row.schema_id, row.schema_version)
