@@ -31,14 +31,14 @@ from .metrics import GatewayMetrics, MetricsMiddleware
 from .openapi_document import build_document
 from .request_ids import RequestIds, install_log_filter, request_id_of
 from .responses import OrjsonResponse
-from .routes_admin import admin_router, open_admin
-from .routes_batches import batches_router
-from .routes_chat import chat_router
-from .routes_comparisons import comparisons_router
-from .routes_curation import curation_router
-from .routes_files import files_router
-from .routes_fine_tuning import fine_tuning_router
-from .routes_models import models_router
+from .routes.admin import admin_router, open_admin
+from .routes.batches import batches_router
+from .routes.chat import chat_router
+from .routes.comparisons import comparisons_router
+from .routes.curation import curation_router
+from .routes.files import files_router
+from .routes.fine_tuning import fine_tuning_router
+from .routes.models import models_router
 from .settings import GatewaySettings
 from .upstream import Curation, Inference, Training
 

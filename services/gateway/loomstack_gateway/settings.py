@@ -113,7 +113,7 @@ class GatewaySettings(ServiceSettings):
     max_message_bytes: int = Field(64 * MIB, description="Largest gRPC message either way.")
     access_log: bool = Field(False, description="Log every request (the metrics count them).")
 
-    # /admin/services: what the gateway reports and restarts (see routes_admin.py).
+    # /admin/services: what the gateway reports and restarts (see routes/admin.py).
     admin_backend: str = Field(
         "local",
         description=(

@@ -16,9 +16,9 @@ from starlette.responses import Response
 
 from loomstack_kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
-from .auth import caller_of
-from .responses import OrjsonResponse
-from .settings import GatewaySettings
+from ..auth import caller_of
+from ..responses import OrjsonResponse
+from ..settings import GatewaySettings
 
 
 class ServiceAdmin(Protocol):

@@ -10,13 +10,13 @@ from starlette.responses import Response
 
 from loomstack.inference.v1 import batches_pb2
 
-from . import openai_shapes
-from .auth import caller_of
-from .direct_routes import direct
-from .request_fields import Int32, RequestBody
-from .responses import OrjsonResponse
-from .settings import GatewaySettings
-from .upstream import Inference
+from ..auth import caller_of
+from ..direct_routes import direct
+from ..request_fields import Int32, RequestBody
+from ..responses import OrjsonResponse
+from ..settings import GatewaySettings
+from ..shapes import inference as shapes
+from ..upstream import Inference
 
 
 class CreateBatchBody(RequestBody):
@@ -45,7 +45,7 @@ def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter
     @router.post("", summary="Create a batch")
     async def create_batch(request: Request, body: CreateBatchBody) -> Response:
         resp = await inference.batches.CreateBatch(
-            openai_shapes.create_batch_request(
+            shapes.create_batch_request(
                 input_file_id=body.input_file_id,
                 endpoint=body.endpoint,
                 completion_window=body.completion_window,
@@ -55,7 +55,7 @@ def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.batch_object(resp))
+        return OrjsonResponse(shapes.batch_object(resp))
 
     @router.get("", summary="List batches")
     async def list_batches(
@@ -68,7 +68,7 @@ def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.batch_list(resp))
+        return OrjsonResponse(shapes.batch_list(resp))
 
     @router.get("/{batch_id}", summary="Retrieve a batch")
     @direct
@@ -78,7 +78,7 @@ def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.batch_object(resp))
+        return OrjsonResponse(shapes.batch_object(resp))
 
     @router.post("/{batch_id}/cancel", summary="Cancel a batch")
     async def cancel_batch(request: Request, batch_id: str) -> Response:
@@ -87,6 +87,6 @@ def batches_router(inference: Inference, settings: GatewaySettings) -> APIRouter
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.batch_object(resp))
+        return OrjsonResponse(shapes.batch_object(resp))
 
     return router

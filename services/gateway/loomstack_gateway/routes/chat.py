@@ -16,11 +16,11 @@ from starlette.responses import Response, StreamingResponse
 from loomstack.inference.v1 import chat_pb2
 from loomstack_kit.errors import InvalidArgument, openai_error_body
 
-from .auth import caller_of
-from .direct_routes import direct
-from .http_errors import upstream_error
-from .settings import GatewaySettings
-from .upstream import Inference, prefetched
+from ..auth import caller_of
+from ..direct_routes import direct
+from ..http_errors import upstream_error
+from ..settings import GatewaySettings
+from ..upstream import Inference, prefetched
 
 _DONE = b"data: [DONE]\n\n"
 _CHAT_DOC = {

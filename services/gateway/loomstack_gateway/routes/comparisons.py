@@ -9,35 +9,23 @@ vote preferred either model.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from google.protobuf.message import Message
 from pydantic import ConfigDict
 from starlette.responses import Response
 
 from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
 
-from .auth import caller_of
-from .direct_routes import direct
-from .request_fields import NonNegativeInt32, NonNegativeInt64, RequestBody
-from .responses import OrjsonResponse
-from .settings import GatewaySettings
-from .upstream import Training
-
-_PREFIX = "COMPARISON_STATUS_"
-COMPARISON_STATUS_NAMES: dict[int, str] = {
-    value: name.removeprefix(_PREFIX).lower()
-    for name, value in training_pb2.ComparisonStatus.items()
-    if value != training_pb2.COMPARISON_STATUS_UNSPECIFIED
-}
-WINNERS = {
-    "a": training_pb2.VOTE_WINNER_A,
-    "b": training_pb2.VOTE_WINNER_B,
-    "tie": training_pb2.VOTE_WINNER_TIE,
-}
-_WINNER_NAMES = {value: name for name, value in WINNERS.items()}
+from ..auth import caller_of
+from ..direct_routes import direct
+from ..request_fields import NonNegativeInt32, NonNegativeInt64, RequestBody
+from ..responses import OrjsonResponse
+from ..settings import GatewaySettings
+from ..shapes.common import page
+from ..shapes.comparisons import WINNERS, comparison_object, item_object, vote_object
+from ..upstream import Training
 
 
 class CreateComparisonBody(RequestBody):
@@ -60,95 +48,6 @@ class CreateVoteBody(RequestBody):
     winner: str
     voter: str | None = None
     comment: str | None = None
-
-
-def _seconds(msg: Message, field: str) -> int | None:
-    if not msg.HasField(field):
-        return None
-    seconds: int = getattr(msg, field).seconds
-    return seconds
-
-
-def _scores(msg: Message) -> dict[str, Any] | None:
-    if not (msg.HasField("scores_a") and msg.HasField("scores_b")):
-        return None
-    a, b = msg.scores_a, msg.scores_b  # type: ignore[attr-defined]
-    return {
-        "model_a": {"exact_match": a.exact_match, "token_overlap": a.token_overlap},
-        "model_b": {"exact_match": b.exact_match, "token_overlap": b.token_overlap},
-    }
-
-
-def _votes(v: training_pb2.VoteCounts) -> dict[str, int]:
-    return {"a": v.a, "b": v.b, "tie": v.tie}
-
-
-def comparison_object(c: training_pb2.Comparison) -> dict[str, Any]:
-    """The `comparison` object."""
-    return {
-        "object": "comparison",
-        "id": c.id,
-        "model_a": c.model_a,
-        "model_b": c.model_b,
-        "input_file_id": c.input_file_id,
-        "max_tokens": c.max_tokens,
-        "status": COMPARISON_STATUS_NAMES.get(c.status, "queued"),
-        "created_at": c.create_time.seconds,
-        "started_at": _seconds(c, "start_time"),
-        "finished_at": _seconds(c, "finish_time"),
-        "item_count": c.item_count,
-        "scored_item_count": c.scored_item_count,
-        "scores": _scores(c),
-        "votes": _votes(c.votes),
-        "win_rate": c.win_rate if c.HasField("win_rate") else None,
-        "error": (
-            {"code": c.error.code, "message": c.error.message} if c.HasField("error") else None
-        ),
-        "project": c.project,
-        "metadata": dict(c.metadata) or None,
-    }
-
-
-def item_object(comparison_id: str, i: training_pb2.ComparisonItem) -> dict[str, Any]:
-    """The `comparison.item` object: one prompt, both answers, scores and votes."""
-    return {
-        "object": "comparison.item",
-        "comparison_id": comparison_id,
-        "index": i.index,
-        "line": i.line,
-        "messages": [{"role": m.role, "content": m.content} for m in i.messages],
-        "reference": i.reference if i.HasField("reference") else None,
-        "answer_a": i.answer_a,
-        "answer_b": i.answer_b,
-        "error_a": i.error_a or None,
-        "error_b": i.error_b or None,
-        "scores": _scores(i),
-        "votes": _votes(i.votes),
-    }
-
-
-def vote_object(v: training_pb2.Vote) -> dict[str, Any]:
-    """The `comparison.vote` object."""
-    return {
-        "object": "comparison.vote",
-        "id": v.id,
-        "comparison_id": v.comparison_id,
-        "index": v.index,
-        "winner": _WINNER_NAMES.get(v.winner),
-        "voter": v.voter or None,
-        "comment": v.comment or None,
-        "created_at": v.create_time.seconds,
-    }
-
-
-def _list(data: list[dict[str, Any]], has_more: bool, key: str = "id") -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0][key] if data else None,
-        "last_id": data[-1][key] if data else None,
-        "has_more": has_more,
-    }
 
 
 def comparisons_router(training: Training, settings: GatewaySettings) -> APIRouter:
@@ -182,7 +81,7 @@ def comparisons_router(training: Training, settings: GatewaySettings) -> APIRout
             timeout=timeout,
         )
         return OrjsonResponse(
-            _list([comparison_object(c) for c in resp.comparisons], bool(resp.next_page_token))
+            page([comparison_object(c) for c in resp.comparisons], bool(resp.next_page_token))
         )
 
     @router.get("/{comparison_id}", summary="Retrieve a comparison")
@@ -212,7 +111,7 @@ def comparisons_router(training: Training, settings: GatewaySettings) -> APIRout
             timeout=timeout,
         )
         items = [item_object(comparison_id, i) for i in resp.items]
-        return OrjsonResponse(_list(items, bool(resp.next_page_token), key="index"))
+        return OrjsonResponse(page(items, bool(resp.next_page_token), key="index"))
 
     @router.post("/{comparison_id}/items/{index}/votes", summary="Vote on an item")
     async def create_vote(

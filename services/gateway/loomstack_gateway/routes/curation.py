@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
@@ -20,14 +18,14 @@ from loomstack.curation.v1 import curation_pb2
 from loomstack.inference.v1 import files_pb2
 from loomstack_kit.errors import NotFound
 
-from .auth import caller_of
-from .direct_routes import direct
-from .request_fields import NonNegativeInt32, PositiveInt64, RequestBody
-from .responses import OrjsonResponse
-from .settings import GatewaySettings
-from .upstream import Curation, Inference, prefetched
+from ..auth import caller_of
+from ..direct_routes import direct
+from ..request_fields import NonNegativeInt32, PositiveInt64, RequestBody
+from ..responses import OrjsonResponse
+from ..settings import GatewaySettings
+from ..shapes.curation import curation_object
+from ..upstream import Curation, Inference, prefetched
 
-_JSON_FIELDS = {"definition_json": "definition", "data_json": "data", "manifest_json": "manifest"}
 _FORMATS = {
     "openai_chat": curation_pb2.SNAPSHOT_FORMAT_OPENAI_CHAT,
     "alpaca": curation_pb2.SNAPSHOT_FORMAT_ALPACA,
@@ -58,49 +56,6 @@ _SNAPSHOT_CONTENT_DOC = {
     "description": "The snapshot's training or validation file, one example a line.",
     "content": {"application/jsonl": {"schema": {"type": "string", "format": "binary"}}},
 }
-
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
-
-
-def _numbers(descriptor: Any, body: dict[str, Any]) -> None:
-    """Proto JSON writes 64-bit integers as strings; our clients want numbers."""
-    for field in descriptor.fields:
-        if field.name not in body:
-            continue
-        repeated = bool(field.is_repeated)
-        values = body[field.name] if repeated else [body[field.name]]
-        if field.type in _INT64:
-            ints = [int(v) for v in values]
-            body[field.name] = ints if repeated else ints[0]
-        elif (
-            field.message_type is not None
-            and field.message_type.full_name != "google.protobuf.Timestamp"
-        ):
-            for value in values:
-                _numbers(field.message_type, value)
-
-
-def _shape(message: Any, kind: str) -> dict[str, Any]:
-    """A proto as JSON: snake_case fields, numbers as numbers, enum names in lower case
-    without their prefix, embedded JSON documents decoded, `object` naming the kind."""
-    body = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    _numbers(message.DESCRIPTOR, body)
-    for key, name in _JSON_FIELDS.items():
-        if key in body:
-            text = body.pop(key)
-            body[name] = json.loads(text) if text else None
-    for key in ("status", "format"):
-        if isinstance(body.get(key), str):
-            body[key] = body[key].split("_STATUS_")[-1].split("_FORMAT_")[-1].lower()
-    return {"object": kind, **body}
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -165,7 +120,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [_shape(s, "curation.schema") for s in resp.schemas],
+                "data": [curation_object(s, "curation.schema") for s in resp.schemas],
                 "problems": list(resp.problems),
             }
         )
@@ -179,7 +134,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(_shape(resp, "curation.schema"))
+        return OrjsonResponse(curation_object(resp, "curation.schema"))
 
     @router.get(
         "/schemas/{schema_id}/label_config",
@@ -244,7 +199,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [_shape(t, "curation.task") for t in resp.tasks],
+                "data": [curation_object(t, "curation.task") for t in resp.tasks],
                 "has_more": bool(resp.next_page_token),
                 "last_id": resp.next_page_token or None,
             }
@@ -257,7 +212,7 @@ def curation_router(
             timeout=timeout,
         )
         return OrjsonResponse(
-            {"object": "list", "data": [_shape(t, "curation.task") for t in resp.tasks]}
+            {"object": "list", "data": [curation_object(t, "curation.task") for t in resp.tasks]}
         )
 
     @router.post("/tasks/gold", summary="Gold-star (or un-star) several tasks")
@@ -279,7 +234,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(_shape(resp, "curation.statistics"))
+        return OrjsonResponse(curation_object(resp, "curation.statistics"))
 
     @router.get("/imports", summary="List batch imports")
     async def list_imports(
@@ -293,7 +248,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [_shape(i, "curation.import") for i in resp.imports],
+                "data": [curation_object(i, "curation.import") for i in resp.imports],
                 "has_more": bool(resp.next_page_token),
                 "next": resp.next_page_token or None,
             }
@@ -307,7 +262,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(_shape(resp, "curation.import"))
+        return OrjsonResponse(curation_object(resp, "curation.import"))
 
     @router.post("/snapshots", summary="Create a dataset snapshot")
     async def create_snapshot(request: Request, body: CreateSnapshotBody) -> Response:
@@ -332,7 +287,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=max(timeout, 300),
         )
-        return OrjsonResponse(_shape(resp, "curation.snapshot"))
+        return OrjsonResponse(curation_object(resp, "curation.snapshot"))
 
     @router.get("/snapshots", summary="List dataset snapshots")
     async def list_snapshots(
@@ -349,7 +304,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [_shape(s, "curation.snapshot") for s in resp.snapshots],
+                "data": [curation_object(s, "curation.snapshot") for s in resp.snapshots],
                 "has_more": bool(resp.next_page_token),
                 "next": resp.next_page_token or None,
             }
@@ -363,7 +318,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(_shape(resp, "curation.snapshot"))
+        return OrjsonResponse(curation_object(resp, "curation.snapshot"))
 
     @router.get(
         "/snapshots/{snapshot_id}/content",

@@ -13,14 +13,14 @@ from starlette.responses import Response, StreamingResponse
 from loomstack.inference.v1 import files_pb2
 from loomstack_kit.errors import InvalidArgument
 
-from . import openai_shapes
-from .auth import caller_of
-from .direct_routes import direct
-from .multipart_stream import MultipartStream
-from .responses import OrjsonResponse
-from .settings import GatewaySettings
-from .uploads import FileUpload
-from .upstream import Inference, prefetched
+from ..auth import caller_of
+from ..direct_routes import direct
+from ..multipart_stream import MultipartStream
+from ..responses import OrjsonResponse
+from ..settings import GatewaySettings
+from ..shapes import inference as shapes
+from ..uploads import FileUpload
+from ..upstream import Inference, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def files_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
             # The upload RPC is cancelled; there is no one left to answer.
             log.info("client disconnected during an upload")
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return OrjsonResponse(openai_shapes.file_object(stored))
+        return OrjsonResponse(shapes.file_object(stored))
 
     @router.get("", summary="List files")
     async def list_files(
@@ -94,7 +94,7 @@ def files_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.file_list(resp))
+        return OrjsonResponse(shapes.file_list(resp))
 
     @router.get("/{file_id}", summary="Retrieve a file")
     @direct
@@ -104,7 +104,7 @@ def files_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.file_object(resp))
+        return OrjsonResponse(shapes.file_object(resp))
 
     @router.delete("/{file_id}", summary="Delete a file")
     async def delete_file(request: Request, file_id: str) -> Response:
@@ -113,7 +113,7 @@ def files_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.file_deleted(resp))
+        return OrjsonResponse(shapes.file_deleted(resp))
 
     @router.get(
         "/{file_id}/content",

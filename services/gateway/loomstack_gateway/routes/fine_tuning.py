@@ -13,31 +13,21 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from google.protobuf.message import Message
 from pydantic import ConfigDict
 from starlette.responses import Response
 
 from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
 
-from .auth import caller_of
-from .direct_routes import direct
-from .request_fields import Int64, RequestBody
-from .responses import OrjsonResponse
-from .settings import GatewaySettings
-from .upstream import Training
+from ..auth import caller_of
+from ..direct_routes import direct
+from ..request_fields import Int64, RequestBody
+from ..responses import OrjsonResponse
+from ..settings import GatewaySettings
+from ..shapes.common import page
+from ..shapes.fine_tuning import checkpoint_object, event_object, job_object
+from ..upstream import Training
 
-_PREFIX = "FINE_TUNING_JOB_STATUS_"
-JOB_STATUS_NAMES: dict[int, str] = {
-    value: name.removeprefix(_PREFIX).lower()
-    for name, value in training_pb2.FineTuningJobStatus.items()
-    if value != training_pb2.FINE_TUNING_JOB_STATUS_UNSPECIFIED
-}
-_LEVELS = {
-    training_pb2.EVENT_LEVEL_INFO: "info",
-    training_pb2.EVENT_LEVEL_WARN: "warn",
-    training_pb2.EVENT_LEVEL_ERROR: "error",
-}
 _INT_HP = (
     "n_epochs",
     "batch_size",
@@ -118,125 +108,6 @@ def hyperparameters_request(body: CreateJobBody) -> training_pb2.Hyperparameters
     return hp
 
 
-def _seconds(msg: Message, field: str) -> int | None:
-    if not msg.HasField(field):
-        return None
-    seconds: int = getattr(msg, field).seconds
-    return seconds
-
-
-def _metrics(m: training_pb2.StepMetrics) -> dict[str, Any]:
-    return {
-        "step": m.step,
-        "train_loss": m.train_loss,
-        "learning_rate": m.learning_rate,
-        "tokens_per_second": m.tokens_per_second,
-        "epoch": m.epoch,
-        "trained_tokens": m.trained_tokens,
-    }
-
-
-def job_object(job: training_pb2.FineTuningJob) -> dict[str, Any]:
-    """OpenAI's `fine_tuning.job` object (+ steps, the eval result and the runner)."""
-    hp = job.hyperparameters
-    hyperparameters: dict[str, Any] = {
-        "n_epochs": hp.n_epochs,
-        "batch_size": hp.batch_size,
-        "learning_rate_multiplier": "auto",
-        "learning_rate": hp.learning_rate,
-        "max_seq_length": hp.max_seq_length,
-        "lora_r": hp.lora_r,
-        "lora_alpha": hp.lora_alpha,
-        "lora_dropout": hp.lora_dropout,
-        "lora_target_modules": list(hp.lora_target_modules),
-        "max_steps": hp.max_steps if hp.HasField("max_steps") else None,
-        "save_steps": hp.save_steps if hp.HasField("save_steps") else None,
-    }
-    evaluation = None
-    if job.HasField("eval"):
-        e = job.eval
-        evaluation = {
-            "examples": e.examples,
-            "base": {"exact_match": e.base_exact_match, "token_overlap": e.base_token_overlap},
-            "fine_tuned": {
-                "exact_match": e.fine_tuned_exact_match,
-                "token_overlap": e.fine_tuned_token_overlap,
-            },
-            "required_margin": e.required_margin,
-            "promoted": e.promoted,
-        }
-    return {
-        "object": "fine_tuning.job",
-        "id": job.id,
-        "model": job.model,
-        "created_at": job.create_time.seconds,
-        "finished_at": _seconds(job, "finish_time"),
-        "fine_tuned_model": job.fine_tuned_model or None,
-        "organization_id": job.project,
-        "result_files": list(job.result_files),
-        "status": JOB_STATUS_NAMES.get(job.status, "validating_files"),
-        "validation_file": job.validation_file or None,
-        "training_file": job.training_file,
-        "hyperparameters": hyperparameters,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        "trained_tokens": job.trained_tokens if job.trained_tokens else None,
-        "error": (
-            {
-                "code": job.error.code,
-                "message": job.error.message,
-                "param": job.error.param or None,
-            }
-            if job.HasField("error")
-            else None
-        ),
-        "user_provided_suffix": job.suffix or None,
-        "seed": job.seed,
-        "estimated_finish": None,
-        "integrations": [],
-        "metadata": dict(job.metadata) or None,
-        "trained_steps": job.trained_steps,
-        "total_steps": job.total_steps,
-        "eval": evaluation,
-        "runner": job.runner,
-    }
-
-
-def event_object(e: training_pb2.FineTuningJobEvent) -> dict[str, Any]:
-    """OpenAI's `fine_tuning.job.event` (metrics events carry the step's metrics in `data`)."""
-    return {
-        "object": "fine_tuning.job.event",
-        "id": e.id,
-        "created_at": e.create_time.seconds,
-        "level": _LEVELS.get(e.level, "info"),
-        "message": e.message,
-        "type": e.type or "message",
-        "data": _metrics(e.metrics) if e.HasField("metrics") else {},
-    }
-
-
-def checkpoint_object(c: training_pb2.FineTuningJobCheckpoint) -> dict[str, Any]:
-    """OpenAI's `fine_tuning.job.checkpoint`."""
-    return {
-        "object": "fine_tuning.job.checkpoint",
-        "id": c.id,
-        "created_at": c.create_time.seconds,
-        "fine_tuned_model_checkpoint": c.fine_tuned_model_checkpoint,
-        "fine_tuning_job_id": c.fine_tuning_job_id,
-        "metrics": _metrics(c.metrics),
-        "step_number": c.step_number,
-    }
-
-
-def _list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
 def fine_tuning_router(training: Training, settings: GatewaySettings) -> APIRouter:
     """The fine-tuning routes, bound to the training service's client."""
     router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -269,7 +140,7 @@ def fine_tuning_router(training: Training, settings: GatewaySettings) -> APIRout
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(_list([job_object(j) for j in resp.jobs], bool(resp.next_page_token)))
+        return OrjsonResponse(page([job_object(j) for j in resp.jobs], bool(resp.next_page_token)))
 
     @router.get("/{job_id}", summary="Retrieve a fine-tuning job")
     @direct
@@ -305,7 +176,7 @@ def fine_tuning_router(training: Training, settings: GatewaySettings) -> APIRout
             timeout=timeout,
         )
         return OrjsonResponse(
-            _list([event_object(e) for e in resp.events], bool(resp.next_page_token))
+            page([event_object(e) for e in resp.events], bool(resp.next_page_token))
         )
 
     @router.get("/{job_id}/checkpoints", summary="List a fine-tuning job's checkpoints")
@@ -323,7 +194,7 @@ def fine_tuning_router(training: Training, settings: GatewaySettings) -> APIRout
             timeout=timeout,
         )
         return OrjsonResponse(
-            _list([checkpoint_object(c) for c in resp.checkpoints], bool(resp.next_page_token))
+            page([checkpoint_object(c) for c in resp.checkpoints], bool(resp.next_page_token))
         )
 
     return router

@@ -7,12 +7,12 @@ from starlette.responses import Response
 
 from loomstack.inference.v1 import models_pb2
 
-from . import openai_shapes
-from .auth import caller_of
-from .direct_routes import direct
-from .responses import OrjsonResponse
-from .settings import GatewaySettings
-from .upstream import Inference
+from ..auth import caller_of
+from ..direct_routes import direct
+from ..responses import OrjsonResponse
+from ..settings import GatewaySettings
+from ..shapes import inference as shapes
+from ..upstream import Inference
 
 
 def models_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
@@ -26,7 +26,7 @@ def models_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
         resp = await inference.models.ListModels(
             models_pb2.ListModelsRequest(), metadata=caller_of(request).metadata, timeout=timeout
         )
-        return OrjsonResponse(openai_shapes.model_list(resp))
+        return OrjsonResponse(shapes.model_list(resp))
 
     # `:path`: model ids may contain slashes (`org/name`).
     @router.get("/{model_id:path}", summary="Retrieve a model")
@@ -37,7 +37,7 @@ def models_router(inference: Inference, settings: GatewaySettings) -> APIRouter:
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(openai_shapes.model_object(resp))
+        return OrjsonResponse(shapes.model_object(resp))
 
     @router.delete("/{model_id:path}", summary="Delete a fine-tuned model")
     async def delete_model(request: Request, model_id: str) -> Response:

@@ -1,4 +1,5 @@
-"""Protos ↔ OpenAI JSON: the exact objects the OpenAI REST API returns, plus our extensions.
+"""Inference protos ↔ OpenAI JSON: files, batches, models, as the OpenAI REST API returns them
+(plus our extensions).
 
 Plain functions building dicts straight from the messages (no generic proto → JSON pass), so
 the hot paths stay cheap and every field name is visible here.
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.message import Message
-
 from loomstack.inference.v1 import batches_pb2, files_pb2, models_pb2
+
+from .common import page, seconds
 
 _STATUS_PREFIX = "BATCH_STATUS_"
 BATCH_STATUS_NAMES: dict[int, str] = {
@@ -33,14 +34,6 @@ _BATCH_TIMES = (
 )
 
 
-def _seconds(msg: Message, field: str) -> int | None:
-    """A Timestamp field as unix seconds, None when unset."""
-    if not msg.HasField(field):
-        return None
-    seconds: int = getattr(msg, field).seconds
-    return seconds
-
-
 def file_object(f: files_pb2.File) -> dict[str, Any]:
     """OpenAI's `file` object (+ `line_count`)."""
     return {
@@ -57,7 +50,7 @@ def file_object(f: files_pb2.File) -> dict[str, Any]:
 
 def file_list(resp: files_pb2.ListFilesResponse) -> dict[str, Any]:
     """OpenAI's list of files."""
-    return _list([file_object(f) for f in resp.files], bool(resp.next_page_token))
+    return page([file_object(f) for f in resp.files], bool(resp.next_page_token))
 
 
 def file_deleted(resp: files_pb2.DeleteFileResponse) -> dict[str, Any]:
@@ -98,7 +91,7 @@ def batch_object(b: batches_pb2.Batch) -> dict[str, Any]:
         "created_at": b.create_time.seconds,
     }
     for name, field in _BATCH_TIMES:
-        doc[name] = _seconds(b, field)
+        doc[name] = seconds(b, field)
     doc["request_counts"] = {
         "total": counts.total,
         "completed": counts.completed,
@@ -114,14 +107,14 @@ def batch_object(b: batches_pb2.Batch) -> dict[str, Any]:
     }
     doc["priority"] = b.priority
     doc["queue_position"] = b.queue_position
-    doc["estimated_start_at"] = _seconds(b, "estimated_start_time")
-    doc["estimated_finish_at"] = _seconds(b, "estimated_finish_time")
+    doc["estimated_start_at"] = seconds(b, "estimated_start_time")
+    doc["estimated_finish_at"] = seconds(b, "estimated_finish_time")
     return doc
 
 
 def batch_list(resp: batches_pb2.ListBatchesResponse) -> dict[str, Any]:
     """OpenAI's list of batches."""
-    return _list([batch_object(b) for b in resp.batches], bool(resp.next_page_token))
+    return page([batch_object(b) for b in resp.batches], bool(resp.next_page_token))
 
 
 def model_object(m: models_pb2.Model) -> dict[str, Any]:
@@ -141,16 +134,6 @@ def model_object(m: models_pb2.Model) -> dict[str, Any]:
 def model_list(resp: models_pb2.ListModelsResponse) -> dict[str, Any]:
     """OpenAI's list of models."""
     return {"object": "list", "data": [model_object(m) for m in resp.models]}
-
-
-def _list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
 
 
 def create_batch_request(
