@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 import sqlalchemy as sa
-from support import batch_line
+from support import MODEL_NAME, batch_line
 
 from loomstack_inference.leases import LeaseQueue, ResultRow, release_previous_leases
 from loomstack_inference.tables import batches, results, shards
@@ -229,3 +229,54 @@ async def test_finished_batches_appear_once_in_the_event_feed(domain) -> None:  
     assert events[1][3].completed == 2
     assert domain.batches.events(events[0][0], 10)[0][3].id == done  # the cursor
     assert domain.batches.events(events[1][0], 10) == []
+
+
+async def test_creating_a_batch_parses_its_input_outside_the_write_lock(
+    domain, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """While a batch's input is parsed, another writer (a runner committing results) gets the
+    database at once: on SQLite the write lock is taken only to insert the parsed lines. The
+    lines land whole and in order, also when the staged lines spill from memory to disk."""
+    from loomstack_inference import batches as batches_module
+    from loomstack_kit.database import write_transaction
+
+    first = await _batch(domain, 3)
+    queue = LeaseQueue(domain.engine, "runner-1", 60)
+    lease = queue.claim([MODEL_NAME])
+    assert lease is not None and lease.batch_id == first
+    committed_during_parse: list[bool] = []
+    real_parse = batches_module.parse_batch_input
+
+    def parse_while_a_runner_commits(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for i, line in enumerate(real_parse(*args, **kwargs)):
+            if i == 1:  # mid-parse: a runner commits, with no wait for a lock
+                holder = threading.Thread(
+                    target=lambda: committed_during_parse.append(
+                        queue.commit(lease, _rows(queue, lease)).still_owned
+                    )
+                )
+                holder.start()
+                holder.join(10)
+                assert not holder.is_alive(), "the runner's commit waited for the parse"
+                with write_transaction(domain.engine) as conn:  # and any other writer
+                    conn.execute(sa.select(1))
+            yield line
+
+    monkeypatch.setattr(batches_module, "parse_batch_input", parse_while_a_runner_commits)
+    monkeypatch.setattr(batches_module, "STAGE_IN_MEMORY_BYTES", 64)  # spill to disk
+    n = 40
+    second = await _batch(domain, n)
+    assert committed_during_parse == [True]
+    with domain.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT line_no, custom_id, body_json FROM batch_requests "
+                "WHERE batch_id = :b ORDER BY line_no"
+            ),
+            {"b": second},
+        ).all()
+    assert [r.custom_id for r in rows] == [f"c{i}" for i in range(n)]
+    assert [json.loads(r.body_json)["messages"][0]["content"] for r in rows] == [
+        f"q{i}" for i in range(n)
+    ]
+    assert domain.batches.get("p1", second).total == n

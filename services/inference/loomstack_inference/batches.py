@@ -7,9 +7,12 @@ runners update in the same transaction as the results they commit.
 
 from __future__ import annotations
 
+import struct
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 import orjson
 import sqlalchemy as sa
@@ -18,18 +21,20 @@ from sqlalchemy.engine import Engine
 from loomstack_kit.database import write_transaction
 from loomstack_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
-from .files import FileStore
+from .files import BATCH_OUTPUT_PURPOSE, FileStore
 from .ids import new_id
 from .registry import Registry
-from .tables import batch_events, batch_requests, batches, engines, results, shards
-from .validation import ValidationReport, parse_batch_input
+from .statuses import TERMINAL, UNFINISHED, BatchStatus, ShardStatus
+from .tables import batch_events, batch_requests, batches, results, shards
+from .validation import RequestLine, ValidationReport, parse_batch_input
 
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
-TERMINAL = ("completed", "failed", "expired", "cancelled")
 MAX_METADATA_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512
 INSERT_CHUNK = 500
+# A batch's staged lines stay in memory up to this size, then go to a temporary file.
+STAGE_IN_MEMORY_BYTES = 8 * 1024 * 1024
+_STAGED = struct.Struct("<qII")  # line number, custom_id bytes, body bytes
 FINALIZE_RETRY_SECONDS = 120.0
-ENGINE_FRESH_SECONDS = 30.0
 
 
 @dataclass
@@ -91,7 +96,7 @@ _AHEAD = sa.select(
     sa.func.coalesce(sa.func.sum(shards.c.end_line - shards.c.start_line + 1), 0),
 ).where(
     shards.c.model == sa.bindparam("model"),
-    shards.c.status.in_(("pending", "leased")),
+    shards.c.status.in_(UNFINISHED),
     shards.c.batch_id != sa.bindparam("batch_id"),
     sa.or_(
         shards.c.priority > sa.bindparam("priority"),
@@ -100,9 +105,6 @@ _AHEAD = sa.select(
             shards.c.batch_created_at < sa.bindparam("created_at"),
         ),
     ),
-)
-_FRESH_ENGINES = sa.select(engines.c.models_json, engines.c.requests_per_second).where(
-    engines.c.heartbeat_at > sa.bindparam("since"), engines.c.ready.is_(True)
 )
 
 
@@ -137,6 +139,7 @@ class Batches:
     ) -> None:
         self.engine = engine
         self.files = file_store
+        self.registry = Registry(engine)
         self.shard_lines = shard_lines
         self.max_lines = max_lines
 
@@ -180,68 +183,91 @@ class Batches:
                 param="input_file_id",
                 code="invalid_file_purpose",
             )
-        known = Registry(self.engine).model_ids(project)
+        known = self.registry.model_ids(project)
         batch_id = new_id("batch_")
         now = time.time()
         report = ValidationReport()
-        with write_transaction(self.engine) as conn:
-            lines = parse_batch_input(
+        # Parsed and validated before the write transaction (on SQLite a write lock, which the
+        # runners' result commits wait for): the valid lines are staged in a temporary file, so
+        # the transaction only inserts them, and memory stays flat whatever the file's size.
+        with tempfile.SpooledTemporaryFile(max_size=STAGE_IN_MEMORY_BYTES) as staged:
+            line_nos: list[int] = []
+            for line in parse_batch_input(
                 self.files.read(project, input_file_id),
                 endpoint=endpoint,
                 known_models=known,
                 max_lines=self.max_lines,
                 report=report,
-            )
-            line_nos: list[int] = []
-            pending: list[dict[str, object]] = []
-            for line in lines:
+            ):
                 line_nos.append(line.line_no)
-                pending.append(
-                    {
-                        "batch_id": batch_id,
-                        "line_no": line.line_no,
-                        "custom_id": line.custom_id,
-                        "body_json": line.body_json,
-                    }
-                )
-                if len(pending) >= INSERT_CHUNK:
-                    conn.execute(batch_requests.insert(), pending)
-                    pending = []
-            if pending:
-                conn.execute(batch_requests.insert(), pending)
-            conn.execute(
-                batches.insert().values(
-                    id=batch_id,
-                    project=project,
+                _stage(staged, line)
+            staged.seek(0)
+            with write_transaction(self.engine) as conn:
+                for rows in _staged_rows(staged, batch_id, len(line_nos)):
+                    conn.execute(batch_requests.insert(), rows)
+                self._insert_batch(
+                    conn,
+                    batch_id,
+                    project,
                     input_file_id=input_file_id,
                     endpoint=endpoint,
                     completion_window=completion_window,
                     model=report.model,
-                    status="in_progress",
                     priority=priority,
-                    metadata_json=orjson.dumps(metadata).decode(),
-                    total=len(line_nos),
-                    created_at=now,
-                    expires_at=now + COMPLETION_WINDOWS[completion_window],
+                    metadata=metadata,
+                    line_nos=line_nos,
+                    now=now,
                 )
-            )
-            conn.execute(
-                shards.insert(),
-                [
-                    {
-                        "batch_id": batch_id,
-                        "seq": seq,
-                        "start_line": line_nos[i],
-                        "end_line": line_nos[min(i + self.shard_lines, len(line_nos)) - 1],
-                        "model": report.model,
-                        "priority": priority,
-                        "batch_created_at": now,
-                        "status": "pending",
-                    }
-                    for seq, i in enumerate(range(0, len(line_nos), self.shard_lines))
-                ],
-            )
         return self.get(project, batch_id)
+
+    def _insert_batch(
+        self,
+        conn: sa.Connection,
+        batch_id: str,
+        project: str,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        model: str,
+        priority: int,
+        metadata: dict[str, str],
+        line_nos: list[int],
+        now: float,
+    ) -> None:
+        """The batch's row and its shards (its request rows are in already)."""
+        conn.execute(
+            batches.insert().values(
+                id=batch_id,
+                project=project,
+                input_file_id=input_file_id,
+                endpoint=endpoint,
+                completion_window=completion_window,
+                model=model,
+                status=BatchStatus.IN_PROGRESS,
+                priority=priority,
+                metadata_json=orjson.dumps(metadata).decode(),
+                total=len(line_nos),
+                created_at=now,
+                expires_at=now + COMPLETION_WINDOWS[completion_window],
+            )
+        )
+        conn.execute(
+            shards.insert(),
+            [
+                {
+                    "batch_id": batch_id,
+                    "seq": seq,
+                    "start_line": line_nos[i],
+                    "end_line": line_nos[min(i + self.shard_lines, len(line_nos)) - 1],
+                    "model": model,
+                    "priority": priority,
+                    "batch_created_at": now,
+                    "status": ShardStatus.PENDING,
+                }
+                for seq, i in enumerate(range(0, len(line_nos), self.shard_lines))
+            ],
+        )
 
     # -- read ----------------------------------------------------------------------------------
 
@@ -280,7 +306,7 @@ class Batches:
             view.input_tokens = int(sums.input_tokens or 0)
             view.cached_tokens = int(sums.cached_tokens or 0)
             view.output_tokens = int(sums.output_tokens or 0)
-        if row.status == "in_progress":
+        if row.status == BatchStatus.IN_PROGRESS:
             self._estimate(conn, view)
         return view
 
@@ -297,10 +323,7 @@ class Batches:
         ).one()
         view.queue_position = int(ahead[0])
         now = time.time()
-        rate = 0.0
-        for eng in conn.execute(_FRESH_ENGINES, {"since": now - ENGINE_FRESH_SECONDS}):
-            if view.model in orjson.loads(eng.models_json):
-                rate += eng.requests_per_second
+        rate = self.registry.request_rate(view.model)
         if rate > 0:
             remaining = view.total - view.completed - view.failed
             view.estimated_start_at = view.times["in_progress_at"] or now + int(ahead[1]) / rate
@@ -346,9 +369,9 @@ class Batches:
         now = time.time()
         with write_transaction(self.engine) as conn:
             row = self._row(conn, project, batch_id)
-            if row.status in ("cancelling", "cancelled"):
+            if row.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
                 pass
-            elif row.status not in ("validating", "in_progress"):
+            elif row.status != BatchStatus.IN_PROGRESS:
                 raise FailedPrecondition(
                     f"batch {batch_id} is {row.status} and cannot be cancelled",
                     param="batch_id",
@@ -358,12 +381,12 @@ class Batches:
                 conn.execute(
                     batches.update()
                     .where(batches.c.id == batch_id)
-                    .values(status="cancelling", cancelling_at=now)
+                    .values(status=BatchStatus.CANCELLING, cancelling_at=now)
                 )
                 conn.execute(
                     shards.update()
-                    .where(shards.c.batch_id == batch_id, shards.c.status == "pending")
-                    .values(status="stopped")
+                    .where(shards.c.batch_id == batch_id, shards.c.status == ShardStatus.PENDING)
+                    .values(status=ShardStatus.STOPPED)
                 )
         self.try_finalize(batch_id)
         return self.get(project, batch_id)
@@ -373,7 +396,7 @@ class Batches:
             conn.execute(
                 sa.select(sa.func.count()).where(
                     shards.c.batch_id == batch_id,
-                    shards.c.status == "leased",
+                    shards.c.status == ShardStatus.LEASED,
                     shards.c.lease_expires_at > now,
                 )
             ).scalar_one()
@@ -388,31 +411,31 @@ class Batches:
                 return None
             if row.finalizing_at is not None and row.finalizing_at > now - FINALIZE_RETRY_SECONDS:
                 return None  # another process is finalizing it
-            if row.status == "cancelling":
+            if row.status == BatchStatus.CANCELLING:
                 if self._live_leases(conn, batch_id, now):
                     return None
-                target = "cancelled"
+                target = BatchStatus.CANCELLED
             elif row.expires_at <= now:
                 if self._live_leases(conn, batch_id, now):
                     return None
-                target = "expired"
+                target = BatchStatus.EXPIRED
             else:
                 unfinished = conn.execute(
                     sa.select(sa.func.count()).where(
-                        shards.c.batch_id == batch_id, shards.c.status != "done"
+                        shards.c.batch_id == batch_id, shards.c.status != ShardStatus.DONE
                     )
                 ).scalar_one()
                 if unfinished:
                     return None
-                target = "completed"
+                target = BatchStatus.COMPLETED
             values: dict[str, object] = {"finalizing_at": now}
-            if target == "completed":
-                values["status"] = "finalizing"
+            if target == BatchStatus.COMPLETED:
+                values["status"] = BatchStatus.FINALIZING
             conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
             conn.execute(
                 shards.update()
-                .where(shards.c.batch_id == batch_id, shards.c.status.in_(("pending", "leased")))
-                .values(status="stopped", lease_owner=None, lease_expires_at=None)
+                .where(shards.c.batch_id == batch_id, shards.c.status.in_(UNFINISHED))
+                .values(status=ShardStatus.STOPPED, lease_owner=None, lease_expires_at=None)
             )
         self._write_outputs(row, target)
         return target
@@ -457,35 +480,19 @@ class Batches:
                     + b"\n"
                 )
 
-    def _write_file(self, project: str, name: str, parts: list[Iterator[bytes]]) -> str | None:
-        file_id = new_id("file-")
-        writer = self.files.blobs.open_writer(file_id)
-        lines = 0
-        try:
-            for part in parts:
-                for line in part:
-                    writer.write(line)
-                    lines += 1
-            if lines == 0:
-                writer.abort()
-                return None
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        self.files.record_blob(
-            project, name, "batch_output", file_id, writer.size, lines, writer.sha256
-        )
-        return file_id
-
     def _write_outputs(self, row: sa.Row, target: str) -> None:
-        output_id = self._write_file(
-            row.project, f"{row.id}_output.jsonl", [self._result_lines(row.id, True)]
+        output_id = self.files.write_lines(
+            row.project,
+            f"{row.id}_output.jsonl",
+            BATCH_OUTPUT_PURPOSE,
+            [self._result_lines(row.id, True)],
         )
         error_parts = [self._result_lines(row.id, False)]
-        if target == "expired":
+        if target == BatchStatus.EXPIRED:
             error_parts.append(self._expired_lines(row.id))
-        error_id = self._write_file(row.project, f"{row.id}_errors.jsonl", error_parts)
+        error_id = self.files.write_lines(
+            row.project, f"{row.id}_errors.jsonl", BATCH_OUTPUT_PURPOSE, error_parts
+        )
         now = time.time()
         with write_transaction(self.engine) as conn:
             # Guarded: if a slow finalizer was overtaken by a retry, only the first one lands.
@@ -546,7 +553,7 @@ class Batches:
                         - shards.c.failed
                     ),
                 )
-                .where(shards.c.status.in_(("pending", "leased")))
+                .where(shards.c.status.in_(UNFINISHED))
                 .group_by(shards.c.model)
             ).all()
         return {model: int(lines or 0) for model, lines in rows}
@@ -561,16 +568,19 @@ class Batches:
             due = conn.execute(
                 sa.select(batches.c.id).where(
                     sa.or_(
-                        batches.c.status == "cancelling",
-                        sa.and_(batches.c.status == "in_progress", batches.c.expires_at <= now),
+                        batches.c.status == BatchStatus.CANCELLING,
                         sa.and_(
-                            batches.c.status == "finalizing",
+                            batches.c.status == BatchStatus.IN_PROGRESS, batches.c.expires_at <= now
+                        ),
+                        sa.and_(
+                            batches.c.status == BatchStatus.FINALIZING,
                             batches.c.finalizing_at < now - FINALIZE_RETRY_SECONDS,
                         ),
                         sa.and_(
-                            batches.c.status == "in_progress",
+                            batches.c.status == BatchStatus.IN_PROGRESS,
                             ~sa.exists().where(
-                                shards.c.batch_id == batches.c.id, shards.c.status != "done"
+                                shards.c.batch_id == batches.c.id,
+                                shards.c.status != ShardStatus.DONE,
                             ),
                         ),
                     )
@@ -582,3 +592,32 @@ class Batches:
             if status:
                 done.append((batch_id, status))
         return done
+
+
+def _stage(out: IO[bytes], line: RequestLine) -> None:
+    """One valid line, length-prefixed: read back without parsing JSON again."""
+    custom_id, body = line.custom_id.encode(), line.body_json.encode()
+    out.write(_STAGED.pack(line.line_no, len(custom_id), len(body)))
+    out.write(custom_id)
+    out.write(body)
+
+
+def _staged_rows(staged: IO[bytes], batch_id: str, count: int) -> Iterator[list[dict[str, object]]]:
+    """The staged lines as request rows, INSERT_CHUNK at a time."""
+    rows: list[dict[str, object]] = []
+    for _ in range(count):
+        line_no, id_len, body_len = _STAGED.unpack(staged.read(_STAGED.size))
+        custom_id = staged.read(id_len).decode()
+        rows.append(
+            {
+                "batch_id": batch_id,
+                "line_no": line_no,
+                "custom_id": custom_id,
+                "body_json": staged.read(body_len).decode(),
+            }
+        )
+        if len(rows) >= INSERT_CHUNK:
+            yield rows
+            rows = []
+    if rows:
+        yield rows

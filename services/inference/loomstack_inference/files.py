@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -19,7 +19,8 @@ from .tables import files
 UPLOAD_PURPOSES = ("batch", "fine-tune", "user_data")
 # Written by the services only: batch results, fine-tuning results, LoRA adapter archives.
 ADAPTER_PURPOSE = "adapter"
-SYSTEM_PURPOSES = ("batch_output", "fine-tune-results", ADAPTER_PURPOSE)
+BATCH_OUTPUT_PURPOSE = "batch_output"
+SYSTEM_PURPOSES = (BATCH_OUTPUT_PURPOSE, "fine-tune-results", ADAPTER_PURPOSE)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,29 @@ class FileStore:
         return await asyncio.to_thread(
             self.record_blob, project, filename, purpose, file_id, writer.size, lines, writer.sha256
         )
+
+    def write_lines(
+        self, project: str, filename: str, purpose: str, parts: Iterable[Iterable[bytes]]
+    ) -> str | None:
+        """Stores the lines of `parts`, one after another, as a new file (blocking; each line
+        ends with its newline); returns its id, or None and stores nothing when there is none."""
+        file_id = new_id("file-")
+        writer = self.blobs.open_writer(file_id)
+        lines = 0
+        try:
+            for part in parts:
+                for line in part:
+                    writer.write(line)
+                    lines += 1
+            if lines == 0:
+                writer.abort()
+                return None
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        self.record_blob(project, filename, purpose, file_id, writer.size, lines, writer.sha256)
+        return file_id
 
     def record_blob(
         self,

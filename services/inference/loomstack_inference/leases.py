@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from loomstack_kit.database import is_sqlite, write_transaction
 
+from .statuses import BatchStatus, ShardStatus
 from .tables import batch_requests, batches, results, shards
 
 
@@ -81,11 +82,13 @@ class LeaseQueue:
                 .join(batches, batches.c.id == shards.c.batch_id)
                 .where(
                     shards.c.model.in_(models),
-                    batches.c.status == "in_progress",
+                    batches.c.status == BatchStatus.IN_PROGRESS,
                     batches.c.expires_at > now,
                     sa.or_(
-                        shards.c.status == "pending",
-                        sa.and_(shards.c.status == "leased", shards.c.lease_expires_at < now),
+                        shards.c.status == ShardStatus.PENDING,
+                        sa.and_(
+                            shards.c.status == ShardStatus.LEASED, shards.c.lease_expires_at < now
+                        ),
                     ),
                 )
                 .order_by(shards.c.priority.desc(), shards.c.batch_created_at, shards.c.seq)
@@ -100,7 +103,7 @@ class LeaseQueue:
                 shards.update()
                 .where(shards.c.id == row.id)
                 .values(
-                    status="leased",
+                    status=ShardStatus.LEASED,
                     lease_owner=self.owner,
                     lease_expires_at=now + self.lease_seconds,
                     attempts=shards.c.attempts + 1,
@@ -172,7 +175,7 @@ class LeaseQueue:
                 .where(
                     shards.c.id == lease.shard_id,
                     shards.c.lease_owner == self.owner,
-                    shards.c.status == "leased",
+                    shards.c.status == ShardStatus.LEASED,
                 )
                 .values(
                     completed=sums[0],
@@ -188,7 +191,7 @@ class LeaseQueue:
                     batches.c.id == lease.batch_id
                 )
             ).one()
-        stop = batch.status != "in_progress" or batch.expires_at <= now
+        stop = batch.status != BatchStatus.IN_PROGRESS or batch.expires_at <= now
         return CommitOutcome(still_owned=updated == 1, stop=stop)
 
     def complete(self, lease: Lease) -> None:
@@ -197,7 +200,7 @@ class LeaseQueue:
             conn.execute(
                 shards.update()
                 .where(shards.c.id == lease.shard_id, shards.c.lease_owner == self.owner)
-                .values(status="done", lease_owner=None, lease_expires_at=None)
+                .values(status=ShardStatus.DONE, lease_owner=None, lease_expires_at=None)
             )
 
     def stop(self, lease: Lease) -> None:
@@ -206,7 +209,7 @@ class LeaseQueue:
             conn.execute(
                 shards.update()
                 .where(shards.c.id == lease.shard_id, shards.c.lease_owner == self.owner)
-                .values(status="stopped", lease_owner=None, lease_expires_at=None)
+                .values(status=ShardStatus.STOPPED, lease_owner=None, lease_expires_at=None)
             )
 
     def renew_all(self) -> int:
@@ -214,7 +217,7 @@ class LeaseQueue:
         with write_transaction(self.engine) as conn:
             return conn.execute(
                 shards.update()
-                .where(shards.c.lease_owner == self.owner, shards.c.status == "leased")
+                .where(shards.c.lease_owner == self.owner, shards.c.status == ShardStatus.LEASED)
                 .values(lease_expires_at=time.time() + self.lease_seconds)
             ).rowcount
 
@@ -223,8 +226,8 @@ class LeaseQueue:
         with write_transaction(self.engine) as conn:
             return conn.execute(
                 shards.update()
-                .where(shards.c.lease_owner == self.owner, shards.c.status == "leased")
-                .values(status="pending", lease_owner=None, lease_expires_at=None)
+                .where(shards.c.lease_owner == self.owner, shards.c.status == ShardStatus.LEASED)
+                .values(status=ShardStatus.PENDING, lease_owner=None, lease_expires_at=None)
             ).rowcount
 
 
@@ -237,6 +240,8 @@ def release_previous_leases(engine: Engine, engine_id: str) -> int:
     with write_transaction(engine) as conn:
         return conn.execute(
             shards.update()
-            .where(shards.c.lease_owner.like(f"{engine_id}:%"), shards.c.status == "leased")
-            .values(status="pending", lease_owner=None, lease_expires_at=None)
+            .where(
+                shards.c.lease_owner.like(f"{engine_id}:%"), shards.c.status == ShardStatus.LEASED
+            )
+            .values(status=ShardStatus.PENDING, lease_owner=None, lease_expires_at=None)
         ).rowcount

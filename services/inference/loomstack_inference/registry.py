@@ -201,6 +201,20 @@ class Registry:
             ).all()
         return [r.address for r in rows if model_id in orjson.loads(r.models_json)]
 
+    def request_rate(self, model_id: str) -> float:
+        """Requests per second the ready engines serving `model_id` (fresh heartbeat) measured,
+        summed: what a batch's start and finish estimates divide by."""
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(engines.c.models_json, engines.c.requests_per_second).where(
+                    engines.c.heartbeat_at > now - FRESH_SECONDS, engines.c.ready.is_(True)
+                )
+            ).all()
+        return float(
+            sum(r.requests_per_second for r in rows if model_id in orjson.loads(r.models_json))
+        )
+
     def adapters_of(self, base_model: str) -> dict[str, str]:
         """The LoRA adapters registered for `base_model`: name → adapter directory."""
         with self.engine.connect() as conn:

@@ -39,17 +39,19 @@ from .engine import EngineRequestError, VllmEngine
 from .files import ADAPTER_PURPOSE, FileRecord, FileStore
 from .metrics import InferenceMetrics
 from .registry import ModelInfo, Registry
+from .statuses import TERMINAL, BatchStatus
 
-_STATUS = {
-    "validating": batches_pb2.BATCH_STATUS_VALIDATING,
-    "failed": batches_pb2.BATCH_STATUS_FAILED,
-    "in_progress": batches_pb2.BATCH_STATUS_IN_PROGRESS,
-    "finalizing": batches_pb2.BATCH_STATUS_FINALIZING,
-    "completed": batches_pb2.BATCH_STATUS_COMPLETED,
-    "expired": batches_pb2.BATCH_STATUS_EXPIRED,
-    "cancelling": batches_pb2.BATCH_STATUS_CANCELLING,
-    "cancelled": batches_pb2.BATCH_STATUS_CANCELLED,
+# Every state a stored batch can be in (statuses.py); the proto's VALIDATING and FAILED are
+# OpenAI's, which this service never reaches.
+_STATUS: dict[str, batches_pb2.BatchStatus.ValueType] = {
+    BatchStatus.IN_PROGRESS: batches_pb2.BATCH_STATUS_IN_PROGRESS,
+    BatchStatus.FINALIZING: batches_pb2.BATCH_STATUS_FINALIZING,
+    BatchStatus.COMPLETED: batches_pb2.BATCH_STATUS_COMPLETED,
+    BatchStatus.EXPIRED: batches_pb2.BATCH_STATUS_EXPIRED,
+    BatchStatus.CANCELLING: batches_pb2.BATCH_STATUS_CANCELLING,
+    BatchStatus.CANCELLED: batches_pb2.BATCH_STATUS_CANCELLED,
 }
+assert set(_STATUS) == set(BatchStatus)
 _TIME_FIELDS = {
     "created_at": "create_time",
     "in_progress_at": "in_progress_time",
@@ -282,7 +284,7 @@ class BatchServicer(batches_pb2_grpc.BatchServiceServicer):
             if key != last:
                 last = key
                 yield msg
-            if view.status in ("completed", "failed", "expired", "cancelled"):
+            if view.status in TERMINAL:
                 return
             await asyncio.sleep(self.watch_seconds)
 
