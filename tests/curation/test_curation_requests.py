@@ -23,6 +23,7 @@ from google.rpc import error_details_pb2, status_pb2
 from loomstack.curation.v1 import curation_pb2 as pb
 from loomstack.curation.v1 import curation_pb2_grpc
 from loomstack_curation.__main__ import PACKAGE
+from loomstack_curation.import_records import ImportRecords
 from loomstack_curation.servicer import (
     ImportServicer,
     SchemaServicer,
@@ -80,7 +81,7 @@ async def stubs(db_url: str, tmp_path: Path) -> AsyncIterator[Stubs]:
             ),
             Registration(
                 curation_pb2_grpc.add_ImportServiceServicer_to_server,
-                ImportServicer(cur.engine),
+                ImportServicer(ImportRecords(cur.engine)),
                 PACKAGE + "ImportService",
             ),
             Registration(

@@ -41,6 +41,7 @@ class TaskView:
     """A confirmed task as the API shows it (`id` is our row id, the list's cursor)."""
 
     id: int
+    project: str
     ls_task_id: int | None
     ls_project_id: int
     schema_id: str
@@ -62,6 +63,7 @@ class TaskView:
 def task_view(row: sa.Row) -> TaskView:
     return TaskView(
         id=row.id,
+        project=row.project,
         ls_task_id=row.ls_task_id,
         ls_project_id=row.ls_project_id,
         schema_id=row.schema_id,

@@ -36,11 +36,11 @@ class ServiceAdmin(Protocol):
 def open_admin(settings: GatewaySettings) -> ServiceAdmin:
     """The backend `admin_backend` names."""
     if settings.admin_backend == "kubernetes":
-        from .admin_kubernetes import KubernetesAdmin
+        from ..admin_kubernetes import KubernetesAdmin
 
         return KubernetesAdmin(settings)
     if settings.admin_backend == "local":
-        from .admin_local import LocalAdmin
+        from ..admin_local import LocalAdmin
 
         return LocalAdmin(settings)
     if settings.admin_backend == "none":
