@@ -33,8 +33,9 @@ from loomstack_curation.feed import BatchEvent, FeedConsumer
 from loomstack_curation.import_queue import QueuedImport
 from loomstack_curation.importer import Importer
 from loomstack_curation.inference_client import InferenceClient
+from loomstack_curation.labelstudio_api import import_tasks
 from loomstack_curation.predictions import regions
-from loomstack_curation.projects import ProjectMap, import_tasks
+from loomstack_curation.projects import ProjectMap
 from loomstack_curation.reconcile import reconcile
 from loomstack_curation.snapshots import SnapshotFilter
 from loomstack_kit.database import write_transaction

@@ -30,8 +30,9 @@ from loomstack_curation import tables
 from loomstack_curation.batch_results import read_results
 from loomstack_curation.importer import Importer
 from loomstack_curation.label_config import label_config
+from loomstack_curation.labelstudio_api import import_tasks
 from loomstack_curation.predictions import label_interface
-from loomstack_curation.projects import ProjectMap, import_tasks
+from loomstack_curation.projects import ProjectMap
 
 pytestmark = pytest.mark.labelstudio
 

@@ -31,8 +31,9 @@ from loomstack_curation.catalog import SchemaCatalog
 from loomstack_curation.import_queue import ImportQueue
 from loomstack_curation.importer import Importer
 from loomstack_curation.label_config import label_config
+from loomstack_curation.labelstudio_api import import_tasks
 from loomstack_curation.predictions import regions
-from loomstack_curation.projects import MAX_TITLE, ProjectMap, import_tasks
+from loomstack_curation.projects import MAX_TITLE, ProjectMap
 from loomstack_curation.reconcile import reconcile
 from loomstack_curation.relocation import Relocation
 from loomstack_curation.task_schema import TaskSchema

@@ -33,10 +33,11 @@ from .import_queue import ImportQueue
 from .import_records import ImportRecords
 from .importer import Importer
 from .inference_client import InferenceClient
+from .labelstudio_api import connect
 from .loops import follow_feed, reconcile_loop, tidy_projects, work_imports
 from .ml_auth import load_credentials
 from .ml_backend import MLBackend
-from .projects import ProjectMap, connect
+from .projects import ProjectMap
 from .relocation import Relocation
 from .servicer import ImportServicer, SchemaServicer, SnapshotServicer, TaskServicer
 from .settings import CurationSettings

@@ -9,7 +9,7 @@ from label_studio_sdk.client import LabelStudio
 
 from .annotations import AnnotationRecord, annotation_record
 from .auto_accept import is_automatic
-from .projects import export_annotated, unavailable_or_none
+from .labelstudio_api import export_annotated, unavailable_or_none
 
 
 def automatic_annotations(

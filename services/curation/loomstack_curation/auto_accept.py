@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from label_studio_sdk.client import LabelStudio
 
-from .projects import check_response, label_studio_unavailable
+from .labelstudio_api import check_response, label_studio_unavailable
 
 METADATA_KEY = "curation_auto_accept"
 ANNOTATOR = "auto-accept"

@@ -3,7 +3,7 @@
 A finished batch with `metadata.schema_type` is queued (feed.py). An attempt reads its input and
 output files, keeps the successful lines (failed requests are not tasks), builds each task's
 data and prediction from the schema (predictions.py), and imports them in chunks with
-`projects.import_tasks`. Exactly-once across crashes:
+`labelstudio_api.import_tasks`. Exactly-once across crashes:
 
 - before a chunk is sent, its lines are recorded as `pending` (no Label Studio id yet);
 - after Label Studio answers, the ids are recorded in the same transaction as the progress;
@@ -45,14 +45,9 @@ from .batch_results import BatchResults, ResultLine
 from .catalog import SchemaCatalog
 from .import_queue import ImportQueue, QueuedImport
 from .import_states import COMPLETED, FAILED, IMPORTED, PENDING, QUEUED
+from .labelstudio_api import import_tasks, label_studio_unavailable, task_pages, unavailable_or_none
 from .predictions import TaskImport, build_task
-from .projects import (
-    ProjectMap,
-    import_tasks,
-    label_studio_unavailable,
-    task_pages,
-    unavailable_or_none,
-)
+from .projects import ProjectMap
 from .task_schema import TaskSchema
 
 log = logging.getLogger(__name__)

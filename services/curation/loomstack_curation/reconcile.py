@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from label_studio_sdk.client import LabelStudio
 
 from .annotations import AnnotationStore, annotation_record
-from .projects import ProjectMap, export_annotated, unavailable_or_none
+from .labelstudio_api import export_annotated, unavailable_or_none
+from .projects import ProjectMap
 
 log = logging.getLogger(__name__)
 

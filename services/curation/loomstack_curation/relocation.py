@@ -39,14 +39,14 @@ from . import tables
 from .annotations import AnnotationStore, annotation_record
 from .catalog import SchemaCatalog
 from .importer import BATCH_KEY, CUSTOM_ID_KEY
-from .projects import (
-    ProjectMap,
+from .labelstudio_api import (
     delete_tasks,
     import_tasks,
     label_studio_unavailable,
     task_pages,
     unavailable_or_none,
 )
+from .projects import ProjectMap
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from loomstack_kit.errors import InvalidArgument, NotFound
 from . import tables
 from .annotations import AnnotationStore, annotation_record
 from .catalog import SchemaCatalog
+from .labelstudio_api import label_studio_unavailable, task_payload, unavailable_or_none
 from .predictions import regions
-from .projects import ProjectMap, label_studio_unavailable, task_payload, unavailable_or_none
+from .projects import ProjectMap
 
 MAX_GOLD_TASKS = 1000
 

@@ -16,7 +16,7 @@ from typing import Any
 from loomstack_kit.errors import InvalidArgument, Unauthenticated
 
 from .annotations import AnnotationStore, annotation_record, label_studio_id
-from .webhook_events import DELETE_EVENTS, SECRET_HEADER, UPSERT_EVENTS
+from .labelstudio_api import DELETE_EVENTS, SECRET_HEADER, UPSERT_EVENTS
 
 __all__ = ["SECRET_HEADER", "WebhookOutcome", "handle_event", "verify_secret"]
 
