@@ -23,7 +23,13 @@ from ..direct_routes import direct
 from ..request_fields import NonNegativeInt32, PositiveInt64, RequestBody
 from ..responses import OrjsonResponse
 from ..settings import GatewaySettings
-from ..shapes.curation import curation_object
+from ..shapes.curation import (
+    import_object,
+    schema_object,
+    snapshot_object,
+    statistics_object,
+    task_object,
+)
 from ..upstream import Curation, Inference, prefetched
 
 _FORMATS = {
@@ -120,7 +126,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [curation_object(s, "curation.schema") for s in resp.schemas],
+                "data": [schema_object(s) for s in resp.schemas],
                 "problems": list(resp.problems),
             }
         )
@@ -134,7 +140,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(curation_object(resp, "curation.schema"))
+        return OrjsonResponse(schema_object(resp))
 
     @router.get(
         "/schemas/{schema_id}/label_config",
@@ -199,7 +205,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [curation_object(t, "curation.task") for t in resp.tasks],
+                "data": [task_object(t) for t in resp.tasks],
                 "has_more": bool(resp.next_page_token),
                 "last_id": resp.next_page_token or None,
             }
@@ -211,9 +217,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(
-            {"object": "list", "data": [curation_object(t, "curation.task") for t in resp.tasks]}
-        )
+        return OrjsonResponse({"object": "list", "data": [task_object(t) for t in resp.tasks]})
 
     @router.post("/tasks/gold", summary="Gold-star (or un-star) several tasks")
     async def gold_many(request: Request, body: GoldBody) -> Response:
@@ -234,7 +238,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(curation_object(resp, "curation.statistics"))
+        return OrjsonResponse(statistics_object(resp))
 
     @router.get("/imports", summary="List batch imports")
     async def list_imports(
@@ -248,7 +252,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [curation_object(i, "curation.import") for i in resp.imports],
+                "data": [import_object(i) for i in resp.imports],
                 "has_more": bool(resp.next_page_token),
                 "next": resp.next_page_token or None,
             }
@@ -262,7 +266,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(curation_object(resp, "curation.import"))
+        return OrjsonResponse(import_object(resp))
 
     @router.post("/snapshots", summary="Create a dataset snapshot")
     async def create_snapshot(request: Request, body: CreateSnapshotBody) -> Response:
@@ -287,7 +291,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=max(timeout, 300),
         )
-        return OrjsonResponse(curation_object(resp, "curation.snapshot"))
+        return OrjsonResponse(snapshot_object(resp))
 
     @router.get("/snapshots", summary="List dataset snapshots")
     async def list_snapshots(
@@ -304,7 +308,7 @@ def curation_router(
         return OrjsonResponse(
             {
                 "object": "list",
-                "data": [curation_object(s, "curation.snapshot") for s in resp.snapshots],
+                "data": [snapshot_object(s) for s in resp.snapshots],
                 "has_more": bool(resp.next_page_token),
                 "next": resp.next_page_token or None,
             }
@@ -318,7 +322,7 @@ def curation_router(
             metadata=caller_of(request).metadata,
             timeout=timeout,
         )
-        return OrjsonResponse(curation_object(resp, "curation.snapshot"))
+        return OrjsonResponse(snapshot_object(resp))
 
     @router.get(
         "/snapshots/{snapshot_id}/content",

@@ -1,58 +1,159 @@
-"""Curation protos → the curation objects of our API (schemas, tasks, statistics, imports,
-snapshots), by one reflective pass over the message: proto JSON with snake_case fields, 64-bit
-integers as numbers, enum names lower-cased without their prefix and embedded JSON documents
-decoded. (The curation messages have many fields and nested messages; one pass keeps their
-JSON in step with the protos.)"""
+"""Curation protos → the curation objects of our API: schemas, tasks, task statistics, imports
+and snapshots, built by plain functions like every other shape. Fields keep the proto's
+snake_case names; enums are their value names in lower case without the enum's prefix;
+timestamps are RFC 3339 strings (present only when set, as are the optional numbers); the
+embedded JSON documents (`definition_json`, `data_json`, `manifest_json`) are decoded into
+`definition`, `data` and `manifest`.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
-_JSON_FIELDS = {"definition_json": "definition", "data_json": "data", "manifest_json": "manifest"}
-
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
+from loomstack.curation.v1 import curation_pb2
 
 
-def _numbers(descriptor: Any, body: dict[str, Any]) -> None:
-    """Proto JSON writes 64-bit integers as strings; our clients want numbers."""
-    for field in descriptor.fields:
-        if field.name not in body:
-            continue
-        repeated = bool(field.is_repeated)
-        values = body[field.name] if repeated else [body[field.name]]
-        if field.type in _INT64:
-            ints = [int(v) for v in values]
-            body[field.name] = ints if repeated else ints[0]
-        elif (
-            field.message_type is not None
-            and field.message_type.full_name != "google.protobuf.Timestamp"
-        ):
-            for value in values:
-                _numbers(field.message_type, value)
+def _document(text: str) -> Any:
+    return json.loads(text) if text else None
 
 
-def curation_object(message: Any, kind: str) -> dict[str, Any]:
-    """A proto as JSON: snake_case fields, numbers as numbers, enum names in lower case
-    without their prefix, embedded JSON documents decoded, `object` naming the kind."""
-    body = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    _numbers(message.DESCRIPTOR, body)
-    for key, name in _JSON_FIELDS.items():
-        if key in body:
-            text = body.pop(key)
-            body[name] = json.loads(text) if text else None
-    for key in ("status", "format"):
-        if isinstance(body.get(key), str):
-            body[key] = body[key].split("_STATUS_")[-1].split("_FORMAT_")[-1].lower()
-    return {"object": kind, **body}
+def _enum(enum_type: Any, value: int) -> str | int:
+    """`TASK_STATUS_IMPORTED` → `imported`, `SNAPSHOT_FORMAT_OPENAI_CHAT` → `openai_chat`; a
+    number the proto does not name stays a number."""
+    try:
+        name: str = enum_type.Name(value)
+    except ValueError:
+        return value
+    return name.split("_STATUS_")[-1].split("_FORMAT_")[-1].lower()
+
+
+def _double(value: float) -> float | str:
+    """A double as proto JSON writes it (infinities and NaN as strings)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _times(msg: Message, body: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """Adds each Timestamp field that is set, as an RFC 3339 string."""
+    for field in fields:
+        if msg.HasField(field):
+            body[field] = getattr(msg, field).ToJsonString()
+    return body
+
+
+def schema_object(s: curation_pb2.Schema) -> dict[str, Any]:
+    return {
+        "object": "curation.schema",
+        "id": s.id,
+        "version": s.version,
+        "name": s.name,
+        "description": s.description,
+        "versions": list(s.versions),
+        "source": s.source,
+        "label_studio_project_id": s.label_studio_project_id,
+        "definition": _document(s.definition_json),
+    }
+
+
+def task_object(t: curation_pb2.Task) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "object": "curation.task",
+        "id": t.id,
+        "label_studio_project_id": t.label_studio_project_id,
+        "schema_id": t.schema_id,
+        "schema_version": t.schema_version,
+        "batch_id": t.batch_id,
+        "custom_id": t.custom_id,
+        "status": _enum(curation_pb2.TaskStatus, t.status),
+        "gold": t.gold,
+        "annotation_count": t.annotation_count,
+        "corrected": t.corrected,
+        "auto_accepted": t.auto_accepted,
+        "data": _document(t.data_json),
+    }
+    if t.HasField("agreement"):
+        body["agreement"] = _double(t.agreement)
+    if t.HasField("rating"):
+        body["rating"] = t.rating
+    return _times(t, body, "create_time", "annotate_time")
+
+
+def _counts(s: curation_pb2.TaskStatistics | curation_pb2.SchemaTaskStatistics) -> dict[str, Any]:
+    return {
+        "tasks": s.tasks,
+        "annotated": s.annotated,
+        "gold": s.gold,
+        "corrected": s.corrected,
+        "multi_annotated": s.multi_annotated,
+        "mean_agreement": _double(s.mean_agreement),
+    }
+
+
+def statistics_object(s: curation_pb2.TaskStatistics) -> dict[str, Any]:
+    return {
+        "object": "curation.statistics",
+        **_counts(s),
+        "schemas": [{"schema_id": x.schema_id, **_counts(x)} for x in s.schemas],
+    }
+
+
+def import_object(i: curation_pb2.Import) -> dict[str, Any]:
+    body = {
+        "object": "curation.import",
+        "batch_id": i.batch_id,
+        "schema_type": i.schema_type,
+        "status": _enum(curation_pb2.ImportStatus, i.status),
+        "attempts": i.attempts,
+        "error": i.error,
+        "result_lines": i.result_lines,
+        "imported_tasks": i.imported_tasks,
+        "skipped_lines": i.skipped_lines,
+        "prediction_problems": i.prediction_problems,
+        "label_studio_project_id": i.label_studio_project_id,
+        "auto_accept": i.auto_accept,
+        "auto_accepted_tasks": i.auto_accepted_tasks,
+    }
+    return _times(i, body, "next_attempt_time", "create_time", "update_time")
+
+
+def _filter(f: curation_pb2.SnapshotFilter) -> dict[str, Any]:
+    body = {
+        "schema_id": f.schema_id,
+        "schema_version": f.schema_version,
+        "gold_only": f.gold_only,
+        "min_agreement": _double(f.min_agreement),
+        "min_rating": f.min_rating,
+        "limit": f.limit,
+        "exclude_auto_accepted": f.exclude_auto_accepted,
+    }
+    return _times(f, body, "start_time", "end_time")
+
+
+def snapshot_object(s: curation_pb2.Snapshot) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "object": "curation.snapshot",
+        "id": s.id,
+        "name": s.name,
+        "version": s.version,
+        "format": _enum(curation_pb2.SnapshotFormat, s.format),
+        "validation_fraction": _double(s.validation_fraction),
+        "training_file_id": s.training_file_id,
+        "validation_file_id": s.validation_file_id,
+        "training_examples": s.training_examples,
+        "validation_examples": s.validation_examples,
+        "duplicates_removed": s.duplicates_removed,
+        "incomplete_skipped": s.incomplete_skipped,
+        "project": s.project,
+        "auto_accepted_examples": s.auto_accepted_examples,
+        "manifest": _document(s.manifest_json),
+    }
+    if s.HasField("filter"):
+        body["filter"] = _filter(s.filter)
+    return _times(s, body, "create_time")
