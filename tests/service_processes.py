@@ -165,25 +165,29 @@ class ServiceProcess:
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM and wait for a graceful exit (SIGKILL to the group past `timeout`); then
         whatever its process group left (vLLM's engine processes) is killed too."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.returncode
+        return 0 if self.proc is None else stop_process(self.proc, timeout)
 
     def __enter__(self: P) -> P:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.terminate()
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """Stops a service process: SIGTERM and a wait for its graceful exit, SIGKILL to its
+    process group past `timeout`, then whatever the group left is killed; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
 
 
 def _text(path: Path) -> str:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 from openai import OpenAI
-from service_processes import ServiceProcess, http_healthy
+from service_processes import ServiceProcess, http_healthy, stop_process
 from support import SERVICE_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,14 +45,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it does not stop in 15 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """SIGTERM, then SIGKILL (its process group) if it does not stop in 15 s."""
+    stop_process(proc, 15)
 
 
 def free_port() -> int:
