@@ -274,7 +274,8 @@ def build_task(
     model_version: str,
     prompt: str | None = None,
 ) -> TaskImport:
-    """A task for `labelstudio_api.import_tasks`: its data and, when any value fit, the prediction."""
+    """A task for `labelstudio_api.import_tasks`: its data and, when any value fit, the
+    prediction."""
     data, problems = task_data(schema, values, prompt=prompt, answer=answer)
     prediction = build_prediction(schema, answer)
     task: dict[str, Any] = {"data": data}

@@ -194,21 +194,11 @@ class TaskServicer(curation_pb2_grpc.TaskServiceServicer):
 
     async def GetTaskStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         schema_id = check.text(request.schema_id, "schema_id")
-        per_schema = await asyncio.to_thread(
-            self.queries.statistics, project_of(context), schema_id
-        )
-        tasks = sum(s.tasks for s in per_schema)
-        multi = sum(s.multi_annotated for s in per_schema)
-        mean = (
-            sum(s.mean_agreement * s.multi_annotated for s in per_schema) / multi if multi else 0.0
+        total, per_schema = await asyncio.to_thread(
+            self.queries.statistics_report, project_of(context), schema_id
         )
         return curation_pb2.TaskStatistics(
-            tasks=tasks,
-            annotated=sum(s.annotated for s in per_schema),
-            gold=sum(s.gold for s in per_schema),
-            corrected=sum(s.corrected for s in per_schema),
-            multi_annotated=multi,
-            mean_agreement=mean,
+            **_stats_fields(total),
             schemas=[]
             if request.schema_id
             else [

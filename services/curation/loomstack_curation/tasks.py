@@ -180,6 +180,27 @@ class TaskQueries:
             for r in rows
         ]
 
+    def statistics_report(
+        self, project: str | None, schema_id: str = ""
+    ) -> tuple[Statistics, list[Statistics]]:
+        """The counts over every schema (`schema_id` empty) or one, and per schema: sums, and
+        the agreement's mean weighted by each schema's multiply annotated tasks."""
+        per_schema = self.statistics(project, schema_id)
+        multi = sum(s.multi_annotated for s in per_schema)
+        mean = (
+            sum(s.mean_agreement * s.multi_annotated for s in per_schema) / multi if multi else 0.0
+        )
+        total = Statistics(
+            schema_id,
+            sum(s.tasks for s in per_schema),
+            sum(s.annotated for s in per_schema),
+            sum(s.gold for s in per_schema),
+            sum(s.corrected for s in per_schema),
+            multi,
+            mean,
+        )
+        return total, per_schema
+
     def get_many(self, project: str | None, task_ids: Iterable[int]) -> list[TaskView]:
         """Tasks by Label Studio id; NotFound names the first unknown one."""
         return [task_view(r) for r in self._rows(project, task_ids)]
