@@ -90,6 +90,17 @@ class InferenceProcess(ServiceProcess):
         return engines
 
 
+@contextmanager
+def api_only_inference(home: Path, name: str = "inference-api") -> Iterator[InferenceProcess]:
+    """A real inference service with the api role only (files, batches, the event feed, the
+    model registry; no engine ever serves a model), stopped afterwards."""
+    process = InferenceProcess(home, roles="api", name=name).start().wait_ready(120)
+    try:
+        yield process
+    finally:
+        process.terminate()
+
+
 def batch_line(custom_id: str, content: str, **body: object) -> dict[str, object]:
     """One batch input line for the default model."""
     return {

@@ -55,12 +55,10 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def inference_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceProcess]:
-    home = tmp_path_factory.mktemp("inference-clients")
-    process = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
-    try:
+    from support import api_only_inference
+
+    with api_only_inference(tmp_path_factory.mktemp("inference-clients")) as process:
         yield process
-    finally:
-        process.terminate()
 
 
 @pytest.mark.parametrize("kind", ["curation", "training"])

@@ -42,11 +42,7 @@ def inference(inference_api: Any) -> Iterator[InferenceClient]:
 @pytest.fixture(scope="session")
 def inference_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real inference service, api role only (files, batches, the event feed; no engine)."""
-    from support import InferenceProcess
+    from support import api_only_inference
 
-    home = tmp_path_factory.mktemp("inference-api")
-    process = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
-    try:
+    with api_only_inference(tmp_path_factory.mktemp("inference-api")) as process:
         yield process
-    finally:
-        process.terminate()

@@ -76,14 +76,10 @@ def training_inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inf
 def inference_api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real inference service, api role only (files, the model registry; no engine ever
     serves a model here)."""
-    from support import InferenceProcess
+    from support import api_only_inference
 
-    home = tmp_path_factory.mktemp("inference-api")
-    process = InferenceProcess(home, roles="api", name="inference-api").start().wait_ready(120)
-    try:
+    with api_only_inference(tmp_path_factory.mktemp("inference-api")) as process:
         yield process
-    finally:
-        process.terminate()
 
 
 @pytest.fixture(scope="module")

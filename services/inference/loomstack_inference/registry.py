@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -190,30 +191,25 @@ class Registry:
             )
         return out
 
-    def engine_addresses(self, model_id: str) -> list[str]:
-        """Addresses of the ready engines serving `model_id` (fresh heartbeat)."""
+    def _serving(self, model_id: str, column: sa.Column[Any]) -> list[Any]:
+        """`column` of each ready engine (fresh heartbeat) that serves `model_id`."""
         now = time.time()
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(engines.c.address, engines.c.models_json).where(
+                sa.select(column, engines.c.models_json).where(
                     engines.c.heartbeat_at > now - FRESH_SECONDS, engines.c.ready.is_(True)
                 )
             ).all()
-        return [r.address for r in rows if model_id in orjson.loads(r.models_json)]
+        return [r[0] for r in rows if model_id in orjson.loads(r.models_json)]
+
+    def engine_addresses(self, model_id: str) -> list[str]:
+        """Addresses of the ready engines serving `model_id` (fresh heartbeat)."""
+        return [str(a) for a in self._serving(model_id, engines.c.address)]
 
     def request_rate(self, model_id: str) -> float:
         """Requests per second the ready engines serving `model_id` (fresh heartbeat) measured,
         summed: what a batch's start and finish estimates divide by."""
-        now = time.time()
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(engines.c.models_json, engines.c.requests_per_second).where(
-                    engines.c.heartbeat_at > now - FRESH_SECONDS, engines.c.ready.is_(True)
-                )
-            ).all()
-        return float(
-            sum(r.requests_per_second for r in rows if model_id in orjson.loads(r.models_json))
-        )
+        return float(sum(self._serving(model_id, engines.c.requests_per_second)))
 
     def adapters_of(self, base_model: str) -> dict[str, str]:
         """The LoRA adapters registered for `base_model`: name → adapter directory."""
