@@ -75,5 +75,6 @@ def test_a_file_past_the_message_limit_passes_with_flat_memory(
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["same"] and result["lines"] == result["expected_lines"] > 0
     grew = max(result["after_upload"], result["after_download"]) - result["before"]
-    # Holding the file would cost 96 MiB at least (twice that joined); chunks cost a few MiB.
-    assert grew < 24 * 1024 * 1024, f"peak RSS grew by {grew / 2**20:.1f} MiB"
+    # Holding the file would cost 96 MiB at least (twice that joined). Streamed, growth is the
+    # gRPC buffers and lazily imported modules: 0 MiB (training) and 18.6 MiB (curation) here.
+    assert grew < 32 * 1024 * 1024, f"peak RSS grew by {grew / 2**20:.1f} MiB"
