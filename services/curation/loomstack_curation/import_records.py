@@ -1,5 +1,5 @@
 """Reads of the import queue for the API: typed views of the imports table, newest first or one
-batch's (the queue itself and the import are importer.py)."""
+batch's (the queue itself is import_queue.py, the import importer.py)."""
 
 from __future__ import annotations
 
