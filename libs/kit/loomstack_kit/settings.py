@@ -112,3 +112,30 @@ class ServiceSettings(BaseSettings):
                 "mutual TLS needs LOOMSTACK_GRPC_TLS_CERT_FILE, _KEY_FILE and _CA_FILE together"
             )
         return tuple(Path(f).read_bytes() for f in files)  # type: ignore[return-value,arg-type]
+
+
+class PluginSettings(ServiceSettings):
+    """The settings of a service that hosts plugins (`LOOMSTACK_<SERVICE>_PLUGINS`)."""
+
+    plugins: str = Field(
+        "",
+        description=(
+            "Comma-separated names of installed plugins (entry points in `loomstack.plugins`) "
+            "this service enables; installed plugins not named here are disabled."
+        ),
+    )
+    plugins_required: str = Field(
+        "",
+        description=(
+            "Comma-separated names of enabled plugins without which the service must not start "
+            "(any other plugin that fails to load is skipped and reported)."
+        ),
+    )
+
+    def enabled_plugins(self) -> list[str]:
+        """The names of `plugins`, in order."""
+        return [n.strip() for n in self.plugins.split(",") if n.strip()]
+
+    def required_plugins(self) -> list[str]:
+        """The names of `plugins_required`."""
+        return [n.strip() for n in self.plugins_required.split(",") if n.strip()]
