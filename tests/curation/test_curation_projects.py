@@ -133,6 +133,9 @@ def old_installation(
     the service then recorded them."""
     migrate(url, MIGRATIONS, VERSION_TABLE, "0002")
     engine = create_db_engine(url)
+    # Today's importer and webhook code record curation events (0004); the old installation is
+    # built with it, so the feed's table is there meanwhile and gone again before 0003 runs.
+    tables.events.create(engine)
     catalog = SchemaCatalog(REPO / "schemas")
     schema = catalog.get("classify_ticket")
     prefix = f"t-{uuid.uuid4().hex[:8]} "
@@ -182,6 +185,7 @@ def old_installation(
         )
         event = {"action": "ANNOTATION_CREATED", "annotation": made.model_dump(mode="json")}
         assert handle_event(store, {**event, "task": {"id": by_custom_id[key]}}).recorded == 1
+    tables.events.drop(engine)
     return engine, catalog, shared, prefix
 
 

@@ -13,14 +13,25 @@ identically.
 An annotation's `annotator` is `auto-accept` when the importer made it from the prediction
 (`record_automatic`) and empty when it came from Label Studio; an automatic annotation whose
 result changes in Label Studio was changed by a person, and is a person's from then on.
+
+Each change is an event of the curation feed (events.py), in the same transaction:
+`annotation.created` / `annotation.updated` when an annotation's result (or cancellation) is
+new or differs from what is recorded, `task.gold_set` / `task.gold_removed` when a task's
+`gold` changes. Their `origin` is the caller's (`label_studio` for the webhook and the
+reconcile). Label Studio reports a change made through its API (a gold star given here) by
+webhook before its API call returns, so a caller changing tasks there on behalf of someone
+names them first (`on_behalf_of`): what Label Studio reports about those tasks meanwhile is
+that origin's change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -30,10 +41,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from loomstack_kit.database import write_transaction
+from loomstack_kit.plugins import ANNOTATION_CREATED, ANNOTATION_UPDATED, GOLD_REMOVED, GOLD_SET
 
 from . import tables
 from .auto_accept import ANNOTATOR as AUTO_ACCEPT_ANNOTATOR
 from .catalog import SchemaCatalog
+from .events import ORIGIN_AUTO_ACCEPT, ORIGIN_LABEL_STUDIO, CurationEvents
 from .examples import read_answers
 from .import_states import ANNOTATED, IMPORTED
 from .task_schema import RatingQuestion, TaskSchema
@@ -113,12 +126,97 @@ def agreement(schema: TaskSchema, results: list[list[dict[str, Any]]]) -> float 
     return sum(scores) / len(scores)
 
 
+# An event to record: (type, Loomstack project, data).
+Event = tuple[str, str, dict[str, Any]]
+# One task's annotations that changed: (event type, Label Studio annotation id).
+Changed = list[tuple[str, int]]
+# What an event says about its task (and the task's gold before the change).
+_TASK_FIELDS = tuple(
+    tables.tasks.c[name]
+    for name in (
+        "ls_task_id",
+        "project",
+        "batch_id",
+        "custom_id",
+        "schema_id",
+        "schema_version",
+        "gold",
+    )
+)
+
+
+def _change(recorded: tuple[str, bool] | None, record: AnnotationRecord) -> str | None:
+    """The event of recording `record` over what is recorded (result, cancelled); None when
+    it is the same annotation again (a re-delivery, an unchanged save)."""
+    if recorded is None:
+        return ANNOTATION_CREATED
+    if recorded != (record.result_json, bool(record.was_cancelled)):
+        return ANNOTATION_UPDATED
+    return None
+
+
+def _task_events(
+    task: sa.Row, changed: Changed, gold: bool, annotation_id: int | None, origin: str
+) -> list[Event]:
+    """A task's events: its changed annotations, then its gold star if that changed."""
+
+    def data(ls_annotation_id: int | None) -> dict[str, Any]:
+        return {
+            "ls_task_id": int(task.ls_task_id),
+            "ls_annotation_id": ls_annotation_id,
+            "batch_id": task.batch_id,
+            "custom_id": task.custom_id,
+            "schema_id": task.schema_id,
+            "schema_version": int(task.schema_version),
+            "gold": gold,
+            "origin": origin,
+        }
+
+    events = [(kind, task.project, data(ls_annotation_id)) for kind, ls_annotation_id in changed]
+    if gold != bool(task.gold):
+        events.append((GOLD_SET if gold else GOLD_REMOVED, task.project, data(annotation_id)))
+    return events
+
+
 class AnnotationStore:
-    """Records annotations and keeps each task's derived fields up to date."""
+    """Records annotations, keeps each task's derived fields up to date and records the
+    changes as curation events."""
 
     def __init__(self, engine: Engine, catalog: SchemaCatalog) -> None:
         self.engine = engine
         self.catalog = catalog
+        self.events = CurationEvents(engine)
+        self._claims: dict[int, list[str]] = {}
+        self._claims_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def on_behalf_of(self, origin: str, task_ids: Iterable[int]) -> Iterator[None]:
+        """While the caller changes these tasks in Label Studio for `origin`, what Label Studio
+        reports about them (its webhook, the reconcile) is recorded as `origin`'s change."""
+        ids = list(dict.fromkeys(int(i) for i in task_ids))
+        with self._claims_lock:
+            for task_id in ids:
+                self._claims.setdefault(task_id, []).append(origin)
+        try:
+            yield
+        finally:
+            with self._claims_lock:
+                for task_id in ids:
+                    claims = self._claims[task_id]
+                    claims.remove(origin)
+                    if not claims:
+                        del self._claims[task_id]
+
+    def _origin(self, task_id: int, origin: str) -> str:
+        if origin != ORIGIN_LABEL_STUDIO:
+            return origin
+        with self._claims_lock:
+            claims = self._claims.get(task_id)
+            return claims[-1] if claims else origin
+
+    def _record(self, conn: sa.Connection, events: Iterable[Event]) -> None:
+        for kind, project, data in events:
+            self.events.record(conn, kind, project, data)
 
     def _schema(
         self, conn: sa.Connection, task_id: int, ls_project_id: int | None = None
@@ -138,24 +236,40 @@ class AnnotationStore:
         except Exception:
             return None
 
-    def upsert(self, records: Iterable[AnnotationRecord], ls_project_id: int | None = None) -> int:
+    def upsert(
+        self,
+        records: Iterable[AnnotationRecord],
+        ls_project_id: int | None = None,
+        *,
+        origin: str = ORIGIN_LABEL_STUDIO,
+    ) -> int:
         """Records new or changed annotations of our tasks (with `ls_project_id`: of that Label
         Studio project's tasks only); returns how many were ours."""
         recorded = 0
         with write_transaction(self.engine) as conn:
-            touched: set[int] = set()
+            touched: dict[int, Changed] = {}
             for record in records:
                 schema = self._schema(conn, record.task_id, ls_project_id)
                 if schema is None:
                     continue
-                self._write(conn, schema, record)
-                touched.add(record.task_id)
+                change = self._write(conn, schema, record)
+                changed = touched.setdefault(record.task_id, [])
+                if change is not None:
+                    changed.append((change, record.id))
                 recorded += 1
-            for task_id in touched:
-                self._refresh_task(conn, task_id)
+            events: list[Event] = []
+            for task_id, changed in touched.items():
+                events += self._refresh_task(conn, task_id, changed, origin)
+            self._record(conn, events)
         return recorded
 
-    def delete(self, annotation_ids: Iterable[int], ls_project_id: int | None = None) -> int:
+    def delete(
+        self,
+        annotation_ids: Iterable[int],
+        ls_project_id: int | None = None,
+        *,
+        origin: str = ORIGIN_LABEL_STUDIO,
+    ) -> int:
         """Forgets deleted annotations (with `ls_project_id`: of that Label Studio project's
         tasks only); returns how many were known."""
         ids = [int(i) for i in annotation_ids]
@@ -183,8 +297,10 @@ class AnnotationStore:
                     tables.ls_annotations.c.ls_annotation_id.in_(ids)
                 )
             ).rowcount
+            events: list[Event] = []
             for task_id in task_ids:
-                self._refresh_task(conn, task_id)
+                events += self._refresh_task(conn, task_id, [], origin)
+            self._record(conn, events)
         return int(deleted or 0)
 
     def annotated_task_ids(self, ls_project_id: int) -> list[int]:
@@ -199,12 +315,18 @@ class AnnotationStore:
                 ).scalars()
             )
 
-    def replace_task(self, task_id: int, records: list[AnnotationRecord]) -> bool:
+    def replace_task(
+        self, task_id: int, records: list[AnnotationRecord], *, origin: str = ORIGIN_LABEL_STUDIO
+    ) -> bool:
         """Makes a task's annotations exactly `records` (the reconcile); False if not ours."""
-        return task_id in self.replace_tasks({task_id: records})
+        return task_id in self.replace_tasks({task_id: records}, origin=origin)
 
     def replace_tasks(
-        self, tasks: Mapping[int, list[AnnotationRecord]], ls_project_id: int | None = None
+        self,
+        tasks: Mapping[int, list[AnnotationRecord]],
+        ls_project_id: int | None = None,
+        *,
+        origin: str = ORIGIN_LABEL_STUDIO,
     ) -> set[int]:
         """`replace_task` for a page of tasks at once (with `ls_project_id`: only tasks we
         recorded in that Label Studio project); returns the ids that are ours.
@@ -245,7 +367,7 @@ class AnnotationStore:
             if wanted != known[task_id]:
                 changed.append((task_id, set(known[task_id]) - set(wanted)))
         if changed:
-            self._write_changed(changed, tasks, ours, known, annotators)
+            self._write_changed(changed, tasks, ours, known, annotators, origin)
         return set(ours)
 
     def _write_changed(
@@ -255,12 +377,14 @@ class AnnotationStore:
         ours: Mapping[int, tuple[str, int, str]],
         known: Mapping[int, Mapping[int, tuple[str, bool]]],
         annotators: Mapping[int, str],
+        origin: str,
     ) -> None:
         """Bulk writes of a page's changed tasks: one statement per kind of change."""
         stale: list[int] = []
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         task_rows: list[dict[str, Any]] = []
+        annotation_changes: dict[int, Changed] = {}
         for task_id, gone in changed:
             schema_id, version, predicted_json = ours[task_id]
             try:
@@ -269,6 +393,7 @@ class AnnotationStore:
                 continue
             stale += gone
             live = []
+            changes = annotation_changes[task_id] = []
             for record in tasks[task_id]:
                 values = self._values(schema, record)
                 before = known[task_id].get(record.id)
@@ -276,12 +401,21 @@ class AnnotationStore:
                 same = before is not None and before[0] == record.result_json
                 values["annotator"] = annotators.get(record.id, "") if same else ""
                 (updates if before is not None else inserts).append(values)
+                if (change := _change(before, record)) is not None:
+                    changes.append((change, record.id))
                 if not record.was_cancelled:
                     live.append(values)
             live.sort(key=lambda v: (v["updated_at"], v["ls_annotation_id"]))
             task_rows.append({"b_task_id": task_id, **derived(schema, predicted_json, live)})
         a, t = tables.ls_annotations, tables.tasks
         with write_transaction(self.engine) as conn:
+            written = [r["b_task_id"] for r in task_rows]
+            before_tasks: dict[int, sa.Row] = {}
+            for start in range(0, len(written), 500):
+                for row in conn.execute(
+                    sa.select(*_TASK_FIELDS).where(t.c.ls_task_id.in_(written[start : start + 500]))
+                ):
+                    before_tasks[row.ls_task_id] = row
             for start in range(0, len(stale), 500):
                 conn.execute(a.delete().where(a.c.ls_annotation_id.in_(stale[start : start + 500])))
             if inserts:
@@ -308,6 +442,18 @@ class AnnotationStore:
                         for r in task_rows
                     ],
                 )
+            events: list[Event] = []
+            for task_row in task_rows:
+                task_id = task_row["b_task_id"]
+                if (task := before_tasks.get(task_id)) is not None:
+                    events += _task_events(
+                        task,
+                        annotation_changes[task_id],
+                        bool(task_row["gold"]),
+                        task_row["annotation_id"],
+                        self._origin(task_id, origin),
+                    )
+            self._record(conn, events)
 
     @staticmethod
     def _values(schema: TaskSchema, record: AnnotationRecord) -> dict[str, Any]:
@@ -322,7 +468,10 @@ class AnnotationStore:
             "updated_at": record.updated_at,
         }
 
-    def _write(self, conn: sa.Connection, schema: TaskSchema, record: AnnotationRecord) -> None:
+    def _write(
+        self, conn: sa.Connection, schema: TaskSchema, record: AnnotationRecord
+    ) -> str | None:
+        """Records one annotation; the event type of the change, None if it changed nothing."""
         answers, gold, _ = read_answers(schema, record.result)
         values = {
             "ls_task_id": record.task_id,
@@ -334,42 +483,69 @@ class AnnotationStore:
         }
         a = tables.ls_annotations
         recorded = conn.execute(
-            sa.select(a.c.result_json).where(a.c.ls_annotation_id == record.id)
+            sa.select(a.c.result_json, a.c.was_cancelled).where(a.c.ls_annotation_id == record.id)
         ).first()
         if recorded is None:
             conn.execute(a.insert().values(ls_annotation_id=record.id, annotator="", **values))
-        elif recorded.result_json != values["result_json"]:
+            return ANNOTATION_CREATED
+        if recorded.result_json != values["result_json"]:
             # Changed in Label Studio: a person's now, even if it was automatic.
             conn.execute(
                 a.update().where(a.c.ls_annotation_id == record.id).values(annotator="", **values)
             )
         else:
             conn.execute(a.update().where(a.c.ls_annotation_id == record.id).values(**values))
+        return _change((recorded.result_json, bool(recorded.was_cancelled)), record)
 
-    def record_automatic(self, conn: sa.Connection, records: Iterable[AnnotationRecord]) -> int:
+    def record_automatic(
+        self,
+        conn: sa.Connection,
+        records: Iterable[AnnotationRecord],
+        *,
+        origin: str = ORIGIN_AUTO_ACCEPT,
+    ) -> int:
         """Records auto-accepted annotations (annotator `auto-accept`) in the caller's
-        transaction and refreshes their tasks; returns how many were ours."""
+        transaction and refreshes their tasks; returns how many were ours. The caller writes
+        nothing after it but rows no event writer waits for (events.py: the feed's lock)."""
         a = tables.ls_annotations
-        touched: set[int] = set()
+        touched: dict[int, Changed] = {}
         for record in records:
             schema = self._schema(conn, record.task_id)
             if schema is None:
                 continue
+            recorded = conn.execute(
+                sa.select(a.c.result_json, a.c.was_cancelled).where(
+                    a.c.ls_annotation_id == record.id
+                )
+            ).first()
             values = {**self._values(schema, record), "annotator": AUTO_ACCEPT_ANNOTATOR}
             conn.execute(a.delete().where(a.c.ls_annotation_id == record.id))
             conn.execute(a.insert().values(**values))
-            touched.add(record.task_id)
-        for task_id in touched:
-            self._refresh_task(conn, task_id)
+            change = _change(
+                None if recorded is None else (recorded.result_json, bool(recorded.was_cancelled)),
+                record,
+            )
+            changed = touched.setdefault(record.task_id, [])
+            if change is not None:
+                changed.append((change, record.id))
+        events: list[Event] = []
+        for task_id, changed in touched.items():
+            events += self._refresh_task(conn, task_id, changed, origin)
+        self._record(conn, events)
         return len(touched)
 
-    def _refresh_task(self, conn: sa.Connection, task_id: int) -> None:
+    def _refresh_task(
+        self, conn: sa.Connection, task_id: int, changed: Changed, origin: str
+    ) -> list[Event]:
+        """Derives a task's fields from its recorded annotations; the events of the change."""
         schema = self._schema(conn, task_id)
         task = conn.execute(
-            sa.select(tables.tasks.c.predicted_json).where(tables.tasks.c.ls_task_id == task_id)
+            sa.select(*_TASK_FIELDS, tables.tasks.c.predicted_json).where(
+                tables.tasks.c.ls_task_id == task_id
+            )
         ).first()
         if schema is None or task is None:
-            return
+            return []
         rows = conn.execute(
             sa.select(tables.ls_annotations)
             .where(
@@ -381,6 +557,13 @@ class AnnotationStore:
         values = derived(schema, task.predicted_json, [dict(r._mapping) for r in rows])
         conn.execute(
             tables.tasks.update().where(tables.tasks.c.ls_task_id == task_id).values(**values)
+        )
+        return _task_events(
+            task,
+            changed,
+            bool(values["gold"]),
+            values["annotation_id"],
+            self._origin(task_id, origin),
         )
 
 
