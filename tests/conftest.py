@@ -66,3 +66,13 @@ def domain(db_url: str, tmp_path: Path) -> Iterator[Domain]:
     registry.register_model(MODEL_NAME, MODEL_PATH, 2048)
     yield Domain(db_url, engine, files, batches, registry)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def inference_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real inference service, api role only (files, batches, the event feed; no engine),
+    shared by the curation and plugin tests."""
+    from support import api_only_inference
+
+    with api_only_inference(tmp_path_factory.mktemp("inference-api")) as process:
+        yield process

@@ -37,12 +37,3 @@ def inference(inference_api: Any) -> Iterator[InferenceClient]:
     client = InferenceClient(inference_api.address, ServiceSettings())
     yield client
     client.close()
-
-
-@pytest.fixture(scope="session")
-def inference_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real inference service, api role only (files, batches, the event feed; no engine)."""
-    from support import api_only_inference
-
-    with api_only_inference(tmp_path_factory.mktemp("inference-api")) as process:
-        yield process

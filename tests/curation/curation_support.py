@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,8 +280,14 @@ class CurationProcess(ServiceProcess):
         self.terminate(30)
 
 
-def finish_batch(home: Path, batch_id: str, failed: set[int]) -> None:
-    """Runs the batch's shards the way an engine would, with prepared answers, and finalizes."""
+def finish_batch(
+    home: Path,
+    batch_id: str,
+    failed: set[int],
+    answer: Callable[[int], str] = ticket_answer,
+) -> None:
+    """Runs the batch's shards the way an engine would, with prepared answers (`answer(i)` for
+    the line whose custom id ends in i), and finalizes."""
     engine = create_db_engine(f"sqlite:///{home / 'inference.db'}")
     files = FileStore(engine, FilesystemBlobStore(home / "blobs"), 10**9)
     batches = Batches(engine, files, shard_lines=1000, max_lines=50_000)
@@ -290,7 +296,7 @@ def finish_batch(home: Path, batch_id: str, failed: set[int]) -> None:
         rows = []
         for line in queue.pending_lines(lease):
             i = int(line.custom_id[1:])
-            content = None if i in failed else ticket_answer(i)
+            content = None if i in failed else answer(i)
             rows.append(
                 ResultRow(
                     line.line_no,

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import uvicorn
 
-from loomstack.curation.v1 import curation_pb2_grpc
+from loomstack.curation.v1 import curation_pb2_grpc, plugins_pb2_grpc
 from loomstack_kit.database import create_db_engine, migrate
 from loomstack_kit.grpc_core import require_defaults
 from loomstack_kit.json_logging import configure_logging
+from loomstack_kit.plugins import PluginError
 from loomstack_kit.server import GrpcServer, Registration
 from loomstack_kit.tracing import configure_tracing, instrument_sqlalchemy
 
 from .annotations import AnnotationStore
 from .catalog import SchemaCatalog
+from .events import CurationEvents
 from .feed import FeedConsumer
 from .http_app import create_app
 from .http_server import serve_http
@@ -34,12 +36,36 @@ from .import_records import ImportRecords
 from .importer import Importer
 from .inference_client import InferenceClient
 from .labelstudio_api import connect
-from .loops import follow_feed, reconcile_loop, tidy_projects, work_imports
+from .loops import (
+    follow_feed,
+    reconcile_loop,
+    retry_plugin_deliveries,
+    run_plugin_handlers,
+    run_plugin_loop,
+    tidy_projects,
+    work_imports,
+)
 from .ml_auth import load_credentials
 from .ml_backend import MLBackend
+from .plugin_context import PluginContext
+from .plugin_deliveries import PluginDeliveries
+from .plugin_handlers import (
+    BoundHandler,
+    HandlerRunner,
+    batch_events_after,
+    curation_events_after,
+)
+from .plugin_host import PluginHost
+from .plugin_servicer import PluginServicer
 from .projects import ProjectMap
 from .relocation import Relocation
-from .servicer import ImportServicer, SchemaServicer, SnapshotServicer, TaskServicer
+from .servicer import (
+    EventServicer,
+    ImportServicer,
+    SchemaServicer,
+    SnapshotServicer,
+    TaskServicer,
+)
 from .settings import CurationSettings
 from .snapshots import SnapshotStore
 from .tasks import TaskQueries
@@ -56,7 +82,14 @@ async def serve(settings: CurationSettings) -> None:
     await asyncio.to_thread(migrate, url, MIGRATIONS, VERSION_TABLE)
     db = create_db_engine(url)
     instrument_sqlalchemy(db)
-    catalog = SchemaCatalog(settings.schemas_dir)
+    host = PluginHost.load(settings)
+    await asyncio.to_thread(host.migrate, settings.home)
+    host.open_databases(settings.home)
+    catalog = SchemaCatalog(
+        settings.schemas_dir,
+        vocabulary=host.vocabulary(),
+        namespaces=host.schema_directories(),
+    )
     for problem in catalog.registry.problems:
         log.warning("schema file not loaded", extra={"problem": problem})
     client = (
@@ -85,9 +118,10 @@ async def serve(settings: CurationSettings) -> None:
     importer = Importer(db, catalog, projects, queue, chunk_size=settings.import_chunk)
     annotations = AnnotationStore(db, catalog)
     queries = TaskQueries(db, catalog, projects, annotations)
-    snapshots = SnapshotStore(db, catalog)
+    snapshots = SnapshotStore(db, catalog)  # the plugins' exporters are added below
     inference = InferenceClient(settings.inference_address, settings)
     consumer = FeedConsumer(db, queue)
+    events = CurationEvents(db, poll_seconds=settings.poll_seconds)
 
     def upload(project: str, filename: str, content: bytes) -> str:
         return inference.upload(project, filename, content, purpose="fine-tune")
@@ -113,7 +147,47 @@ async def serve(settings: CurationSettings) -> None:
             SnapshotServicer(snapshots, upload),
             PACKAGE + "SnapshotService",
         ),
+        Registration(
+            curation_pb2_grpc.add_EventServiceServicer_to_server,
+            EventServicer(events),
+            PACKAGE + "EventService",
+        ),
     ]
+    contexts = {
+        p.name: PluginContext(
+            p.name,
+            settings.home,
+            host.databases.get(p.name),
+            db=db,
+            queue=queue,
+            queries=queries,
+            catalog=catalog,
+            inference=inference,
+        )
+        for p in host.plugins
+    }
+    registrations += host.registrations(contexts)
+    plugin_loops = host.loops(contexts)
+    snapshots.exporters = {
+        name: (exporter, contexts[host.exporter_plugin(name)])
+        for name, exporter in host.exporters().items()
+    }
+    bound = [
+        BoundHandler(p.name, h, contexts[p.name]) for p in host.plugins for h in p.result_handlers
+    ]
+    deliveries = PluginDeliveries(
+        db,
+        retry_base=settings.retry_base_seconds,
+        retry_max=settings.retry_max_seconds,
+        max_attempts=settings.plugin_max_attempts,
+    )
+    registrations.append(
+        Registration(
+            plugins_pb2_grpc.add_PluginServiceServicer_to_server,
+            PluginServicer(host.status_list, deliveries),
+            PACKAGE + "PluginService",
+        )
+    )
     backend = MLBackend(
         catalog,
         projects,
@@ -157,6 +231,16 @@ async def serve(settings: CurationSettings) -> None:
     wake = asyncio.Event()
     tasks.append(asyncio.create_task(follow_feed(inference, consumer, settings, wake)))
     tasks.append(asyncio.create_task(work_imports(importer, catalog, inference, settings, wake)))
+    for runner in (
+        HandlerRunner("batches", bound, deliveries, batch_events_after(inference, settings)),
+        HandlerRunner("curation", bound, deliveries, curation_events_after(events, settings)),
+    ):
+        if runner.handlers:
+            tasks.append(asyncio.create_task(run_plugin_handlers(runner, settings)))
+    if bound:
+        tasks.append(asyncio.create_task(retry_plugin_deliveries(deliveries, bound, settings)))
+    for name, loop in plugin_loops:
+        tasks.append(asyncio.create_task(run_plugin_loop(name, loop)))
     if client is not None:
         tasks.append(
             asyncio.create_task(reconcile_loop(client, projects, annotations, relocation, settings))
@@ -170,6 +254,7 @@ async def serve(settings: CurationSettings) -> None:
         for task in tasks:
             task.cancel()
         inference.close()
+        host.close()
         db.dispose()
 
 
@@ -183,12 +268,19 @@ def main() -> None:
         raise SystemExit(f"usage: loomstack-curation [serve|migrate] (got {command!r})")
     settings = CurationSettings()
     configure_logging("curation", settings.log_level, settings.log_json)
-    if command == "migrate":
-        migrate(settings.resolved_database_url(), MIGRATIONS, VERSION_TABLE)
-        log.info("database schema is up to date")
-        return
-    configure_tracing("loomstack-curation", settings.otel_exporter)
-    asyncio.run(serve(settings))
+    try:
+        if command == "migrate":
+            migrate(settings.resolved_database_url(), MIGRATIONS, VERSION_TABLE)
+            # The enabled plugins' own databases too (the chart's migrations hook runs this);
+            # here a plugin that cannot migrate fails the command instead of being left out.
+            PluginHost.load(settings).migrate(settings.home, strict=True)
+            log.info("database schema is up to date")
+            return
+        configure_tracing("loomstack-curation", settings.otel_exporter)
+        asyncio.run(serve(settings))
+    except PluginError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

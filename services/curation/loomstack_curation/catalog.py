@@ -8,11 +8,12 @@ takes the good schemas down (the registry loads non-strict and lists the problem
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from loomstack_kit.errors import NotFound
 
-from .registry import SCHEMA_SUFFIXES, TaskRegistry
+from .registry import NO_VOCABULARY, TaskRegistry, Vocabulary, schema_files
 from .task_schema import TaskSchema
 
 
@@ -31,10 +32,19 @@ def parse_schema_type(schema_type: str) -> tuple[str, int | None]:
 
 
 class SchemaCatalog:
-    """Thread-safe access to the current registry of a schema directory."""
+    """Thread-safe access to the current registry of a schema directory (and of the plugins'
+    schema directories, `namespaces`: directory → plugin name)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        vocabulary: Vocabulary = NO_VOCABULARY,
+        namespaces: Mapping[Path, str] | None = None,
+    ) -> None:
         self.directory = Path(directory)
+        self.vocabulary = vocabulary
+        self.namespaces = dict(namespaces or {})
         self._lock = threading.Lock()
         self._stamp: tuple[tuple[str, float, int], ...] | None = None
         self._registry = TaskRegistry()
@@ -43,13 +53,11 @@ class SchemaCatalog:
         self.refresh()
 
     def _current_stamp(self) -> tuple[tuple[str, float, int], ...]:
-        if not self.directory.is_dir():
-            return ()
         entries = []
-        for path in sorted(self.directory.iterdir()):
-            if path.suffix in SCHEMA_SUFFIXES:
+        for directory in (self.directory, *self.namespaces):
+            for path in schema_files(directory):
                 stat = path.stat()
-                entries.append((path.name, stat.st_mtime, stat.st_size))
+                entries.append((str(path), stat.st_mtime, stat.st_size))
         return tuple(entries)
 
     def refresh(self) -> bool:
@@ -59,7 +67,12 @@ class SchemaCatalog:
             if stamp == self._stamp:
                 return False
             registry = (
-                TaskRegistry.load(self.directory, strict=False)
+                TaskRegistry.load(
+                    self.directory,
+                    strict=False,
+                    vocabulary=self.vocabulary,
+                    namespaces=self.namespaces,
+                )
                 if self.directory.is_dir()
                 else TaskRegistry(problems=[f"{self.directory}: not a directory"])
             )

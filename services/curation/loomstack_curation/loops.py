@@ -1,13 +1,14 @@
 """The curation service's background loops: following the batch event feed, working the import
-queue, reconciling annotations with Label Studio, and tidying Label Studio's projects once at
-start. `__main__` only wires them."""
+queue, reconciling annotations with Label Studio, tidying Label Studio's projects once at
+start, and running the plugins' result handlers, their retries and their own loops. `__main__`
+only wires them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from opentelemetry import trace
 
@@ -20,6 +21,8 @@ from .feed import FeedConsumer
 from .import_queue import QueuedImport
 from .importer import Importer
 from .inference_client import InferenceClient
+from .plugin_deliveries import PluginDeliveries
+from .plugin_handlers import BoundHandler, HandlerRunner, retry_deliveries
 from .projects import ProjectMap
 from .reconcile import reconcile
 from .relocation import Relocation
@@ -153,3 +156,47 @@ async def tidy_projects(
         except Exception as exc:
             log.warning("Label Studio projects not tidied yet", extra={"error": str(exc)})
             await asyncio.sleep(settings.retry_base_seconds * 5)
+
+
+async def run_plugin_handlers(runner: HandlerRunner, settings: CurationSettings) -> None:
+    """Runs a feed's plugin handlers page after page (the fetch long-polls the feed)."""
+    delay = settings.retry_base_seconds
+    while True:
+        try:
+            await runner.step()
+            delay = settings.retry_base_seconds
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "plugin handlers' feed unavailable",
+                extra={"feed": runner.feed, "error": str(exc), "delay": delay},
+            )
+            await asyncio.sleep(delay)
+            delay = min(settings.retry_max_seconds, delay * 2)
+
+
+async def retry_plugin_deliveries(
+    deliveries: PluginDeliveries, handlers: Sequence[BoundHandler], settings: CurationSettings
+) -> None:
+    """Delivers the failed events that are due again, every `poll_seconds`."""
+    while True:
+        try:
+            tried = await retry_deliveries(deliveries, handlers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("plugin retries failed", extra={"error": str(exc)})
+            tried = 0
+        if not tried:
+            await asyncio.sleep(settings.poll_seconds)
+
+
+async def run_plugin_loop(plugin: str, loop: Awaitable[None]) -> None:
+    """A plugin's own loop; its crash is logged, never the service's."""
+    try:
+        await loop
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("plugin loop stopped", extra={"plugin": plugin})

@@ -126,12 +126,23 @@ def parse_answer(schema: TaskSchema, answer: str) -> tuple[dict[str, Any], list[
             except json.JSONDecodeError as exc:
                 return {}, [f"{name}: the answer is not JSON: {exc.msg}"]
         return {name: answer.strip()}, []
+    if schema.parser is not None:
+        try:
+            decoded: Any = dict(schema.parser(answer))
+        except Exception as exc:  # a plugin's parser: its failure is a problem of this answer
+            return {}, [f"parser {schema.prediction.parser}: {type(exc).__name__}: {exc}"]
+        return _by_key(schema, decoded)
     try:
         decoded = decode_json(answer)
     except json.JSONDecodeError as exc:
         return {}, [f"the answer is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]
     if not isinstance(decoded, dict):
         return {}, [f"the answer is JSON {type(decoded).__name__}, expected an object"]
+    return _by_key(schema, decoded)
+
+
+def _by_key(schema: TaskSchema, decoded: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The values of an answer object by question name, and the required ones it lacks."""
     values: dict[str, Any] = {}
     problems: list[str] = []
     for name, key in schema.prediction_keys.items():

@@ -3,12 +3,16 @@
 Lookups by id return the latest version; an explicit version returns that one. Problems name
 the file and the field (`schemas/bad.yaml: questions.2.type: unknown question type 'slider'
 (use ...)`); the same id and version in two files names both files.
+
+Plugins add what a schema may name (`Vocabulary`): rating scales, whose labels become a choice
+question's options (`scale:`), and parsers (`prediction.parser`). A plugin's own schema files
+must have ids in its namespace (`<plugin>.<name>`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from pydantic import ValidationError
 
 from loomstack_kit.errors import InvalidArgument, NotFound
 
-from .task_schema import TaskSchema, describe_errors
+from .task_schema import AnswerParser, TaskSchema, describe_errors
 
 SCHEMA_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -35,7 +39,41 @@ class SchemaInvalid(ValueError):
         return InvalidArgument(str(self), code="invalid_schema")
 
 
-def read_schema_file(path: Path) -> TaskSchema:
+@dataclass(frozen=True)
+class Vocabulary:
+    """What schemas may name beyond the core: rating scales and parsers (from plugins)."""
+
+    scales: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    parsers: Mapping[str, AnswerParser] = field(default_factory=dict)
+
+
+NO_VOCABULARY = Vocabulary()
+
+
+def _with_scales(path: Path, raw: dict[str, Any], vocabulary: Vocabulary) -> dict[str, Any]:
+    """The raw schema with each `scale:` of a choice question turned into its options."""
+    questions = raw.get("questions")
+    if not isinstance(questions, list):
+        return raw
+    resolved = []
+    for index, question in enumerate(questions):
+        if isinstance(question, dict) and question.get("scale") is not None:
+            name = question["scale"]
+            where = f"{path}: questions.{index}"
+            if "options" in question:
+                raise SchemaInvalid([f"{where}.options: set either options or scale, not both"])
+            labels = vocabulary.scales.get(name) if isinstance(name, str) else None
+            if labels is None:
+                known = ", ".join(sorted(vocabulary.scales)) or "none"
+                raise SchemaInvalid(
+                    [f"{where}.scale: unknown rating scale {name!r} (known: {known})"]
+                )
+            question = {**question, "options": list(labels)}
+        resolved.append(question)
+    return {**raw, "questions": resolved}
+
+
+def read_schema_file(path: Path, vocabulary: Vocabulary = NO_VOCABULARY) -> TaskSchema:
     """Parses and validates one schema file; SchemaInvalid names the file and field."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -48,9 +86,26 @@ def read_schema_file(path: Path) -> TaskSchema:
     if not isinstance(raw, dict):
         raise SchemaInvalid([f"{path}: expected a mapping of fields at the top level"])
     try:
-        return TaskSchema.model_validate(raw)
+        schema = TaskSchema.model_validate(_with_scales(path, raw, vocabulary))
     except ValidationError as exc:
         raise SchemaInvalid([f"{path}: {line}" for line in describe_errors(exc)]) from None
+    name = schema.prediction.parser
+    if name is not None:
+        parser = vocabulary.parsers.get(name)
+        if parser is None:
+            known = ", ".join(sorted(vocabulary.parsers)) or "none"
+            raise SchemaInvalid(
+                [f"{path}: prediction.parser: unknown parser {name!r} (known: {known})"]
+            )
+        schema = schema.with_parser(parser)
+    return schema
+
+
+def schema_files(directory: Path) -> list[Path]:
+    """The schema files of a directory, sorted by name (none if it is not one)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix in SCHEMA_SUFFIXES)
 
 
 @dataclass
@@ -62,8 +117,16 @@ class TaskRegistry:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, directory: Path | str, *, strict: bool = True) -> TaskRegistry:
-        """Loads every schema file of `directory` (not recursive, sorted by name).
+    def load(
+        cls,
+        directory: Path | str,
+        *,
+        strict: bool = True,
+        vocabulary: Vocabulary = NO_VOCABULARY,
+        namespaces: Mapping[Path, str] | None = None,
+    ) -> TaskRegistry:
+        """Loads every schema file of `directory` (not recursive, sorted by name), and of the
+        plugin directories of `namespaces` (directory → the plugin whose ids they must have).
 
         strict: any problem raises SchemaInvalid listing all of them. Otherwise the good schemas
         load and `problems` lists the rest (a service keeps running on a broken new file).
@@ -71,16 +134,34 @@ class TaskRegistry:
         directory = Path(directory)
         if not directory.is_dir():
             raise SchemaInvalid([f"{directory}: not a directory"])
-        files = sorted(p for p in directory.iterdir() if p.suffix in SCHEMA_SUFFIXES)
-        return cls.from_files(files, strict=strict)
+        files = [(p, "") for p in schema_files(directory)]
+        for extra, namespace in (namespaces or {}).items():
+            files += [(p, namespace) for p in schema_files(Path(extra))]
+        return cls.from_files(files, strict=strict, vocabulary=vocabulary)
 
     @classmethod
-    def from_files(cls, files: Iterable[Path], *, strict: bool = True) -> TaskRegistry:
-        """Like `load`, for an explicit list of files."""
+    def from_files(
+        cls,
+        files: Iterable[Path | tuple[Path, str]],
+        *,
+        strict: bool = True,
+        vocabulary: Vocabulary = NO_VOCABULARY,
+    ) -> TaskRegistry:
+        """Like `load`, for an explicit list of files (each with the namespace its ids need,
+        empty for none)."""
         registry = cls()
-        for path in files:
+        for entry in files:
+            path, namespace = entry if isinstance(entry, tuple) else (entry, "")
             try:
-                registry.add(read_schema_file(path), path)
+                schema = read_schema_file(path, vocabulary)
+                if namespace and not schema.id.startswith(namespace + "."):
+                    raise SchemaInvalid(
+                        [
+                            f"{path}: id: {schema.id!r} must start with {namespace + '.'!r} "
+                            f"(the schemas of plugin {namespace!r} are in its namespace)"
+                        ]
+                    )
+                registry.add(schema, path)
             except SchemaInvalid as exc:
                 registry.problems.extend(exc.problems)
         if strict and registry.problems:

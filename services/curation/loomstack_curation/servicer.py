@@ -14,9 +14,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loomstack.curation.v1 import curation_pb2, curation_pb2_grpc
 from loomstack_kit.errors import InvalidArgument
 from loomstack_kit.identity import owner_project, project_of
+from loomstack_kit.plugins import FeedEvent
 
 from . import field_checks as check
 from .catalog import SchemaCatalog
+from .events import MAX_WAIT_SECONDS, CurationEvents
 from .import_records import ImportRecords, ImportView
 from .label_config import label_config
 from .projects import ProjectMap
@@ -280,6 +282,8 @@ def snapshot_to_proto(record: SnapshotRecord) -> Any:
         create_time=_ts(record.created_at),
         project=record.project,
         auto_accepted_examples=int(record.manifest.get("counts", {}).get("auto_accepted", 0)),
+        exporter=record.exporter,
+        exporter_options=record.exporter_options,
     )
 
 
@@ -312,6 +316,11 @@ class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
             fmt=fmt,
             validation_fraction=request.validation_fraction,
             upload=self.upload,
+            exporter=check.text(request.exporter, "exporter"),
+            exporter_options={
+                check.text(k, "exporter_options"): check.text(v, f"exporter_options.{k}")
+                for k, v in request.exporter_options.items()
+            },
         )
         return snapshot_to_proto(record)
 
@@ -331,3 +340,28 @@ class SnapshotServicer(curation_pb2_grpc.SnapshotServiceServicer):
             snapshots=[snapshot_to_proto(r) for r in records[:limit]],
             next_page_token=str(offset + limit) if len(records) > limit else "",
         )
+
+
+def event_to_proto(event: FeedEvent) -> Any:
+    """A curation event as its proto."""
+    return curation_pb2.CurationEvent(
+        sequence=event.sequence,
+        type=event.type,
+        project=event.project,
+        data_json=json.dumps(event.data, sort_keys=True, ensure_ascii=False),
+        create_time=_ts(event.created_at),
+    )
+
+
+class EventServicer(curation_pb2_grpc.EventServiceServicer):
+    """The curation event feed: a project reads its own events (an admin caller every one)."""
+
+    def __init__(self, events: CurationEvents) -> None:
+        self.events = events
+
+    async def ListEvents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        limit = check.page_size(request.page_size)
+        after = check.non_negative(request.after_sequence, "after_sequence")
+        wait = min(check.non_negative(request.wait_seconds, "wait_seconds"), MAX_WAIT_SECONDS)
+        events = await self.events.wait(project_of(context), after, limit, wait)
+        return curation_pb2.ListEventsResponse(events=[event_to_proto(e) for e in events])

@@ -7,10 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from loomstack_kit.settings import ServiceSettings
+from loomstack_kit.settings import PluginSettings
 
 
-class CurationSettings(ServiceSettings):
+class CurationSettings(PluginSettings):
     """What the curation process needs: its database, the schemas, Label Studio, inference."""
 
     model_config = SettingsConfigDict(env_prefix="LOOMSTACK_CURATION_", extra="ignore")
@@ -56,6 +56,12 @@ class CurationSettings(ServiceSettings):
     poll_seconds: float = Field(1.0, description="How often the import queue is looked at.")
     feed_wait_seconds: int = Field(10, description="Long-poll of the batch event feed.")
     reconcile_seconds: float = Field(60.0, description="Period of the annotation reconcile.")
+    plugin_max_attempts: int = Field(
+        8,
+        ge=1,
+        description="Deliveries of an event a plugin handler fails on before it is dead-lettered "
+        "(retried with the import's backoff in between).",
+    )
     allow_auto_accept: bool = Field(
         True,
         description="Honour metadata.curation_auto_accept (predictions imported as accepted "

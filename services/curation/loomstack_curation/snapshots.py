@@ -5,7 +5,8 @@ or rating, annotation date range, limit, without auto-accepted ones), turns each
 annotation into an OpenAI chat example (examples.py), drops duplicates (same messages), splits
 train/validation by a hash of the example (the same example always lands on the same side, in
 every snapshot), and stores the files (purpose `fine-tune`) in the requested line format
-together with a manifest. Nothing is stored for an empty selection.
+together with a manifest. Nothing is stored for an empty selection. A stored snapshot is a
+`snapshot.created` event of the curation feed (events.py), committed with it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,10 +25,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from loomstack_kit.database import write_transaction
-from loomstack_kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from loomstack_kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LoomstackError,
+    NotFound,
+    Unavailable,
+)
+from loomstack_kit.plugins import SNAPSHOT_CREATED, CurationContext, Exporter, ExportRequest
 
 from . import tables
 from .catalog import SchemaCatalog
+from .events import CurationEvents
 from .examples import training_example
 from .import_states import ANNOTATED
 
@@ -86,6 +95,9 @@ class SnapshotRecord:
     incomplete_skipped: int
     manifest: dict[str, Any]
     created_at: float
+    # The plugin exporter that selected the examples (empty: the core selection), its options.
+    exporter: str = ""
+    exporter_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,7 +224,47 @@ def build(
     return built
 
 
+def from_exporter(
+    examples: Iterable[list[dict[str, str]]], flt: SnapshotFilter, fraction: float
+) -> BuiltSnapshot:
+    """A plugin exporter's examples: malformed ones skipped, duplicates dropped, then split."""
+    built = BuiltSnapshot()
+    seen: set[str] = set()
+    for messages in examples:
+        if flt.limit and len(built.training) + len(built.validation) >= flt.limit:
+            break
+        if not _chat_messages(messages):
+            built.incomplete += 1
+            continue
+        key = example_key(messages)
+        if key in seen:
+            built.duplicates += 1
+            continue
+        seen.add(key)
+        (built.validation if is_validation(key, fraction) else built.training).append(
+            {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+        )
+    return built
+
+
+def _chat_messages(messages: Any) -> bool:
+    """Whether an exporter's example is OpenAI chat messages ending with the assistant's."""
+    return (
+        isinstance(messages, list)
+        and len(messages) >= 2
+        and all(
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str)
+            and m["content"].strip()
+            for m in messages
+        )
+        and messages[-1]["role"] == "assistant"
+    )
+
+
 def _record(row: sa.Row) -> SnapshotRecord:
+    manifest = json.loads(row.manifest_json)
     return SnapshotRecord(
         id=row.id,
         project=row.project,
@@ -227,17 +279,27 @@ def _record(row: sa.Row) -> SnapshotRecord:
         validation_examples=row.validation_examples,
         duplicates_removed=row.duplicates_removed,
         incomplete_skipped=row.incomplete_skipped,
-        manifest=json.loads(row.manifest_json),
+        manifest=manifest,
         created_at=row.created_at,
+        exporter=manifest.get("exporter", ""),
+        exporter_options=dict(manifest.get("exporter_options", {})),
     )
 
 
 class SnapshotStore:
     """Creates, reads and lists snapshots (synchronous; call it from a thread)."""
 
-    def __init__(self, engine: Engine, catalog: SchemaCatalog) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: SchemaCatalog,
+        exporters: Mapping[str, tuple[Exporter, CurationContext]] | None = None,
+    ) -> None:
         self.engine = engine
         self.catalog = catalog
+        # The plugins' exporters by name, each with its plugin's context.
+        self.exporters = dict(exporters or {})
+        self.events = CurationEvents(engine)
 
     def create(
         self,
@@ -248,6 +310,8 @@ class SnapshotStore:
         fmt: str = "openai_chat",
         validation_fraction: float = 0.0,
         upload: Upload,
+        exporter: str = "",
+        exporter_options: Mapping[str, str] | None = None,
     ) -> SnapshotRecord:
         """Builds and stores the next version of dataset `name`."""
         if not _NAME.fullmatch(name or ""):
@@ -268,12 +332,18 @@ class SnapshotStore:
         flt.check()
         if flt.schema_id:
             self.catalog.get(flt.schema_id, flt.schema_version or None)
-        built = build(
-            select_tasks(self.engine, project, flt), self.catalog, flt, validation_fraction
-        )
+        options = dict(exporter_options or {})
+        if exporter:
+            built = self._export(project, exporter, options, flt, validation_fraction)
+        elif options:
+            raise InvalidArgument("exporter_options need an exporter", param="exporter_options")
+        else:
+            built = build(
+                select_tasks(self.engine, project, flt), self.catalog, flt, validation_fraction
+            )
         if not built.training and not built.validation:
             raise FailedPrecondition(
-                "no annotated task matches the filter"
+                ("no example matches" if exporter else "no annotated task matches the filter")
                 + (
                     f" ({built.incomplete} matching tasks cannot form an example)"
                     if built.incomplete
@@ -308,6 +378,8 @@ class SnapshotStore:
             "name": name,
             "version": version,
             "format": fmt,
+            "exporter": exporter,
+            "exporter_options": options,
             "filter": asdict(flt),
             "validation_fraction": validation_fraction,
             "schemas": sorted(built.schemas),
@@ -343,12 +415,64 @@ class SnapshotStore:
             try:
                 with write_transaction(self.engine) as conn:
                     conn.execute(tables.snapshots.insert().values(**values))
+                    self.events.record(
+                        conn,
+                        SNAPSHOT_CREATED,
+                        project,
+                        {
+                            "snapshot_id": snapshot_id,
+                            "name": name,
+                            "version": values["version"],
+                            "format": fmt,
+                            "exporter": exporter,
+                            "training_examples": len(built.training),
+                        },
+                    )
                 break
             except IntegrityError:
                 # Another snapshot of the same name took this version a moment ago.
                 values["version"] = manifest["version"] = self._next_version(project, name)
                 values["manifest_json"] = json.dumps(manifest)
         return self.get(project, snapshot_id)
+
+    def _export(
+        self,
+        project: str,
+        name: str,
+        options: dict[str, str],
+        flt: SnapshotFilter,
+        fraction: float,
+    ) -> BuiltSnapshot:
+        """The examples a plugin's exporter selects."""
+        found = self.exporters.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.exporters)) or "none"
+            raise InvalidArgument(
+                f"unknown exporter {name!r} (exporters: {known})", param="exporter"
+            )
+        exporter, context = found
+        for option in options:
+            if option not in exporter.options:
+                allowed = ", ".join(exporter.options) or "none"
+                raise InvalidArgument(
+                    f"exporter {name!r} has no option {option!r} (options: {allowed})",
+                    param=f"exporter_options.{option}",
+                )
+        request = ExportRequest(
+            project=project,
+            schema_id=flt.schema_id,
+            gold_only=flt.gold_only,
+            limit=flt.limit,
+            options=options,
+        )
+        try:
+            return from_exporter(exporter.export(request, context), flt, fraction)
+        except LoomstackError:
+            raise
+        except Exception as exc:  # plugin code: its store may be down
+            raise Unavailable(
+                f"exporter {name!r} failed: {type(exc).__name__}: {exc}", code="exporter_failed"
+            ) from exc
 
     def _next_version(self, project: str, name: str) -> int:
         with self.engine.connect() as conn:

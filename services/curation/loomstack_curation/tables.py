@@ -104,6 +104,20 @@ snapshots = sa.Table(
     sa.UniqueConstraint("project", "name", "version", name="uq_curation_snapshots_version"),
 )
 
+# The curation event feed (events.py): annotations, gold stars and snapshots, in the order
+# they committed. AUTOINCREMENT on SQLite too, so a sequence is never handed out twice.
+events = sa.Table(
+    "curation_events",
+    metadata,
+    sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("data_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_curation_events_project_sequence", "project", "sequence"),
+    sqlite_autoincrement=True,
+)
+
 # Where each consumer of the inference service's batch event feed is.
 feed_cursors = sa.Table(
     "curation_feed_cursors",
@@ -142,4 +156,40 @@ imports = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("ix_curation_imports_due", "status", "next_attempt_at"),
+)
+
+# Where each plugin result handler is on each feed (plugin_deliveries.py).
+plugin_cursors = sa.Table(
+    "curation_plugin_cursors",
+    metadata,
+    sa.Column("plugin", sa.String(32), nullable=False),
+    sa.Column("handler", sa.String(128), nullable=False),
+    sa.Column("feed", sa.String(16), nullable=False),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("plugin", "handler", "feed", name="pk_curation_plugin_cursors"),
+)
+
+# The events plugin handlers failed on: retried with backoff, then dead (plugin_deliveries.py).
+plugin_deliveries = sa.Table(
+    "curation_plugin_deliveries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("plugin", sa.String(32), nullable=False),
+    sa.Column("handler", sa.String(128), nullable=False),
+    sa.Column("feed", sa.String(16), nullable=False),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("event_json", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint(
+        "plugin", "handler", "feed", "sequence", name="uq_curation_plugin_deliveries_event"
+    ),
+    sa.Index("ix_curation_plugin_deliveries_due", "status", "next_attempt_at"),
 )

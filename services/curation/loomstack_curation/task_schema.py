@@ -10,6 +10,7 @@ all built from it by the sibling modules; nothing else describes a task.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import jsonschema
@@ -17,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -36,6 +38,12 @@ PLACEHOLDER = r"\{([A-Za-z_][A-Za-z0-9_]*)\}"
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 SchemaId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Text = Annotated[str, StringConstraints(min_length=1)]
+# A plugin's contribution: `<plugin>.<name>` (a rating scale, a parser).
+PluginName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*\.[a-z0-9][a-z0-9_.-]*$", max_length=96)
+]
+# A model's answer text → raw answers by question name (a plugin's parser).
+AnswerParser = Callable[[str], Mapping[str, Any]]
 
 
 class _Model(BaseModel):
@@ -99,6 +107,11 @@ class ChoiceQuestion(_Question):
     type: Literal["choice"]
     options: list[Text] = Field(min_length=1)
     multiple: bool = False
+    scale: PluginName | None = Field(
+        None,
+        description="A named rating scale (a plugin's `ratings`) whose labels are the options; "
+        "the registry fills `options` from it.",
+    )
 
     @field_validator("options")
     @classmethod
@@ -174,6 +187,11 @@ class PredictionMapping(_Model):
         None, description="Question name → key in the JSON answer; default: every question by name."
     )
     question: Name | None = None
+    parser: PluginName | None = Field(
+        None,
+        description="A plugin's parser that turns the answer text into values by key (format "
+        "json only), instead of reading the answer as a JSON object.",
+    )
 
 
 class TrainingMapping(_Model):
@@ -217,6 +235,18 @@ class TaskSchema(_Model):
     questions: list[Question] = Field(min_length=1)
     prediction: PredictionMapping = PredictionMapping()
     training: TrainingMapping
+    # The callable `prediction.parser` names, set by the registry that loaded the schema.
+    _parser: AnswerParser | None = PrivateAttr(None)
+
+    @property
+    def parser(self) -> AnswerParser | None:
+        """The parser of `prediction.parser`, once a registry resolved it."""
+        return self._parser
+
+    def with_parser(self, parser: AnswerParser) -> TaskSchema:
+        """This schema with its named parser resolved."""
+        self._parser = parser
+        return self
 
     @property
     def key(self) -> str:
@@ -304,6 +334,8 @@ def _first_reference_problem(schema: TaskSchema) -> tuple[str, str] | None:
         if prediction.keys is not None and not keys:
             return "prediction.keys", "maps no question; leave it out to map every question"
     else:
+        if prediction.parser is not None:
+            return "prediction.parser", "only for format 'json'"
         if prediction.keys is not None:
             return "prediction.keys", "only for format 'json'; use `question` for 'text'"
         if prediction.question is None:

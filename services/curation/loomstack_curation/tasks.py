@@ -2,7 +2,9 @@
 
 A gold star given here is written to Label Studio (the annotation gets the gold region, or an
 annotation is made from the prediction when there is none), so Label Studio and our tables
-say the same; the task's fields are then recorded as the annotation webhook would.
+say the same; the task's fields are then recorded as the annotation webhook would, and the
+curation feed names the caller's `origin` as the one who made the change (`api`, or
+`plugin:<name>` for a plugin's), also when Label Studio's webhook reports it first.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from loomstack_kit.errors import InvalidArgument, NotFound
 from . import tables
 from .annotations import AnnotationStore, annotation_record
 from .catalog import SchemaCatalog
+from .events import ORIGIN_API
 from .labelstudio_api import label_studio_unavailable, task_payload, unavailable_or_none
 from .predictions import regions
 from .projects import ProjectMap
@@ -59,6 +62,9 @@ class TaskView:
     auto_accepted: bool
     agreement: float | None
     rating: int | None
+    # The annotation a training example uses, and its Label Studio result regions (JSON).
+    annotation_id: int | None = None
+    result_json: str | None = None
 
 
 def task_view(row: sa.Row) -> TaskView:
@@ -81,6 +87,8 @@ def task_view(row: sa.Row) -> TaskView:
         auto_accepted=bool(row.auto_accepted),
         agreement=row.agreement,
         rating=row.rating,
+        annotation_id=row.annotation_id,
+        result_json=row.result_json,
     )
 
 
@@ -205,8 +213,11 @@ class TaskQueries:
         """Tasks by Label Studio id; NotFound names the first unknown one."""
         return [task_view(r) for r in self._rows(project, task_ids)]
 
-    def set_gold(self, project: str | None, task_ids: list[int], gold: bool) -> list[TaskView]:
-        """Gives (or takes) the gold star of tasks in Label Studio and records the result."""
+    def set_gold(
+        self, project: str | None, task_ids: list[int], gold: bool, *, origin: str = ORIGIN_API
+    ) -> list[TaskView]:
+        """Gives (or takes) the gold star of tasks in Label Studio and records the result as
+        `origin`'s change."""
         if not task_ids:
             raise InvalidArgument("name at least one task", param="task_ids")
         if len(task_ids) > MAX_GOLD_TASKS:
@@ -215,26 +226,31 @@ class TaskQueries:
         client = self.projects.client
         if client is None:
             raise label_studio_unavailable("Label Studio is not configured")
-        for row in rows:
-            schema = self.catalog.get(row.schema_id, row.schema_version)
-            gold_name = schema.training.gold
-            star = regions(schema, {}, gold=True)
-            try:
-                if row.result_json is not None and row.annotation_id is not None:
-                    result = [
-                        r for r in json.loads(row.result_json) if r.get("from_name") != gold_name
-                    ]
-                    if gold:
-                        result += star
-                    saved: Any = client.annotations.update(id=row.annotation_id, result=result)
-                elif gold:
-                    task = task_payload(client.tasks.get(id=str(row.ls_task_id)))
-                    predictions = task.get("predictions") or []
-                    base = list(predictions[0].get("result") or []) if predictions else []
-                    saved = client.annotations.create(id=row.ls_task_id, result=base + star)
-                else:
-                    continue
-            except Exception as exc:
-                raise unavailable_or_none(exc) or exc from None
-            self.annotations.upsert([annotation_record(task_payload(saved), row.ls_task_id)])
+        with self.annotations.on_behalf_of(origin, [row.ls_task_id for row in rows]):
+            for row in rows:
+                schema = self.catalog.get(row.schema_id, row.schema_version)
+                gold_name = schema.training.gold
+                star = regions(schema, {}, gold=True)
+                try:
+                    if row.result_json is not None and row.annotation_id is not None:
+                        result = [
+                            r
+                            for r in json.loads(row.result_json)
+                            if r.get("from_name") != gold_name
+                        ]
+                        if gold:
+                            result += star
+                        saved: Any = client.annotations.update(id=row.annotation_id, result=result)
+                    elif gold:
+                        task = task_payload(client.tasks.get(id=str(row.ls_task_id)))
+                        predictions = task.get("predictions") or []
+                        base = list(predictions[0].get("result") or []) if predictions else []
+                        saved = client.annotations.create(id=row.ls_task_id, result=base + star)
+                    else:
+                        continue
+                except Exception as exc:
+                    raise unavailable_or_none(exc) or exc from None
+                self.annotations.upsert(
+                    [annotation_record(task_payload(saved), row.ls_task_id)], origin=origin
+                )
         return self.get_many(project, task_ids)

@@ -915,6 +915,26 @@ class Snapshot(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ExporterOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -931,6 +951,8 @@ class Snapshot(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     AUTO_ACCEPTED_EXAMPLES_FIELD_NUMBER: _builtins.int
+    EXPORTER_FIELD_NUMBER: _builtins.int
+    EXPORTER_OPTIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Generated id, `snap_<hex>`."""
     name: _builtins.str
@@ -959,6 +981,8 @@ class Snapshot(_message.Message):
     """The owning project."""
     auto_accepted_examples: _builtins.int
     """Examples whose annotation is an auto-accepted prediction."""
+    exporter: _builtins.str
+    """The plugin exporter that selected the examples; empty for the core selection."""
     @_builtins.property
     def filter(self) -> Global___SnapshotFilter:
         """The filter it was built with."""
@@ -966,6 +990,10 @@ class Snapshot(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was made."""
+
+    @_builtins.property
+    def exporter_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The options it was given."""
 
     def __init__(
         self,
@@ -986,10 +1014,12 @@ class Snapshot(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         project: _builtins.str = ...,
         auto_accepted_examples: _builtins.int = ...,
+        exporter: _builtins.str = ...,
+        exporter_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_accepted_examples", b"auto_accepted_examples", "create_time", b"create_time", "duplicates_removed", b"duplicates_removed", "filter", b"filter", "format", b"format", "id", b"id", "incomplete_skipped", b"incomplete_skipped", "manifest_json", b"manifest_json", "name", b"name", "project", b"project", "training_examples", b"training_examples", "training_file_id", b"training_file_id", "validation_examples", b"validation_examples", "validation_file_id", b"validation_file_id", "validation_fraction", b"validation_fraction", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_accepted_examples", b"auto_accepted_examples", "create_time", b"create_time", "duplicates_removed", b"duplicates_removed", "exporter", b"exporter", "exporter_options", b"exporter_options", "filter", b"filter", "format", b"format", "id", b"id", "incomplete_skipped", b"incomplete_skipped", "manifest_json", b"manifest_json", "name", b"name", "project", b"project", "training_examples", b"training_examples", "training_file_id", b"training_file_id", "validation_examples", b"validation_examples", "validation_file_id", b"validation_file_id", "validation_fraction", b"validation_fraction", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1001,19 +1031,50 @@ class CreateSnapshotRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ExporterOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     VALIDATION_FRACTION_FIELD_NUMBER: _builtins.int
+    EXPORTER_FIELD_NUMBER: _builtins.int
+    EXPORTER_OPTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The dataset name (letters, digits, `_`, `-`, `.`)."""
     format: Global___SnapshotFormat.ValueType
     """The line format of the files; OpenAI chat when unset."""
     validation_fraction: _builtins.float
     """Share of examples for validation, 0 to 0.5 (default 0: no validation file)."""
+    exporter: _builtins.str
+    """A plugin's exporter (`<plugin>.<name>`, see ListPlugins) that selects the examples instead
+    of the filter's annotated tasks; empty for the core selection. The filter's schema_id,
+    gold_only and limit are passed to it.
+    """
     @_builtins.property
     def filter(self) -> Global___SnapshotFilter:
         """Which tasks to take."""
+
+    @_builtins.property
+    def exporter_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The exporter's own options (the names it declares); refused without an exporter."""
 
     def __init__(
         self,
@@ -1022,10 +1083,12 @@ class CreateSnapshotRequest(_message.Message):
         filter: Global___SnapshotFilter | None = ...,
         format: Global___SnapshotFormat.ValueType = ...,
         validation_fraction: _builtins.float = ...,
+        exporter: _builtins.str = ...,
+        exporter_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "format", b"format", "name", b"name", "validation_fraction", b"validation_fraction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exporter", b"exporter", "exporter_options", b"exporter_options", "filter", b"filter", "format", b"format", "name", b"name", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1110,3 +1173,104 @@ class ListSnapshotsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSnapshotsResponse: _TypeAlias = ListSnapshotsResponse  # noqa: Y015
+
+@_typing.final
+class CurationEvent(_message.Message):
+    """One change in the curation service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Monotonic position in the feed; pass it back as `after_sequence`."""
+    type: _builtins.str
+    """`annotation.created`, `annotation.updated`, `task.gold_set`, `task.gold_removed` or
+    `snapshot.created`.
+    """
+    project: _builtins.str
+    """The Loomstack project the change belongs to."""
+    data_json: _builtins.str
+    """What changed, as a JSON object. Annotation and gold events: `ls_task_id`,
+    `ls_annotation_id`, `batch_id`, `custom_id`, `schema_id`, `schema_version`, `gold` (the
+    task's gold star after the change) and `origin` (who made it: `label_studio`, `api`,
+    `auto_accept`, `plugin:<name>`). Snapshot events: `snapshot_id`, `name`, `version`,
+    `format`, `training_examples`.
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event was recorded."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        type: _builtins.str = ...,
+        project: _builtins.str = ...,
+        data_json: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data_json", b"data_json", "project", b"project", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CurationEvent: _TypeAlias = CurationEvent  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    """Request of ListEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Return events with a sequence greater than this (0 = from the start)."""
+    page_size: _builtins.int
+    """Maximum number of events (default 100, at most 1,000)."""
+    wait_seconds: _builtins.int
+    """Wait up to this long for an event when none is available (0 = answer at once, at most 30)."""
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        wait_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "page_size", b"page_size", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    """Response of ListEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurationEvent]:
+        """Events in sequence order."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___CurationEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015

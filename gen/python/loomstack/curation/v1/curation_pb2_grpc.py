@@ -680,3 +680,88 @@ class SnapshotService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EventServiceStub:
+    """The curation event feed: annotations recorded, gold stars given or taken, snapshots stored,
+    in the order they committed. Consumers (plugins, webhook delivery) store the sequence of the
+    last event they handled, so delivery is at-least-once and a consumer that was down catches
+    up. A caller sees its own project's events only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListEvents = channel.unary_unary(
+                '/loomstack.curation.v1.EventService/ListEvents',
+                request_serializer=loomstack_dot_curation_dot_v1_dot_curation__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=loomstack_dot_curation_dot_v1_dot_curation__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+
+
+class EventServiceServicer:
+    """The curation event feed: annotations recorded, gold stars given or taken, snapshots stored,
+    in the order they committed. Consumers (plugins, webhook delivery) store the sequence of the
+    last event they handled, so delivery is at-least-once and a consumer that was down catches
+    up. A caller sees its own project's events only.
+    """
+
+    def ListEvents(self, request, context):
+        """Reads the feed after a cursor. With `wait_seconds` the call waits for new events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EventServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=loomstack_dot_curation_dot_v1_dot_curation__pb2.ListEventsRequest.FromString,
+                    response_serializer=loomstack_dot_curation_dot_v1_dot_curation__pb2.ListEventsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'loomstack.curation.v1.EventService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('loomstack.curation.v1.EventService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EventService:
+    """The curation event feed: annotations recorded, gold stars given or taken, snapshots stored,
+    in the order they committed. Consumers (plugins, webhook delivery) store the sequence of the
+    last event they handled, so delivery is at-least-once and a consumer that was down catches
+    up. A caller sees its own project's events only.
+    """
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loomstack.curation.v1.EventService/ListEvents',
+            loomstack_dot_curation_dot_v1_dot_curation__pb2.ListEventsRequest.SerializeToString,
+            loomstack_dot_curation_dot_v1_dot_curation__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

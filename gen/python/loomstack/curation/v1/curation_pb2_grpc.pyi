@@ -253,3 +253,46 @@ class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists snapshots, newest first."""
 
 def add_SnapshotServiceServicer_to_server(servicer: SnapshotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class EventServiceStub:
+    """The curation event feed: annotations recorded, gold stars given or taken, snapshots stored,
+    in the order they committed. Consumers (plugins, webhook delivery) store the sequence of the
+    last event they handled, so delivery is at-least-once and a consumer that was down catches
+    up. A caller sees its own project's events only.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> EventServiceAsyncStub: ...
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_curation_pb2.ListEventsRequest, _curation_pb2.ListEventsResponse]
+    """Reads the feed after a cursor. With `wait_seconds` the call waits for new events."""
+
+@_typing.type_check_only
+class EventServiceAsyncStub(EventServiceStub):
+    """The curation event feed: annotations recorded, gold stars given or taken, snapshots stored,
+    in the order they committed. Consumers (plugins, webhook delivery) store the sequence of the
+    last event they handled, so delivery is at-least-once and a consumer that was down catches
+    up. A caller sees its own project's events only.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListEvents: _aio.UnaryUnaryMultiCallable[_curation_pb2.ListEventsRequest, _curation_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """Reads the feed after a cursor. With `wait_seconds` the call waits for new events."""
+
+class EventServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The curation event feed: annotations recorded, gold stars given or taken, snapshots stored,
+    in the order they committed. Consumers (plugins, webhook delivery) store the sequence of the
+    last event they handled, so delivery is at-least-once and a consumer that was down catches
+    up. A caller sees its own project's events only.
+    """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _curation_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_curation_pb2.ListEventsResponse, _abc.Awaitable[_curation_pb2.ListEventsResponse]]:
+        """Reads the feed after a cursor. With `wait_seconds` the call waits for new events."""
+
+def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
