@@ -24,6 +24,7 @@ from .curation_commands import curation_app
 from .fine_tune_commands import fine_tune_app
 from .gateway_client import DEV_API_KEY, CliError, api_key, client, describe, root_url
 from .local_stack import DEFAULT_MODEL_PATH, LocalStack, StackError
+from .plugin_commands import plugins_app
 
 EXIT_ERROR = 2
 
@@ -35,6 +36,7 @@ app = typer.Typer(
 app.add_typer(batch_app, name="batch")
 app.add_typer(curation_app, name="curation")
 app.add_typer(fine_tune_app, name="fine-tune")
+app.add_typer(plugins_app, name="plugins")
 console = Console()
 err_console = Console(stderr=True)
 

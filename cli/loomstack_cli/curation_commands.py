@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .gateway_client import CliError, api_key, base_url
+from .gateway_client import CliError, call, error_message, send
 
 curation_app = typer.Typer(
     help="Curation: schemas, Label Studio tasks, gold stars, dataset snapshots.",
@@ -28,46 +28,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the JSON respons
 
 
 def request(method: str, path: str, **kwargs: Any) -> httpx.Response:
-    """One gateway call; an error response becomes a CliError with the service's message."""
-    response = _send(method, path, **kwargs)
-    if response.status_code >= 400:
-        raise CliError(_message(response))
-    return response
-
-
-def _send(method: str, path: str, **kwargs: Any) -> httpx.Response:
-    try:
-        response = httpx.request(
-            method,
-            f"{base_url()}/curation{path}",
-            headers={"Authorization": f"Bearer {api_key()}"},
-            timeout=300,
-            **kwargs,
-        )
-    except httpx.TransportError:
-        raise CliError(
-            f"cannot reach the gateway at {base_url()} (is `loomstack up` running?)"
-        ) from None
-    return response
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error", {})
-    except ValueError:
-        error = {"message": response.text or f"HTTP {response.status_code}"}
-    param = f" (param: {error['param']})" if error.get("param") else ""
-    return f"{error.get('message')}{param}"
+    """One call to `/v1/curation<path>`; an error response becomes a CliError with the
+    service's message."""
+    return call(method, f"/curation{path}", **kwargs)
 
 
 def get_import(batch_id: str) -> dict[str, Any] | None:
     """A batch's import, or None while there is none (the batch has not completed, or the
     curation service has not seen its event yet)."""
-    response = _send("GET", f"/imports/{batch_id}")
+    response = send("GET", f"/curation/imports/{batch_id}")
     if response.status_code == 404:
         return None
     if response.status_code >= 400:
-        raise CliError(_message(response))
+        raise CliError(error_message(response))
     body: dict[str, Any] = response.json()
     return body
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import httpx
 import openai
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
@@ -38,6 +39,40 @@ def root_url(url: str | None = None) -> str:
 def client() -> openai.OpenAI:
     """An openai client for the gateway."""
     return openai.OpenAI(base_url=base_url(), api_key=api_key())
+
+
+def send(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One call to a gateway route that is not the openai client's (`path` after `/v1`)."""
+    try:
+        return httpx.request(
+            method,
+            f"{base_url()}{path}",
+            headers={"Authorization": f"Bearer {api_key()}"},
+            timeout=300,
+            **kwargs,
+        )
+    except httpx.TransportError:
+        raise CliError(
+            f"cannot reach the gateway at {base_url()} (is `loomstack up` running?)"
+        ) from None
+
+
+def error_message(response: httpx.Response) -> str:
+    """An error response's OpenAI error as one line."""
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        error = {"message": response.text or f"HTTP {response.status_code}"}
+    param = f" (param: {error['param']})" if error.get("param") else ""
+    return f"{error.get('message')}{param}"
+
+
+def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """`send`, with an error response as a CliError naming the service's message."""
+    response = send(method, path, **kwargs)
+    if response.status_code >= 400:
+        raise CliError(error_message(response))
+    return response
 
 
 def describe(exc: Exception) -> str:

@@ -6,6 +6,10 @@ The curation service always starts; it talks to Label Studio only when one is co
 writes under `.loomstack/labelstudio/`). Without it, batches with `metadata.schema_type` wait
 in the curation import queue.
 
+Plugins: `LOOMSTACK_PLUGINS` (names, comma-separated; `make up` enables the repository's own)
+enables them in curation and the gateway alike, unless `LOOMSTACK_CURATION_PLUGINS` or
+`LOOMSTACK_GATEWAY_PLUGINS` says otherwise.
+
 State lives under `.loomstack/` of the current directory: the inference service's database and
 blobs, `logs/<name>.log`, and `run/<name>.pid` (+ the bound ports). Each process is started in
 a session of its own, so stopping it also reaches its children (vLLM's engine-core process).
@@ -236,6 +240,7 @@ class LocalStack:
                 "LOOMSTACK_CURATION_ML_BACKEND_PASSWORD_FILE",
                 str(self.home / ML_BACKEND_PASSWORD_FILE),
             )
+        env.setdefault("LOOMSTACK_CURATION_PLUGINS", os.environ.get("LOOMSTACK_PLUGINS", ""))
         schemas = Path("schemas")
         if schemas.is_dir():
             env.setdefault("LOOMSTACK_CURATION_SCHEMAS_DIR", str(schemas.resolve()))
@@ -275,6 +280,7 @@ class LocalStack:
         on_wait: Callable[[str], None],
     ) -> str:
         env = dict(os.environ)
+        env.setdefault("LOOMSTACK_GATEWAY_PLUGINS", os.environ.get("LOOMSTACK_PLUGINS", ""))
         env.update(
             LOOMSTACK_HOME=str(self.home),
             LOOMSTACK_GATEWAY_HOST=host,

@@ -157,6 +157,8 @@ FULL: list[tuple[Message, str, Callable[[Any], dict[str, Any]]]] = [
             manifest_json='{"counts": {"auto_accepted": 2}}',
             create_time=_ts(1_700_000_000),
             project="team-a",
+            exporter="hello.upper_chat",
+            exporter_options={"greeting": "hi"},
             auto_accepted_examples=2,
         ),
         "curation.snapshot",

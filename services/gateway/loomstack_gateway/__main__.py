@@ -13,6 +13,7 @@ import uvicorn
 
 from loomstack_kit.grpc_core import require_defaults
 from loomstack_kit.json_logging import configure_logging
+from loomstack_kit.plugins import PluginError
 
 from .app import create_app
 from .direct_routes import DirectRouteError
@@ -36,10 +37,10 @@ def serve(settings: GatewaySettings) -> None:
     """Serves until SIGTERM/SIGINT (uvicorn drains in-flight requests first)."""
     try:
         app = create_app(settings)
-    except (ValueError, DirectRouteError) as exc:
+    except (ValueError, DirectRouteError, PluginError) as exc:
         # A configuration the gateway cannot run with (an unusable key list, a bad limit store,
-        # a route marked @direct that the direct layer cannot serve): say what is wrong and
-        # stop, before listening.
+        # a route marked @direct that the direct layer cannot serve, a required plugin that
+        # cannot load): say what is wrong and stop, before listening.
         log.error("cannot start the gateway: %s", exc)
         raise SystemExit(2) from None
     try:

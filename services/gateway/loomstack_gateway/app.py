@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from loomstack_kit.errors import Unavailable
 from loomstack_kit.identity import GATEWAY, IdentitySigner
+from loomstack_kit.plugins import load_plugins
 from loomstack_kit.tracing import configure_tracing
 
 from .auth import ApiKeys, AuthMiddleware
@@ -29,6 +30,7 @@ from .http_errors import error_response, install_error_handlers
 from .key_limits import KeyLimits, request_window
 from .metrics import GatewayMetrics, MetricsMiddleware
 from .openapi_document import build_document
+from .plugin_routes import mount_plugin_routes
 from .request_ids import RequestIds, install_log_filter, request_id_of
 from .responses import OrjsonResponse
 from .routes.admin import admin_router, open_admin
@@ -39,6 +41,7 @@ from .routes.curation import curation_router
 from .routes.files import files_router
 from .routes.fine_tuning import fine_tuning_router
 from .routes.models import models_router
+from .routes.plugins import plugins_router
 from .settings import GatewaySettings
 from .upstream import Curation, Inference, Training
 
@@ -58,6 +61,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     curation = Curation(settings.curation_address, settings)
     training = Training(settings.training_address, settings)
     signer = IdentitySigner(settings.secret(), GATEWAY)
+    # Before anything starts: a required plugin that cannot load stops the gateway here.
+    plugins = load_plugins(settings.enabled_plugins(), settings.required_plugins())
     metrics = GatewayMetrics()
 
     @asynccontextmanager
@@ -88,6 +93,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(fine_tuning_router(training, settings))
     app.include_router(comparisons_router(training, settings))
     app.include_router(admin_router(open_admin(settings)))
+    plugin_statuses = mount_plugin_routes(
+        app,
+        plugins,
+        inference=inference,
+        curation=curation,
+        training=training,
+        timeout=settings.upstream_timeout_seconds,
+        required=frozenset(settings.required_plugins()),
+    )
+    app.include_router(plugins_router(curation, plugin_statuses, settings))
 
     @app.get("/healthz", tags=["health"], summary="The process answers")
     @direct

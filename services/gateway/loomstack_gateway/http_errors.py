@@ -82,6 +82,8 @@ _SERVICES = (
     ("/v1/curation", "curation"),
     ("/v1/fine_tuning", "training"),
     ("/v1/comparisons", "training"),
+    ("/v1/plugin_deliveries", "curation"),
+    ("/v1/plugins", "curation"),
 )
 
 

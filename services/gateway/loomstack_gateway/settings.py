@@ -7,12 +7,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from loomstack_kit.settings import ServiceSettings
+from loomstack_kit.settings import PluginSettings
 
 MIB = 1024 * 1024
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(PluginSettings):
     """What the gateway listens on, where the services are, and who may call it."""
 
     model_config = SettingsConfigDict(

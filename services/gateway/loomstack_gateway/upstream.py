@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loomstack.curation.v1 import curation_pb2_grpc
+from loomstack.curation.v1 import curation_pb2_grpc, plugins_pb2_grpc
 from loomstack.inference.v1 import (
     batches_pb2_grpc,
     chat_pb2_grpc,
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         SnapshotServiceAsyncStub,
         TaskServiceAsyncStub,
     )
+    from loomstack.curation.v1.plugins_pb2_grpc import PluginServiceAsyncStub
     from loomstack.inference.v1.batches_pb2_grpc import BatchServiceAsyncStub
     from loomstack.inference.v1.chat_pb2_grpc import ChatServiceAsyncStub
     from loomstack.inference.v1.files_pb2_grpc import FileServiceAsyncStub
@@ -42,7 +43,20 @@ if TYPE_CHECKING:
 READINESS = "readiness"
 
 
-class Inference:
+class _Upstream:
+    """What every upstream has: its channel, once open (plugins build their stubs on it)."""
+
+    _channel: grpc.aio.Channel | None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The open channel (RuntimeError before the app started)."""
+        if self._channel is None:
+            raise RuntimeError("the upstream channel is not open yet")
+        return self._channel
+
+
+class Inference(_Upstream):
     """The inference service: files, batches, models and chat stubs on one channel."""
 
     files: FileServiceAsyncStub
@@ -93,13 +107,14 @@ class Inference:
         return True, "SERVING"
 
 
-class Curation:
+class Curation(_Upstream):
     """The curation service: schemas, tasks, imports and snapshots stubs on one channel."""
 
     schemas: SchemaServiceAsyncStub
     tasks: TaskServiceAsyncStub
     imports: ImportServiceAsyncStub
     snapshots: SnapshotServiceAsyncStub
+    plugins: PluginServiceAsyncStub
 
     def __init__(self, address: str, settings: ServiceSettings) -> None:
         self.address = address
@@ -113,6 +128,7 @@ class Curation:
         self.tasks = curation_pb2_grpc.TaskServiceStub(self._channel)
         self.imports = curation_pb2_grpc.ImportServiceStub(self._channel)
         self.snapshots = curation_pb2_grpc.SnapshotServiceStub(self._channel)
+        self.plugins = plugins_pb2_grpc.PluginServiceStub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel."""
@@ -121,7 +137,7 @@ class Curation:
             self._channel = None
 
 
-class Training:
+class Training(_Upstream):
     """The training service: the fine-tuning jobs and comparisons stubs on one channel."""
 
     jobs: FineTuningServiceAsyncStub

@@ -97,6 +97,9 @@ class CreateSnapshotBody(RequestBody):
     filter: SnapshotFilterBody = SnapshotFilterBody()
     format: Literal["openai_chat", "alpaca", "sharegpt", "chatml"] = "openai_chat"
     validation_fraction: float = 0.0
+    # A plugin's exporter (GET /v1/plugins lists them) and its options.
+    exporter: str = ""
+    exporter_options: dict[str, str] = Field(default_factory=dict)
 
 
 class GoldBody(RequestBody):
@@ -287,6 +290,8 @@ def curation_router(
                 ),
                 format=_FORMATS[body.format],
                 validation_fraction=body.validation_fraction,
+                exporter=body.exporter,
+                exporter_options=body.exporter_options,
             ),
             metadata=caller_of(request).metadata,
             timeout=max(timeout, 300),

@@ -153,6 +153,8 @@ def snapshot_object(s: curation_pb2.Snapshot) -> dict[str, Any]:
         "project": s.project,
         "auto_accepted_examples": s.auto_accepted_examples,
         "manifest": _document(s.manifest_json),
+        "exporter": s.exporter,
+        "exporter_options": dict(s.exporter_options),
     }
     if s.HasField("filter"):
         body["filter"] = _filter(s.filter)
