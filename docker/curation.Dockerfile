@@ -14,8 +14,10 @@ COPY requirements/constraints.txt requirements/constraints.txt
 COPY libs/kit libs/kit
 COPY gen/python gen/python
 COPY services/curation services/curation
+# The repository's own plugin, installed and disabled until the chart's plugins.enabled names it.
+COPY plugins/aris plugins/aris
 RUN pip install --no-cache-dir -c requirements/constraints.txt \
-      ./libs/kit ./gen/python ./services/curation
+      ./libs/kit ./gen/python ./services/curation ./plugins/aris
 
 # ---- runtime: non-root, read-only-root-filesystem friendly -------------------------------------
 FROM python:3.12.11-slim-bookworm AS runtime

@@ -556,7 +556,7 @@ def test_curation_runs_the_service_with_its_settings(
         assert container[probe]["grpc"] == {"port": probed, "service": service}
     names = env_names(container) - {"HOME"}
     known = setting_envs(CurationSettings, "LOOMSTACK_CURATION_")
-    extra = {e["name"] for e in c["extraEnv"]}
+    extra = {e["name"] for e in c["extraEnv"] + values["plugins"]["env"]}
     assert names - extra <= known, f"not curation settings: {names - extra - known}"
     env = env_of(container)
     assert env["LOOMSTACK_CURATION_PORT"] == str(c["port"])
@@ -728,6 +728,113 @@ def test_training_runs_the_service_with_its_settings(
     assert claim == t["workVolume"]["existingClaim"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["work"] == env["LOOMSTACK_TRAINING_WORK_DIR"]
+
+
+# -- plugins ---------------------------------------------------------------------------------
+
+PLUGIN_HOSTS = {"curation": "CURATION", "gateway": "GATEWAY", "migrate-curation": "CURATION"}
+
+
+def plugin_hosts(objects: Objects) -> dict[str, dict[str, Any]]:
+    """The containers that take the plugin settings, those rendered: the curation and gateway
+    Deployments and the migrations hook's curation step (its `migrate` migrates the plugins')."""
+    found = {}
+    for component in ("curation", "gateway"):
+        deployment = component_deployment(objects, component)
+        if deployment is not None:
+            found[component] = deployment["spec"]["template"]["spec"]["containers"][0]
+    for job in by_kind(objects, "Job").values():
+        if "helm.sh/hook" in job["metadata"].get("annotations", {}):
+            for step in job["spec"]["template"]["spec"]["containers"]:
+                if step["name"] == "migrate-curation":
+                    found["migrate-curation"] = step
+    return found
+
+
+def test_plugin_settings_follow_the_values(objects: Objects, values: dict[str, Any]) -> None:
+    """`plugins.enabled` and `required` reach curation, the gateway and the migrations' curation
+    step as comma-separated names, nothing while none is enabled; `plugins.env` reaches curation
+    and the migrations, never the gateway."""
+    p = values["plugins"]
+    hosts = plugin_hosts(objects)
+    assert "gateway" in hosts
+    assert ("curation" in hosts) == ("migrate-curation" in hosts) == values["curation"]["enabled"]
+    plugin_env = [e["name"] for e in p["env"]]
+    for where, container in hosts.items():
+        service = PLUGIN_HOSTS[where]
+        env = env_of(container)
+        wanted = {f"LOOMSTACK_{service}_PLUGINS": ",".join(p["enabled"])} if p["enabled"] else {}
+        if p["required"]:
+            wanted[f"LOOMSTACK_{service}_PLUGINS_REQUIRED"] = ",".join(p["required"])
+        got = {k: v for k, v in env.items() if k.startswith(f"LOOMSTACK_{service}_PLUGINS")}
+        assert got == wanted, where
+        given = {e["name"]: e for e in container["env"]}
+        for name in plugin_env:
+            if where == "gateway":
+                assert name not in given, f"{where}: {name} is curation's"
+            else:
+                assert given[name] == next(e for e in p["env"] if e["name"] == name), where
+
+
+def test_plugins_are_off_by_default(render_with: Callable[..., Objects]) -> None:
+    hosts = plugin_hosts(render_with({"curation": {"enabled": True}}))
+    assert set(hosts) == set(PLUGIN_HOSTS)
+    for where, container in hosts.items():
+        assert not [n for n in env_names(container) if "PLUGINS" in n], where
+
+
+def test_enabled_and_required_plugins_and_their_env(render_with: Callable[..., Objects]) -> None:
+    secret = {"secretKeyRef": {"name": "aris-db", "key": "url"}}
+    objects = render_with(
+        {
+            "curation": {"enabled": True},
+            "plugins": {
+                "enabled": ["hello", "aris"],
+                "required": ["aris"],
+                "env": [
+                    {"name": "LOOMSTACK_ARIS_DATABASE_URL", "valueFrom": secret},
+                    {"name": "LOOMSTACK_HELLO_MOOD", "value": "Fine"},
+                ],
+            },
+        }
+    )
+    hosts = plugin_hosts(objects)
+    assert set(hosts) == set(PLUGIN_HOSTS)
+    for where, container in hosts.items():
+        service = PLUGIN_HOSTS[where]
+        env = env_of(container)
+        assert env[f"LOOMSTACK_{service}_PLUGINS"] == "hello,aris", where
+        assert env[f"LOOMSTACK_{service}_PLUGINS_REQUIRED"] == "aris", where
+        given = {e["name"]: e for e in container["env"]}
+        if where == "gateway":
+            assert not {"LOOMSTACK_ARIS_DATABASE_URL", "LOOMSTACK_HELLO_MOOD"} & set(given)
+        else:
+            assert given["LOOMSTACK_ARIS_DATABASE_URL"]["valueFrom"] == secret, where
+            assert env["LOOMSTACK_HELLO_MOOD"] == "Fine", where
+    # Enabled alone: no required list.
+    objects = render_with({"plugins": {"enabled": ["hello"]}})
+    env = env_of(plugin_hosts(objects)["gateway"])
+    assert env["LOOMSTACK_GATEWAY_PLUGINS"] == "hello"
+    assert "LOOMSTACK_GATEWAY_PLUGINS_REQUIRED" not in env
+
+
+@pytest.mark.parametrize(
+    ("plugins", "refusal"),
+    [
+        ({"enabled": ["Hello"]}, "does not match pattern"),
+        ({"enabled": ["hello-world"]}, "does not match pattern"),
+        ({"enabled": ["a" * 33]}, "does not match pattern"),
+        ({"enabled": ["hello"], "required": ["1hello"]}, "does not match pattern"),
+        ({"enabled": ["hello", "hello"]}, "items at 0 and 1 are equal"),
+        ({"enabled": ["hello"], "required": ["aris"]}, '"aris", which is not in plugins.enabled'),
+        ({"required": ["hello"]}, '"hello", which is not in plugins.enabled'),
+    ],
+)
+def test_bad_plugin_values_are_refused(
+    render_with: Callable[..., Objects], plugins: dict[str, Any], refusal: str
+) -> None:
+    with pytest.raises(RuntimeError, match=re.escape(refusal)):
+        render_with({"plugins": plugins})
 
 
 # -- service authentication, mTLS, keys and limits (issue #10) ---------------------------------
@@ -1135,14 +1242,18 @@ SECRET_ENV_ALLOWED = {
 }
 
 
-def test_secrets_are_files_where_the_program_allows(objects: Objects) -> None:
+def test_secrets_are_files_where_the_program_allows(
+    objects: Objects, values: dict[str, Any]
+) -> None:
     """API keys, the service secret, TLS keys, the ML backend password, the Hugging Face token
     (HF_TOKEN_PATH) and PostgreSQL's password (POSTGRES_PASSWORD_FILE) are mounted files; only
-    the variables in SECRET_ENV_ALLOWED come from a secretKeyRef."""
+    the variables in SECRET_ENV_ALLOWED come from a secretKeyRef (and the plugins' settings in
+    `plugins.env`, which plugins read from the environment)."""
+    allowed = SECRET_ENV_ALLOWED | {e["name"] for e in values["plugins"]["env"]}
     for where, container in all_containers(objects):
         for env in container.get("env", []):
             if "secretKeyRef" in env.get("valueFrom", {}):
-                assert env["name"] in SECRET_ENV_ALLOWED, f"{where}: {env['name']} from a Secret"
+                assert env["name"] in allowed, f"{where}: {env['name']} from a Secret"
         assert "envFrom" not in container, where
 
 

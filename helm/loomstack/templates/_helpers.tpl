@@ -464,3 +464,37 @@ Returns YAML map entries (or nothing).
 {{- define "loomstack.engineTlsServerName" -}}
 {{- default (printf "%s-inference-engine" (include "loomstack.fullname" .)) .Values.serviceAuth.mtls.engineServerName -}}
 {{- end -}}
+
+{{/*
+Plugins (`plugins`): the environment that enables them in one service, LOOMSTACK_<SERVICE>_PLUGINS
+and LOOMSTACK_<SERVICE>_PLUGINS_REQUIRED (comma-separated names; nothing while none is enabled),
+and with `env` also `plugins.env` (curation and its migrations step, where the plugins' databases
+are; never the gateway). Fails on what the schema cannot express: a required plugin not enabled.
+dict root, service ("CURATION" or "GATEWAY"), env (bool).
+*/}}
+{{- define "loomstack.pluginEnv" -}}
+{{- $p := .root.Values.plugins -}}
+{{- range $p.required -}}
+{{- if not (has . $p.enabled) -}}
+{{- fail (printf "plugins.required names %q, which is not in plugins.enabled: a required plugin must also be enabled" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $env := list -}}
+{{- with $p.enabled -}}
+{{- $env = append $env (dict "name" (printf "LOOMSTACK_%s_PLUGINS" $.service) "value" (join "," .)) -}}
+{{- end -}}
+{{- with $p.required -}}
+{{- $env = append $env (dict "name" (printf "LOOMSTACK_%s_PLUGINS_REQUIRED" $.service) "value" (join "," .)) -}}
+{{- end -}}
+{{- if .env }}{{ $env = concat $env $p.env }}{{ end -}}
+{{- with $env }}{{ toYaml . }}{{ end -}}
+{{- end -}}
+
+{{/* Names of the `plugins.env` variables taken from a Secret, as a JSON list (for `loomstack.scanSkips`). */}}
+{{- define "loomstack.pluginSecretEnv" -}}
+{{- $names := list -}}
+{{- range .Values.plugins.env -}}
+{{- if and .valueFrom .valueFrom.secretKeyRef }}{{ $names = append $names .name }}{{ end -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
