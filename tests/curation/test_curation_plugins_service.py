@@ -46,6 +46,7 @@ def curation(
             "LOOMSTACK_CURATION_RETRY_MAX_SECONDS": "0.5",
             "LOOMSTACK_CURATION_FEED_WAIT_SECONDS": "1",
             "LOOMSTACK_CURATION_POLL_SECONDS": "0.2",
+            "LOOMSTACK_CURATION_OTEL_EXPORTER": f"jsonl:{home / 'spans.jsonl'}",
         },
     ).start()
     try:
@@ -213,6 +214,15 @@ def test_a_handler_sees_batches_and_a_failing_delivery_is_dead_lettered_then_ret
     # At least once, and the handler is idempotent: each batch is in its log once.
     lines = events_log.read_text().split()
     assert sorted(lines) == sorted(set(lines))
+    # Each call is a span naming the plugin, the handler and the event.
+    spans = [
+        json.loads(line) for line in (home / "spans.jsonl").read_text().splitlines() if line.strip()
+    ]
+    calls = [s["attributes"] for s in spans if s["name"] == "curation.plugin_handler"]
+    assert {(a["loomstack.plugin"], a["loomstack.handler"]) for a in calls} == {
+        ("hello", "record_batch")
+    }
+    assert len([a for a in calls if a["loomstack.feed"] == "batches"]) >= 4  # 3 + the retries
 
 
 def test_a_required_plugin_that_cannot_load_stops_the_services(

@@ -24,7 +24,7 @@ from .import_queue import ImportQueue
 from .inference_client import InferenceClient
 from .tasks import TaskFilter, TaskQueries, TaskView
 
-# The most tasks one batch's lookup returns (a conquest's batch is small; a page is enough).
+# The most tasks one batch's lookup returns (a plugin asks for one batch's tasks: a page is enough).
 MAX_BATCH_TASKS = 1000
 
 

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from loomstack_kit.plugins import Feed, FeedEvent, ResultHandler
 
 from .events import CurationEvents
@@ -28,6 +30,7 @@ from .plugin_deliveries import Delivery, DeliveryStatus, PluginDeliveries
 from .settings import CurationSettings
 
 log = logging.getLogger("loomstack_curation")
+tracer = trace.get_tracer("loomstack_curation")
 
 PAGE = 100
 # Fetches the feed's events after a sequence: (after, page size) → events in sequence order.
@@ -98,10 +101,25 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _traced(bound: BoundHandler, event: FeedEvent) -> None:
+    """One handler call as one span (its gRPC calls and queries are child spans)."""
+    with tracer.start_as_current_span(
+        "curation.plugin_handler",
+        attributes={
+            "loomstack.plugin": bound.plugin,
+            "loomstack.handler": bound.handler.name,
+            "loomstack.feed": event.feed,
+            "loomstack.sequence": event.sequence,
+            "loomstack.project": event.project,
+        },
+    ):
+        bound.handler.handle(event, bound.context)
+
+
 async def _call(bound: BoundHandler, event: FeedEvent) -> str:
     """Runs a handler on one event; the error text if it raised, else empty."""
     try:
-        await asyncio.to_thread(bound.handler.handle, event, bound.context)
+        await asyncio.to_thread(_traced, bound, event)
     except Exception as exc:  # plugin code: any failure is this delivery's problem
         log.warning(
             "plugin handler failed",
