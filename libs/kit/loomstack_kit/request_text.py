@@ -1,4 +1,4 @@
-"""No string field of a request may hold NUL.
+"""No string field of a request may hold NUL; `stored_text` checks one a query will compare.
 
 PostgreSQL refuses NUL in text ("PostgreSQL text fields cannot contain NUL (0x00) bytes"), so a
 NUL in an id, a cursor, a filter, a name or a metadata value would fail the service's first
@@ -47,3 +47,18 @@ def reject_nul(message: Message, prefix: str = "") -> None:
                 _check_value(item, param)
         else:
             _check_value(value, param)
+
+
+def stored_text(value: str, param: str, max_length: int) -> str:
+    """A string a database can store and compare (not too long, no NUL, valid Unicode);
+    InvalidArgument naming `param` otherwise. Services and plugins check their text fields
+    with it before a query sees them."""
+    if len(value) > max_length:
+        raise InvalidArgument(f"{param} is longer than {max_length} characters", param=param)
+    if "\x00" in value:
+        raise _refuse(param)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{param} is not valid Unicode text", param=param) from None
+    return value

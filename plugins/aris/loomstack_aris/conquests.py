@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from loomstack_kit.database import write_transaction
 from loomstack_kit.errors import InvalidArgument, NotFound
 from loomstack_kit.identity import owner_project
+from loomstack_kit.request_text import stored_text
 
 from .tables import conquests, ratings
 from .terms import ConquestResult, ConquestStatus, ConquestType, parse
@@ -58,15 +59,7 @@ def new_conquest_id() -> str:
 
 def text(value: str, param: str, max_length: int = MAX_TEXT) -> str:
     """A text value a database can store and compare; InvalidArgument naming `param`."""
-    if len(value) > max_length:
-        raise InvalidArgument(f"{param} is longer than {max_length} characters", param=param)
-    if "\x00" in value:
-        raise InvalidArgument(f"{param} must not contain NUL characters", param=param)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"{param} is not valid Unicode text", param=param) from None
-    return value
+    return stored_text(value, param, max_length)
 
 
 def conquest_id(value: str, param: str = "conquest_id") -> str:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from loomstack.aris.v1 import conquests_pb2, conquests_pb2_grpc
+from loomstack_kit.list_page import page
 from loomstack_kit.plugins import RouteContext
 
 from .examples import icl_format
@@ -22,7 +23,6 @@ from .shapes import (
     conquest_object,
     health_object,
     icl_example_object,
-    page,
     rating_object,
     victory_sync_object,
 )

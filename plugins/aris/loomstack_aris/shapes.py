@@ -22,17 +22,6 @@ def _json(text: str) -> Any:
     return json.loads(text) if text else []
 
 
-def page(data: list[dict[str, Any]], has_more: bool, key: str = "id") -> dict[str, Any]:
-    """OpenAI's cursor page: the objects, the first and last cursor, whether more follow."""
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0][key] if data else None,
-        "last_id": data[-1][key] if data else None,
-        "has_more": has_more,
-    }
-
-
 def conquest_object(c: Any) -> dict[str, Any]:
     """`aris.conquest`."""
     return {

@@ -16,6 +16,7 @@ from typing import TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loomstack_kit.errors import InvalidArgument
+from loomstack_kit.request_text import stored_text
 
 MAX_INT64 = 2**63 - 1
 # Timestamp's own range (google/protobuf/timestamp.proto): 0001-01-01 to 9999-12-31.
@@ -30,15 +31,7 @@ E = TypeVar("E")
 
 def text(value: str, param: str, max_length: int = MAX_TEXT) -> str:
     """A string field's value, refused when a database could not compare it."""
-    if len(value) > max_length:
-        raise InvalidArgument(f"{param} is longer than {max_length} characters", param=param)
-    if "\x00" in value:
-        raise InvalidArgument(f"{param} must not contain NUL characters", param=param)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"{param} is not valid Unicode text", param=param) from None
-    return value
+    return stored_text(value, param, max_length)
 
 
 def page_size(value: int, default: int = 100, most: int = 1000) -> int:

@@ -17,13 +17,13 @@ from starlette.responses import Response
 
 from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
+from loomstack_kit.list_page import page
 
 from ..auth import caller_of
 from ..direct_routes import direct
 from ..request_fields import NonNegativeInt32, NonNegativeInt64, RequestBody
 from ..responses import OrjsonResponse
 from ..settings import GatewaySettings
-from ..shapes.common import page
 from ..shapes.comparisons import WINNERS, comparison_object, item_object, vote_object
 from ..upstream import Training
 

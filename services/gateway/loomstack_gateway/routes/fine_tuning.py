@@ -18,13 +18,13 @@ from starlette.responses import Response
 
 from loomstack.training.v1 import training_pb2
 from loomstack_kit.errors import InvalidArgument
+from loomstack_kit.list_page import page
 
 from ..auth import caller_of
 from ..direct_routes import direct
 from ..request_fields import Int64, RequestBody
 from ..responses import OrjsonResponse
 from ..settings import GatewaySettings
-from ..shapes.common import page
 from ..shapes.fine_tuning import checkpoint_object, event_object, job_object
 from ..upstream import Training
 

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from loomstack.curation.v1 import plugins_pb2
+from loomstack_kit.list_page import page
 from loomstack_kit.plugins import PluginStatus
 
 from ..auth import caller_of
 from ..request_fields import PositiveInt64
 from ..responses import OrjsonResponse
 from ..settings import GatewaySettings
-from ..shapes.common import page
 from ..shapes.plugins import (
     DELIVERY_STATUS_VALUE,
     delivery_object,

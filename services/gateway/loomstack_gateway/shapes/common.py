@@ -1,8 +1,6 @@
-"""Helpers every shape uses: timestamps as unix seconds, OpenAI's list page."""
+"""What every shape uses: timestamps as unix seconds (the list page is loomstack_kit.list_page)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from google.protobuf.message import Message
 
@@ -13,14 +11,3 @@ def seconds(msg: Message, field: str) -> int | None:
         return None
     value: int = getattr(msg, field).seconds
     return value
-
-
-def page(data: list[dict[str, Any]], has_more: bool, key: str = "id") -> dict[str, Any]:
-    """OpenAI's cursor page: the objects, the first and last cursor, whether more follow."""
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0][key] if data else None,
-        "last_id": data[-1][key] if data else None,
-        "has_more": has_more,
-    }

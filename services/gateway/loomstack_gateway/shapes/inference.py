@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from loomstack.inference.v1 import batches_pb2, files_pb2, models_pb2
+from loomstack_kit.list_page import page
 
-from .common import page, seconds
+from .common import seconds
 
 _STATUS_PREFIX = "BATCH_STATUS_"
 BATCH_STATUS_NAMES: dict[int, str] = {
