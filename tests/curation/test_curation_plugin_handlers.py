@@ -211,7 +211,15 @@ def test_listing_filters_and_pages(engine: Engine) -> None:
 
 def test_a_disabled_plugins_deliveries_wait_untouched(engine: Engine, tmp_path: Path) -> None:
     deliveries = PluginDeliveries(engine, retry_base=0.0)
-    deliveries.advance("gone", "h", "batches", 1, Feed(1).events[0], "e")
-    assert asyncio.run(retry_deliveries(deliveries, [])) == 1
-    [still] = deliveries.list()
-    assert still.attempts == 1 and still.status is DeliveryStatus.RETRYING
+    for event in Feed(60).events:  # more than a retry pass takes
+        deliveries.advance("gone", "h", "batches", event.sequence, event, "e")
+    event = Feed(1).events[0]
+    deliveries.advance("x", "h", "batches", 1, event, "e")
+    seen: list[int] = []
+    handlers = [bound("x", "h", lambda e, c: seen.append(e.sequence))]
+    # The enabled plugin's delivery is retried; the disabled one's 60 are not even looked at.
+    assert asyncio.run(retry_deliveries(deliveries, handlers)) == 1
+    assert seen == [1]
+    still = deliveries.list(plugin="gone", limit=100)
+    assert len(still) == 60
+    assert all(d.attempts == 1 and d.status is DeliveryStatus.RETRYING for d in still)

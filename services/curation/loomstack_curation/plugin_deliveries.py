@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -177,17 +178,20 @@ class PluginDeliveries:
 
     # ---- retries ------------------------------------------------------------------------------
 
-    def due(self, limit: int = 50, now: float | None = None) -> list[Delivery]:
-        """Retrying deliveries whose next attempt is due, oldest first."""
+    def due(
+        self, limit: int = 50, now: float | None = None, plugins: Collection[str] | None = None
+    ) -> list[Delivery]:
+        """Retrying deliveries whose next attempt is due, oldest first (of `plugins` only, when
+        given: a disabled plugin's deliveries wait untouched and never crowd out the others)."""
         d = tables.plugin_deliveries
         moment = time.time() if now is None else now
+        query = sa.select(d).where(
+            d.c.status == DeliveryStatus.RETRYING, d.c.next_attempt_at <= moment
+        )
+        if plugins is not None:
+            query = query.where(d.c.plugin.in_(sorted(plugins)))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(d)
-                .where(d.c.status == DeliveryStatus.RETRYING, d.c.next_attempt_at <= moment)
-                .order_by(d.c.next_attempt_at, d.c.id)
-                .limit(limit)
-            ).all()
+            rows = conn.execute(query.order_by(d.c.next_attempt_at, d.c.id).limit(limit)).all()
         return [_delivery(r) for r in rows]
 
     def delivered(self, delivery_id: int) -> None:

@@ -192,10 +192,11 @@ async def retry_deliveries(
 ) -> int:
     """Delivers the due stored events again; returns how many were tried."""
     by_key = {h.key: h for h in handlers}
-    due: list[Delivery] = await asyncio.to_thread(deliveries.due, limit)
+    plugins = {h.plugin for h in handlers}
+    due: list[Delivery] = await asyncio.to_thread(deliveries.due, limit, None, plugins)
     for delivery in due:
         bound = by_key.get((delivery.plugin, delivery.handler))
-        if bound is None:  # its plugin is disabled now: it waits, untouched
+        if bound is None:  # a handler its plugin no longer has: it waits, untouched
             continue
         error = await _call(bound, delivery.event)
         if not error:
