@@ -5,6 +5,7 @@ PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from loomstack_curation.__main__ import MIGRATIONS, VERSION_TABLE
 from loomstack_curation.plugin_deliveries import DeliveryStatus, PluginDeliveries
 from loomstack_curation.plugin_handlers import (
     BoundHandler,
+    HandlerCalls,
     HandlerRunner,
     ordered,
     retry_deliveries,
@@ -24,6 +26,8 @@ from loomstack_curation.plugin_handlers import (
 from loomstack_kit.database import create_db_engine, migrate
 from loomstack_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from loomstack_kit.plugins import FeedEvent, ResultHandler
+
+CALLS = HandlerCalls(timeout=30)
 
 
 @pytest.fixture
@@ -75,7 +79,7 @@ def test_handlers_run_in_priority_order_each_from_its_own_cursor(engine: Engine)
     assert [h.handler.name for h in ordered(handlers)] == ["early", "completed_only", "late"]
     feed = Feed(4)
     deliveries = PluginDeliveries(engine)
-    runner = HandlerRunner("batches", handlers, deliveries, feed.fetch)
+    runner = HandlerRunner("batches", handlers, deliveries, feed.fetch, CALLS)
     assert asyncio.run(runner.step()) == 4
     assert calls == [
         ("early", 1),
@@ -115,7 +119,7 @@ def test_a_failing_handler_blocks_nothing_and_its_event_is_retried_then_dead(
         bound("y", "steady", lambda e, c: seen.append(e.sequence), priority=2),
     ]
     deliveries = PluginDeliveries(engine, retry_base=0.0, retry_max=0.0, max_attempts=3)
-    runner = HandlerRunner("batches", handlers, deliveries, Feed(3).fetch)
+    runner = HandlerRunner("batches", handlers, deliveries, Feed(3).fetch, CALLS)
     asyncio.run(runner.step())
     assert seen == [1, 2, 3]  # the other handler saw every event
     assert deliveries.cursors("batches")[("x", "flaky")] == 3  # and the failing one moved on
@@ -126,12 +130,12 @@ def test_a_failing_handler_blocks_nothing_and_its_event_is_retried_then_dead(
     assert stored.event.data == {"batch_id": "batch_2"}
 
     # Two more failures: the third attempt is the last, then it is dead.
-    assert asyncio.run(retry_deliveries(deliveries, handlers)) == 1
+    assert asyncio.run(retry_deliveries(deliveries, handlers, CALLS)) == 1
     assert deliveries.get(stored.id).attempts == 2
-    asyncio.run(retry_deliveries(deliveries, handlers))
+    asyncio.run(retry_deliveries(deliveries, handlers, CALLS))
     dead = deliveries.get(stored.id)
     assert dead.status is DeliveryStatus.DEAD and dead.attempts == 3
-    assert asyncio.run(retry_deliveries(deliveries, handlers)) == 0  # dead ones wait
+    assert asyncio.run(retry_deliveries(deliveries, handlers, CALLS)) == 0  # dead ones wait
     assert [d.id for d in deliveries.list(status="dead")] == [stored.id]
     assert deliveries.list(status="retrying") == []
 
@@ -141,7 +145,7 @@ def test_a_failing_handler_blocks_nothing_and_its_event_is_retried_then_dead(
     assert again.status is DeliveryStatus.RETRYING and again.attempts == 0
     with pytest.raises(FailedPrecondition):
         deliveries.retry(stored.id)  # only a dead one can be retried
-    assert asyncio.run(retry_deliveries(deliveries, handlers)) == 1
+    assert asyncio.run(retry_deliveries(deliveries, handlers, CALLS)) == 1
     assert deliveries.list() == []
     with pytest.raises(NotFound):
         deliveries.get(stored.id)
@@ -153,7 +157,7 @@ def test_backoff_grows_and_is_capped(engine: Engine) -> None:
 
     handlers = [bound("x", "fail", fail)]
     deliveries = PluginDeliveries(engine, retry_base=10.0, retry_max=25.0, max_attempts=10)
-    asyncio.run(HandlerRunner("batches", handlers, deliveries, Feed(1).fetch).step())
+    asyncio.run(HandlerRunner("batches", handlers, deliveries, Feed(1).fetch, CALLS).step())
     [first] = deliveries.list()
     assert first.next_attempt_at - first.created_at == pytest.approx(10.0, abs=1.0)
     assert deliveries.due() == []  # not yet due
@@ -178,12 +182,12 @@ def test_a_crash_before_the_cursor_moves_replays_the_page(engine: Engine) -> Non
 
     handlers = [bound("x", "h", crash_on_3)]
     deliveries = PluginDeliveries(engine)
-    runner = HandlerRunner("batches", handlers, deliveries, Feed(4).fetch)
+    runner = HandlerRunner("batches", handlers, deliveries, Feed(4).fetch, CALLS)
     with pytest.raises(Crash):
         asyncio.run(runner.step())
     assert deliveries.cursors("batches") == {}
     # A new process (a new runner on the same database) delivers the page again: at least once.
-    asyncio.run(HandlerRunner("batches", handlers, deliveries, Feed(4).fetch).step())
+    asyncio.run(HandlerRunner("batches", handlers, deliveries, Feed(4).fetch, CALLS).step())
     assert seen == [1, 2, -1, 1, 2, 3, 4]
     assert deliveries.cursors("batches") == {("x", "h"): 4}
 
@@ -218,8 +222,40 @@ def test_a_disabled_plugins_deliveries_wait_untouched(engine: Engine, tmp_path: 
     seen: list[int] = []
     handlers = [bound("x", "h", lambda e, c: seen.append(e.sequence))]
     # The enabled plugin's delivery is retried; the disabled one's 60 are not even looked at.
-    assert asyncio.run(retry_deliveries(deliveries, handlers)) == 1
+    assert asyncio.run(retry_deliveries(deliveries, handlers, CALLS)) == 1
     assert seen == [1]
     still = deliveries.list(plugin="gone", limit=100)
     assert len(still) == 60
     assert all(d.attempts == 1 and d.status is DeliveryStatus.RETRYING for d in still)
+
+
+def test_a_handler_that_hangs_is_a_failure_after_the_timeout_and_blocks_nothing(
+    engine: Engine,
+) -> None:
+    release = threading.Event()
+    seen: list[int] = []
+
+    def hang_on_1(event: FeedEvent, context: Any) -> None:
+        if event.sequence == 1:
+            release.wait(30)
+        seen.append(event.sequence)
+
+    calls = HandlerCalls(timeout=0.3, threads=2)
+    handlers = [
+        bound("x", "hangs", hang_on_1, priority=1),
+        bound("y", "steady", lambda e, c: seen.append(-e.sequence), priority=2),
+    ]
+    deliveries = PluginDeliveries(engine)
+    try:
+        asyncio.run(HandlerRunner("batches", handlers, deliveries, Feed(2).fetch, calls).step())
+        [stored] = deliveries.list()
+        assert (stored.plugin, stored.event.sequence) == ("x", 1)
+        assert stored.error == "TimeoutError: the handler did not return within 0.3 s"
+        # The hung call holds one of the two threads; the rest ran on the other.
+        assert seen == [2, -1, -2]
+        assert deliveries.cursors("batches") == {("x", "hangs"): 2, ("y", "steady"): 2}
+        # The service's own threads were never the handlers': asyncio.to_thread still works.
+        assert asyncio.run(asyncio.to_thread(lambda: 42)) == 42
+    finally:
+        release.set()
+        calls.close()

@@ -51,6 +51,7 @@ from .plugin_context import PluginContext
 from .plugin_deliveries import PluginDeliveries
 from .plugin_handlers import (
     BoundHandler,
+    HandlerCalls,
     HandlerRunner,
     batch_events_after,
     curation_events_after,
@@ -231,14 +232,19 @@ async def serve(settings: CurationSettings) -> None:
     wake = asyncio.Event()
     tasks.append(asyncio.create_task(follow_feed(inference, consumer, settings, wake)))
     tasks.append(asyncio.create_task(work_imports(importer, catalog, inference, settings, wake)))
+    calls = HandlerCalls(settings.plugin_handler_timeout_seconds, settings.plugin_handler_threads)
     for runner in (
-        HandlerRunner("batches", bound, deliveries, batch_events_after(inference, settings)),
-        HandlerRunner("curation", bound, deliveries, curation_events_after(events, settings)),
+        HandlerRunner("batches", bound, deliveries, batch_events_after(inference, settings), calls),
+        HandlerRunner(
+            "curation", bound, deliveries, curation_events_after(events, settings), calls
+        ),
     ):
         if runner.handlers:
             tasks.append(asyncio.create_task(run_plugin_handlers(runner, settings)))
     if bound:
-        tasks.append(asyncio.create_task(retry_plugin_deliveries(deliveries, bound, settings)))
+        tasks.append(
+            asyncio.create_task(retry_plugin_deliveries(deliveries, bound, calls, settings))
+        )
     for name, loop in plugin_loops:
         tasks.append(asyncio.create_task(run_plugin_loop(name, loop)))
     if client is not None:
@@ -254,6 +260,7 @@ async def serve(settings: CurationSettings) -> None:
         for task in tasks:
             task.cancel()
         inference.close()
+        calls.close()
         host.close()
         db.dispose()
 

@@ -22,7 +22,7 @@ from .import_queue import QueuedImport
 from .importer import Importer
 from .inference_client import InferenceClient
 from .plugin_deliveries import PluginDeliveries
-from .plugin_handlers import BoundHandler, HandlerRunner, retry_deliveries
+from .plugin_handlers import BoundHandler, HandlerCalls, HandlerRunner, retry_deliveries
 from .projects import ProjectMap
 from .reconcile import reconcile
 from .relocation import Relocation
@@ -177,12 +177,15 @@ async def run_plugin_handlers(runner: HandlerRunner, settings: CurationSettings)
 
 
 async def retry_plugin_deliveries(
-    deliveries: PluginDeliveries, handlers: Sequence[BoundHandler], settings: CurationSettings
+    deliveries: PluginDeliveries,
+    handlers: Sequence[BoundHandler],
+    calls: HandlerCalls,
+    settings: CurationSettings,
 ) -> None:
     """Delivers the failed events that are due again, every `poll_seconds`."""
     while True:
         try:
-            tried = await retry_deliveries(deliveries, handlers)
+            tried = await retry_deliveries(deliveries, handlers, calls)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -8,14 +8,17 @@ other handlers nor the import; `retry_deliveries` delivers the stored events aga
 backoff until they succeed or are dead-lettered. A handler seen for the first time starts at
 the feed's beginning: it is idempotent, so catching up on history is safe and nothing is missed.
 
-Handlers are synchronous plugin code: each call runs in a worker thread.
+Handlers are synchronous plugin code: each call runs in a thread of the handlers' own pool, for
+at most a timeout (HandlerCalls).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -116,11 +119,30 @@ def _traced(bound: BoundHandler, event: FeedEvent) -> None:
         bound.handler.handle(event, bound.context)
 
 
-async def _call(bound: BoundHandler, event: FeedEvent) -> str:
-    """Runs a handler on one event; the error text if it raised, else empty."""
-    try:
-        await asyncio.to_thread(_traced, bound, event)
-    except Exception as exc:  # plugin code: any failure is this delivery's problem
+class HandlerCalls:
+    """Where and how long handlers run: threads of their own, so a handler that hangs never
+    takes the threads the service's own work runs on, and at most `timeout` seconds a call; a
+    call past it counts as a failure (the event is stored for retry and the feed moves on; the
+    thread is left to finish, Python cannot stop it)."""
+
+    def __init__(self, timeout: float = 120.0, threads: int = 4) -> None:
+        self.timeout = timeout
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="plugin-handler")
+
+    async def __call__(self, bound: BoundHandler, event: FeedEvent) -> str:
+        """Runs a handler on one event; the error text if it raised or timed out, else empty."""
+        loop = asyncio.get_running_loop()
+        # The handler's span is a child of whatever trace is current here.
+        context = contextvars.copy_context()
+        call = loop.run_in_executor(self.executor, context.run, _traced, bound, event)
+        try:
+            await asyncio.wait_for(call, self.timeout)
+        except TimeoutError:
+            error = f"TimeoutError: the handler did not return within {self.timeout:g} s"
+        except Exception as exc:  # plugin code: any failure is this delivery's problem
+            error = _describe(exc)
+        else:
+            return ""
         log.warning(
             "plugin handler failed",
             extra={
@@ -128,11 +150,14 @@ async def _call(bound: BoundHandler, event: FeedEvent) -> str:
                 "handler": bound.handler.name,
                 "feed": event.feed,
                 "sequence": event.sequence,
-                "error": _describe(exc),
+                "error": error,
             },
         )
-        return _describe(exc)
-    return ""
+        return error
+
+    def close(self) -> None:
+        """Stops taking calls (running ones are left to end)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class HandlerRunner:
@@ -144,11 +169,13 @@ class HandlerRunner:
         handlers: Sequence[BoundHandler],
         deliveries: PluginDeliveries,
         fetch: Fetch,
+        calls: HandlerCalls,
     ) -> None:
         self.feed = feed
         self.handlers = ordered([h for h in handlers if h.handler.feed == feed])
         self.deliveries = deliveries
         self.fetch = fetch
+        self.calls = calls
 
     async def step(self) -> int:
         """Fetches the page after the slowest cursor and runs every handler over it; returns
@@ -169,7 +196,7 @@ class HandlerRunner:
                 last = event.sequence
                 if not bound.wants(event):
                     continue
-                error = await _call(bound, event)
+                error = await self.calls(bound, event)
                 if error:
                     await asyncio.to_thread(
                         self.deliveries.advance,
@@ -188,7 +215,10 @@ class HandlerRunner:
 
 
 async def retry_deliveries(
-    deliveries: PluginDeliveries, handlers: Sequence[BoundHandler], limit: int = 50
+    deliveries: PluginDeliveries,
+    handlers: Sequence[BoundHandler],
+    calls: HandlerCalls,
+    limit: int = 50,
 ) -> int:
     """Delivers the due stored events again; returns how many were tried."""
     by_key = {h.key: h for h in handlers}
@@ -198,7 +228,7 @@ async def retry_deliveries(
         bound = by_key.get((delivery.plugin, delivery.handler))
         if bound is None:  # a handler its plugin no longer has: it waits, untouched
             continue
-        error = await _call(bound, delivery.event)
+        error = await calls(bound, delivery.event)
         if not error:
             await asyncio.to_thread(deliveries.delivered, delivery.id)
             continue

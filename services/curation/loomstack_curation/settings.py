@@ -62,6 +62,15 @@ class CurationSettings(PluginSettings):
         description="Deliveries of an event a plugin handler fails on before it is dead-lettered "
         "(retried with the import's backoff in between).",
     )
+    plugin_handler_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Longest a plugin handler call may take; past it the call counts as failed "
+        "(the event is retried) and the feed moves on.",
+    )
+    plugin_handler_threads: int = Field(
+        4, ge=1, description="Threads plugin handlers run on (their own: a hung one takes one)."
+    )
     allow_auto_accept: bool = Field(
         True,
         description="Honour metadata.curation_auto_accept (predictions imported as accepted "
