@@ -18,12 +18,14 @@ import openai
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .batch_commands import batch_app
 from .curation_commands import curation_app
 from .fine_tune_commands import fine_tune_app
 from .gateway_client import DEV_API_KEY, CliError, api_key, client, describe, root_url
 from .local_stack import DEFAULT_MODEL_PATH, LocalStack, StackError
+from .plugin_cli import plugin_groups
 from .plugin_commands import plugins_app
 
 EXIT_ERROR = 2
@@ -204,8 +206,13 @@ def status(home: HomeOption = Path(".loomstack")) -> None:
 
 def main() -> None:
     """Console entry point: runs the command, turning API and usage failures into exit code 2."""
+    command = typer.main.get_command(app)
+    assert isinstance(command, TyperGroup)
+    for group in plugin_groups():
+        if group.name not in command.commands:
+            command.add_command(group)
     try:
-        app()
+        command()
     except CliError as exc:
         _fail(str(exc))
     except openai.OpenAIError as exc:

@@ -23,6 +23,9 @@ files, as in production).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -460,3 +463,38 @@ def test_aristotle_down_during_a_gold_star_loses_and_doubles_nothing(
             "SELECT count(*) FROM aris_ml_analysis_rating WHERE conquest_id = %s", (made["id"],)
         ).fetchall()
     assert count == 1
+
+
+def test_the_plugins_cli_commands_speak_to_its_routes(sites: dict[str, Any]) -> None:
+    site: Site = sites["aris"]
+
+    def aris(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "LOOMSTACK_BASE_URL": site.gateway.base_url,
+            "LOOMSTACK_API_KEY": KEY_A,
+            "COLUMNS": "250",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "loomstack_cli", "aris", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    made = aris("create", "--type", "candidate", "--title", "From the CLI", "--user", "cli@x.org")
+    assert made.returncode == 0, made.stderr
+    assert '"conquest_type": "CANDIDATE"' in made.stdout
+    listed = json.loads(aris("conquests", "--user", "cli@x.org", "--json").stdout)
+    [conquest] = listed["data"]
+    assert conquest["title"] == "From the CLI" and conquest["status"] == "DRAFT"
+    shown = aris("show", conquest["id"])
+    assert shown.returncode == 0 and conquest["id"] in shown.stdout
+    set_result = aris("result", conquest["id"], "defeat", "--notes", "not a fit")
+    assert set_result.returncode == 0 and "DEFEAT" in set_result.stdout
+    unknown = aris("show", "conq_000000000000000000000000")
+    assert unknown.returncode == 2 and "conq_000000000000000000000000" in unknown.stderr
+    bad = aris("create", "--type", "WIZARD", "--title", "x")
+    assert bad.returncode == 2 and "CANDIDATE" in bad.stderr
+    assert json.loads(aris("health").stdout)["object"] == "aris.health"

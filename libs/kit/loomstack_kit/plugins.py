@@ -8,7 +8,10 @@ contributions it hosts; the rest of a plugin stays unused there:
 - curation hosts schemas, ratings, parsers, exporters, result handlers, the plugin's own
   database, its gRPC services and its loops (the data they touch is curation's);
 - the gateway hosts routes (under `/v1/plugins/<name>` unless the plugin names a prefix) and
-  the UI pages it declares.
+  the UI pages it declares;
+- the `loomstack` CLI mounts its commands as `loomstack <name> ...` from a second entry point,
+  in the group `loomstack.cli` (`CLI_ENTRY_POINT_GROUP`): a builder `(CliContext) ->
+  typer.Typer`, imported only when its commands run, so no command pays for loading plugins.
 
 A plugin imports the kit and the generated protos, never a service: what it may do in a
 service is what the context it is handed offers (`CurationContext`, `RouteContext`), and it
@@ -29,6 +32,7 @@ from typing import Any, Literal, Protocol
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "loomstack.plugins"
+CLI_ENTRY_POINT_GROUP = "loomstack.cli"
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 Feed = Literal["batches", "curation"]
@@ -190,6 +194,20 @@ class RouteContext(Protocol):
 
     def metadata(self, request: Any) -> Any:
         """The signed gRPC metadata of the request's caller (project, key)."""
+        ...
+
+
+class CliContext(Protocol):
+    """What the `loomstack` CLI hands a plugin's command builder (entry point group
+    `loomstack.cli`)."""
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer of a gateway route (`path` after `/v1`, e.g. `/plugins/<name>/x`),
+        with the CLI's base URL and key; an error answer ends the command with its message."""
+        ...
+
+    def print_json(self, body: Any) -> None:
+        """Prints a JSON answer as the CLI's `--json` options do."""
         ...
 
 
