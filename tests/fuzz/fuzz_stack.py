@@ -30,6 +30,8 @@ KEY_FUZZ, KEY_FUZZ_ADMIN = "sk-fuzz-project", "sk-fuzz-admin"
 PROJECT = "fuzz"
 # High enough that the fuzzer never meets it, low enough that the limit layer stays in the path.
 RATE_LIMIT_PER_MINUTE = 1_000_000
+# The repository's plugin: its routes are in the document, so every one of them is fuzzed.
+PLUGINS = "aris"
 
 
 @dataclass
@@ -85,6 +87,11 @@ def _seed(gateway: Gateway) -> Seeded:
         )
         assert reply.status_code == 200, reply.text
         comparison = reply.json()["id"]
+        made = http.post(
+            "/v1/plugins/aris/conquests", json={"type": "CANDIDATE", "title": "fuzzed"}
+        )
+        assert made.status_code == 200, made.text
+        conquest = made.json()["id"]
     return Seeded(
         {
             "file_id": [batch_file, ft_file],
@@ -93,6 +100,7 @@ def _seed(gateway: Gateway) -> Seeded:
             "comparison_id": [comparison],
             "model_id": [MODEL_NAME],
             "schema_id": ["classify_ticket"],
+            "conquest_id": [conquest],
         }
     )
 
@@ -105,7 +113,7 @@ def fuzz_stack(home: Path) -> Iterator[FuzzStack]:
     with ExitStack() as stack:
         databases = {
             name: stack.enter_context(postgres_database())
-            for name in ("inference", "curation", "training")
+            for name in ("inference", "curation", "training", "aristotle")
         }
         (home / "inference").mkdir(parents=True, exist_ok=True)
         inference_address, inference = start_inference(
@@ -125,6 +133,9 @@ def fuzz_stack(home: Path) -> Iterator[FuzzStack]:
             {
                 "LOOMSTACK_CURATION_INFERENCE_ADDRESS": inference_address,
                 "LOOMSTACK_CURATION_DATABASE_URL": databases["curation"],
+                # The plugin's routes are fuzzed too (its own database on PostgreSQL).
+                "LOOMSTACK_CURATION_PLUGINS": PLUGINS,
+                "LOOMSTACK_ARIS_DATABASE_URL": databases["aristotle"],
             },
         )
         stack.callback(curation.stop)
@@ -141,6 +152,7 @@ def fuzz_stack(home: Path) -> Iterator[FuzzStack]:
             LOOMSTACK_GATEWAY_CURATION_ADDRESS=curation.address,
             LOOMSTACK_GATEWAY_TRAINING_ADDRESS=training.address,
             LOOMSTACK_GATEWAY_RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT_PER_MINUTE),
+            LOOMSTACK_GATEWAY_PLUGINS=PLUGINS,
         )
         stack.callback(stop, gateway.proc)
         wait_until(

@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from fuzz.fuzz_stack import KEY_FUZZ, KEY_FUZZ_ADMIN, MODEL_NAME, FuzzStack, fuzz_stack
+from fuzz.fuzz_stack import KEY_FUZZ, KEY_FUZZ_ADMIN, MODEL_NAME, PLUGINS, FuzzStack, fuzz_stack
 from hypothesis import strategies as st
 from schemathesis import Case
 from schemathesis.checks import CheckContext, not_a_server_error
@@ -203,7 +203,10 @@ def _fuzzed_document() -> dict[str, Any]:
     """The gateway's OpenAPI document, built by the gateway's own code at collection time (the
     test that follows checks the running gateway serves exactly this document)."""
     settings = GatewaySettings(
-        service_secret="openapi-document-only", api_keys=f"{KEY_FUZZ}:fuzz", admin_backend="none"
+        service_secret="openapi-document-only",
+        api_keys=f"{KEY_FUZZ}:fuzz",
+        admin_backend="none",
+        plugins=PLUGINS,
     )
     document: dict[str, Any] = create_app(settings).openapi()
     return document

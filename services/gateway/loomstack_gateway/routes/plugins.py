@@ -50,7 +50,9 @@ def plugins_router(
         return OrjsonResponse({"object": "list", "data": objects})
 
     @router.get(
-        "/v1/plugin_deliveries", summary="List the events plugin handlers failed on (admin)"
+        "/v1/plugin_deliveries",
+        summary="List the events plugin handlers failed on (admin)",
+        tags=["admin"],
     )
     async def list_deliveries(
         request: Request,
@@ -75,6 +77,7 @@ def plugins_router(
     @router.post(
         "/v1/plugin_deliveries/{delivery_id}/retry",
         summary="Deliver a dead-lettered event again (admin)",
+        tags=["admin"],
     )
     async def retry_delivery(request: Request, delivery_id: PositiveInt64) -> Response:
         resp = await curation.plugins.RetryPluginDelivery(
