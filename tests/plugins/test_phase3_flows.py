@@ -40,7 +40,14 @@ from aris_support import candidate_answer
 from curation_support import CurationProcess, finish_batch, ticket
 from gateway_stack import KEY_A, KEY_ADMIN, Gateway, start_gateway
 from label_studio_sdk.client import LabelStudio
-from support import MODEL_NAME, PG_ADMIN_URL, postgres_database, signed, wait_until
+from support import (
+    MODEL_NAME,
+    PG_ADMIN_URL,
+    InferenceClient,
+    postgres_database,
+    signed,
+    wait_until,
+)
 from training_support import TrainingProcess
 
 from loomstack.curation.v1 import curation_pb2, curation_pb2_grpc
@@ -498,3 +505,110 @@ def test_the_plugins_cli_commands_speak_to_its_routes(sites: dict[str, Any]) -> 
     bad = aris("create", "--type", "WIZARD", "--title", "x")
     assert bad.returncode == 2 and "CANDIDATE" in bad.stderr
     assert json.loads(aris("health").stdout)["object"] == "aris.health"
+
+
+def test_a_restart_and_a_missed_webhook_lose_no_gold_star_and_bad_metadata_harms_nothing(
+    inference_api: Any,
+    label_studio_server: LabelStudioServer,
+    label_studio: LabelStudio,
+    tmp_path: Path,
+) -> None:
+    """The plugin's curation service is down while a person gives a gold star (Label Studio's
+    webhook call fails); after a restart its reconcile finds the annotation, the curation feed
+    carries it and the plugin makes the conquest a VICTORY with one rating row. A batch whose
+    metadata names a conquest that does not exist is imported all the same, and no handler
+    failed on it."""
+    from loomstack.aris.v1 import conquests_pb2, conquests_pb2_grpc
+    from loomstack.curation.v1 import plugins_pb2, plugins_pb2_grpc
+
+    inference = InferenceClient(inference_api.address)
+    with postgres_database() as curation_db, postgres_database() as aristotle_db:
+        env = {
+            "LOOMSTACK_CURATION_PLUGINS": "aris",
+            "LOOMSTACK_ARIS_DATABASE_URL": aristotle_db,
+        }
+        first = _curation(tmp_path, inference_api, label_studio_server, curation_db, **env)
+        try:
+            channel = grpc.insecure_channel(first.address)
+            made = conquests_pb2_grpc.ConquestServiceStub(channel).CreateConquest(
+                conquests_pb2.CreateConquestRequest(
+                    conquest=conquests_pb2.Conquest(
+                        type=conquests_pb2.CONQUEST_TYPE_CANDIDATE, title="Restarted"
+                    )
+                ),
+                metadata=signed("default"),
+            )
+            batch = inference.create_batch(
+                [batch_line("c0", "Candidate 0: a profile.")],
+                metadata={"conquest_id": made.id, "conquest_type": "CANDIDATE"},
+            )
+            stray = inference.create_batch(
+                [batch_line("c0", "Candidate 1: another profile.")],
+                metadata={
+                    "conquest_id": "conq_000000000000000000000000",
+                    "conquest_type": "CANDIDATE",
+                    "schema_type": "aris.candidate",
+                },
+            )
+            for b in (batch, stray):
+                finish_batch(
+                    Path(inference_api.home), b.id, set(), answer=lambda _: candidate_answer()
+                )
+            tasks = curation_pb2_grpc.TaskServiceStub(channel)
+
+            def task_of(batch_id: str) -> Any:
+                found = tasks.ListTasks(
+                    curation_pb2.ListTasksRequest(batch_id=batch_id), metadata=signed("default")
+                ).tasks
+                return found[0] if found else None
+
+            task = wait_until(lambda: task_of(batch.id), 90, 0.2, "the conquest's task")
+            wait_until(lambda: task_of(stray.id), 90, 0.2, "the stray batch's task")
+            failed = plugins_pb2_grpc.PluginServiceStub(channel).ListPluginDeliveries(
+                plugins_pb2.ListPluginDeliveriesRequest(), metadata=signed(None)
+            )
+            assert list(failed.deliveries) == []  # bad metadata is recorded, never raised
+            channel.close()
+        finally:
+            first.stop()
+        aris = load_plugins(["aris"]).loaded[0]
+        assert aris.schemas is not None
+        schema = TaskRegistry.load(
+            aris.schemas, vocabulary=Vocabulary(scales=aris.ratings, parsers=aris.parsers)
+        ).get("aris.candidate")
+        answers = {
+            "recommendation": "Maybe",
+            "trajectory": "Average",
+            "company_pedigree": "Average",
+            "education_pedigree": "Weak",
+        }
+        label_studio.annotations.create(id=task.id, result=regions(schema, answers, gold=True))
+        with psycopg.connect(aristotle_db) as conn:
+            [(result,)] = conn.execute(
+                "SELECT result FROM aris_conquests WHERE id = %s", (made.id,)
+            ).fetchall()
+        assert result == "PENDING"  # nobody heard the gold star yet
+
+        second = _curation(
+            tmp_path,
+            inference_api,
+            label_studio_server,
+            curation_db,
+            LOOMSTACK_CURATION_RECONCILE_SECONDS="1",
+            **env,
+        )
+        try:
+
+            def victory() -> bool:
+                with psycopg.connect(aristotle_db) as conn:
+                    rows = conn.execute(
+                        "SELECT c.result, count(r.id) FROM aris_conquests c LEFT JOIN "
+                        "aris_ml_analysis_rating r ON r.conquest_id = c.id AND r.is_gold_star "
+                        "WHERE c.id = %s GROUP BY c.result",
+                        (made.id,),
+                    ).fetchall()
+                return rows == [("VICTORY", 1)]
+
+            wait_until(victory, 90, 0.5, "the reconciled gold star")
+        finally:
+            second.stop()
