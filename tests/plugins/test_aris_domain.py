@@ -34,6 +34,7 @@ def test_plugin_loads_by_its_entry_point_and_passes_check() -> None:
         "gold_to_victory",
         "import_results",
         "record_analysis",
+        "end_conquest",
     ]
     assert found["exporters"] == ["aris.aristotle"]
     assert found["parsers"] == ["aris.candidate"]
@@ -46,6 +47,7 @@ def test_plugin_loads_by_its_entry_point_and_passes_check() -> None:
         ("batches", "parse_conquest"): 10,
         ("batches", "import_results"): 20,
         ("batches", "record_analysis"): 30,
+        ("batches", "end_conquest"): 30,
         ("curation", "gold_to_victory"): 10,
     }
 

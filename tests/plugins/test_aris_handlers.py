@@ -436,3 +436,32 @@ def test_eidos_takes_only_hand_picked_victories(
         icl_examples(store, "p1", fmt="xml")
     assert bad.value.param == "format"
     assert json.dumps(found[0].messages)  # plain JSON
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "problem"),
+    [
+        ("batch.cancelled", ConquestStatus.CANCELLED, "was cancelled"),
+        ("batch.expired", ConquestStatus.FAILED, "expired before it finished"),
+    ],
+)
+def test_a_batch_that_ends_early_ends_its_conquest(
+    store: ConquestStore,
+    host: CurationContextStandIn,
+    kind: str,
+    status: ConquestStatus,
+    problem: str,
+) -> None:
+    cid = conquest(store)
+    event = batch_event(kind, "p1", "batch_e", meta(cid))
+    deliver(event, host)
+    found = store.get("p1", cid)
+    assert found.status is status and found.batch_id == "batch_e"
+    assert problem in found.problem and found.completed_at
+    deliver(event, host)  # replayed: the same
+    assert store.get("p1", cid).completed_at == found.completed_at
+    # A finished conquest keeps its status when a stale event arrives.
+    done = conquest(store)
+    run_batch(host, done, "batch_ok", [candidate_answer()])
+    deliver(batch_event(kind, "p1", "batch_ok", meta(done)), host)
+    assert store.get("p1", done).status is ConquestStatus.COMPLETED

@@ -462,6 +462,22 @@ class ConquestStore:
             conn.execute(_update(project, conquest_id_).values(**values))
             return self._get(conn, None, conquest_id_)
 
+    def end_early(
+        self, project: str, conquest_id_: str, batch_id: str, status: ConquestStatus, problem: str
+    ) -> Conquest:
+        """The conquest's batch ended without completing (cancelled: CANCELLED; expired:
+        FAILED), with the reason. A conquest already finished keeps its status."""
+        with write_transaction(self.engine) as conn:
+            row = self._get(conn, project, conquest_id_)
+            now = time.time()
+            values: dict[str, Any] = {"batch_id": batch_id, "updated_at": now}
+            if not row.status.finished:
+                values.update(
+                    status=status.value, problem=problem, completed_at=row.completed_at or now
+                )
+            conn.execute(_update(project, conquest_id_).values(**values))
+            return self._get(conn, None, conquest_id_)
+
     def record_gold(
         self,
         project: str,

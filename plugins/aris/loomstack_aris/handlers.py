@@ -12,6 +12,7 @@ conquest when there is one, else in the log); the later handlers skip such a bat
 2. import_results   (batches, completed, 20): into Label Studio with the type's schema, unless
    the batch names a `schema_type` itself (curation's import queued it already).
 3. record_analysis  (batches, completed, 30): prompts and answers; COMPLETED or FAILED.
+   end_conquest     (batches, cancelled/expired, 30): CANCELLED, or FAILED for an expired one.
 4. gold_to_victory  (curation, gold set/removed, 10): VICTORY and the rating row. It never
    calls set_gold: that is how the two directions of the gold-star sync cannot loop.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from loomstack_kit.plugins import GOLD_REMOVED, GOLD_SET, CurationContext, FeedEvent, ResultHandler
 
 from .conquests import Conquest, ConquestStore
-from .terms import ConquestType
+from .terms import ConquestStatus, ConquestType
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ CONQUEST_TYPE_KEY = "conquest_type"
 SCHEMA_TYPE_KEY = "schema_type"
 BATCH_CREATED = "batch.created"
 BATCH_COMPLETED = "batch.completed"
+BATCH_CANCELLED = "batch.cancelled"
+BATCH_EXPIRED = "batch.expired"
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,20 @@ def record_analysis(event: FeedEvent, context: CurationContext) -> None:
     )
 
 
+def end_conquest(event: FeedEvent, context: CurationContext) -> None:
+    """The conquest's batch was cancelled (CANCELLED) or expired (FAILED)."""
+    store = ConquestStore(context.database)
+    found = conquest_of(event, store)
+    if found is None or not found.usable or found.conquest is None:
+        return
+    batch_id = str(event.data.get("batch_id", ""))
+    if event.type == BATCH_CANCELLED:
+        status, problem = ConquestStatus.CANCELLED, f"batch {batch_id} was cancelled"
+    else:
+        status, problem = ConquestStatus.FAILED, f"batch {batch_id} expired before it finished"
+    store.end_early(event.project, found.conquest.id, batch_id, status, problem)
+
+
 def gold_to_victory(event: FeedEvent, context: CurationContext) -> None:
     """A gold star in Label Studio: the batch's conquest becomes a VICTORY and the task's
     rating row is starred; a star taken away unstars the row (the verdict stays)."""
@@ -202,7 +219,7 @@ RESULT_HANDLERS = (
         handle=parse_conquest,
         feed="batches",
         priority=10,
-        events=(BATCH_CREATED, BATCH_COMPLETED),
+        events=(BATCH_CREATED, BATCH_COMPLETED, BATCH_CANCELLED, BATCH_EXPIRED),
     ),
     ResultHandler(
         name="import_results",
@@ -217,6 +234,13 @@ RESULT_HANDLERS = (
         feed="batches",
         priority=30,
         events=(BATCH_COMPLETED,),
+    ),
+    ResultHandler(
+        name="end_conquest",
+        handle=end_conquest,
+        feed="batches",
+        priority=30,
+        events=(BATCH_CANCELLED, BATCH_EXPIRED),
     ),
     ResultHandler(
         name="gold_to_victory",
