@@ -56,8 +56,9 @@ class PluginError(RuntimeError):
 class FeedEvent:
     """One event of a feed, as a handler sees it.
 
-    batches: `type` is `batch.created`, `batch.completed`, ...; `data` has `batch_id`, `model`,
-    `input_file_id`, `output_file_id`, `failed_lines` and `metadata` (the batch's, a dict).
+    batches: `type` is `batch.completed`, `batch.cancelled` or `batch.expired`; `data` has
+    `batch_id`, `model`, `input_file_id`, `output_file_id`, `failed_lines` and `metadata` (the
+    batch's, a dict).
     curation: `type` is one of the constants above; `data` has `ls_task_id`, `batch_id`,
     `custom_id`, `schema_id`, `schema_version`, `gold`, `ls_annotation_id`, `origin` (who made
     the change: `label_studio`, `api`, `plugin:<name>`, ...) or, for a snapshot, `snapshot_id`.
