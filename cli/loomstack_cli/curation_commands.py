@@ -200,6 +200,32 @@ def imports(as_json: JsonOption = False) -> None:
     console.print(table)
 
 
+@curation_app.command("events")
+def events(
+    after: Annotated[int, typer.Option(min=0, help="Events after this sequence.")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """The curation feed: annotations, gold stars and snapshots, oldest first."""
+    body = request("GET", "/events", params={"after": after, "limit": limit}).json()
+    if as_json:
+        return _print_json(body)
+    table = Table("sequence", "type", "task", "batch", "origin", "when")
+    for e in body["data"]:
+        data = e["data"] or {}
+        table.add_row(
+            str(e["sequence"]),
+            e["type"],
+            str(data.get("ls_task_id") or data.get("snapshot_id") or "-"),
+            data.get("batch_id") or "-",
+            data.get("origin") or "-",
+            _when(e.get("create_time")),
+        )
+    console.print(table)
+    if body["has_more"]:
+        console.print(f"more: --after {body['last_id']}", highlight=False)
+
+
 def _print_import(i: dict[str, Any]) -> None:
     console.print(
         f"[bold]{i['batch_id']}[/bold]  {i['schema_type']}  {i['status']}  "

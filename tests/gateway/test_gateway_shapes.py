@@ -164,6 +164,17 @@ FULL: list[tuple[Message, str, Callable[[Any], dict[str, Any]]]] = [
         "curation.snapshot",
         shapes.snapshot_object,
     ),
+    (
+        pb.CurationEvent(
+            sequence=2**40,
+            type="task.gold_set",
+            project="team-a",
+            data_json='{"ls_task_id": 7, "gold": true, "origin": "api"}',
+            create_time=_ts(1_700_000_000, 5),
+        ),
+        "curation.event",
+        shapes.event_object,
+    ),
 ]
 EMPTY = [(type(message)(), kind, shape) for message, kind, shape in FULL]
 ODD = [

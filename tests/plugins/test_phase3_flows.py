@@ -38,7 +38,7 @@ import psycopg
 import pytest
 from aris_support import candidate_answer
 from curation_support import CurationProcess, finish_batch, ticket
-from gateway_stack import KEY_A, KEY_ADMIN, Gateway, start_gateway
+from gateway_stack import KEY_A, KEY_ADMIN, KEY_B, Gateway, start_gateway
 from label_studio_sdk.client import LabelStudio
 from support import (
     MODEL_NAME,
@@ -238,6 +238,36 @@ def test_oss_standalone_flow_without_a_plugin(
         0.2,
         "the gold stars by webhook",
     )
+    # The curation feed over HTTP: the project's own events, paged by sequence.
+    starred = {t["id"] for t in tasks[:5]}
+
+    def gold_events(key: str, **params: Any) -> list[dict[str, Any]]:
+        with site.http(key) as http:
+            body = http.get("/v1/curation/events", params={"limit": 1000, **params}).json()
+        return [
+            e
+            for e in body["data"]
+            if e["type"] == "task.gold_set" and e["data"]["batch_id"] == batch_id
+        ]
+
+    events = gold_events(KEY_A)
+    assert {e["data"]["ls_task_id"] for e in events} == starred
+    assert {e["data"]["origin"] for e in events} == {"label_studio"}
+    assert gold_events(KEY_B) == []  # another project's key sees none of them
+    with site.http() as http:
+        first = http.get("/v1/curation/events", params={"limit": 1}).json()
+        later = http.get("/v1/curation/events", params={"after": first["last_id"]}).json()
+        assert first["has_more"] and later["data"][0]["sequence"] > first["last_id"]
+        assert http.get("/v1/curation/events", params={"after": -1}).status_code == 400
+    cli = subprocess.run(
+        [sys.executable, "-m", "loomstack_cli", "curation", "events", "--limit", "1000", "--json"],
+        env={**os.environ, "LOOMSTACK_BASE_URL": site.gateway.base_url, "LOOMSTACK_API_KEY": KEY_A},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert len(json.loads(cli.stdout)["data"]) >= len(events)
     with site.http() as http:
         snapshot = http.post(
             "/v1/curation/snapshots",

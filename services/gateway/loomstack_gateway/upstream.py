@@ -25,6 +25,7 @@ from loomstack_kit.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from loomstack.curation.v1.curation_pb2_grpc import (
+        EventServiceAsyncStub,
         ImportServiceAsyncStub,
         SchemaServiceAsyncStub,
         SnapshotServiceAsyncStub,
@@ -114,6 +115,7 @@ class Curation(_Upstream):
     tasks: TaskServiceAsyncStub
     imports: ImportServiceAsyncStub
     snapshots: SnapshotServiceAsyncStub
+    events: EventServiceAsyncStub
     plugins: PluginServiceAsyncStub
 
     def __init__(self, address: str, settings: ServiceSettings) -> None:
@@ -128,6 +130,7 @@ class Curation(_Upstream):
         self.tasks = curation_pb2_grpc.TaskServiceStub(self._channel)
         self.imports = curation_pb2_grpc.ImportServiceStub(self._channel)
         self.snapshots = curation_pb2_grpc.SnapshotServiceStub(self._channel)
+        self.events = curation_pb2_grpc.EventServiceStub(self._channel)
         self.plugins = plugins_pb2_grpc.PluginServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -17,13 +17,15 @@ from starlette.responses import Response, StreamingResponse
 from loomstack.curation.v1 import curation_pb2
 from loomstack.inference.v1 import files_pb2
 from loomstack_kit.errors import NotFound
+from loomstack_kit.list_page import page
 
 from ..auth import caller_of
 from ..direct_routes import direct
-from ..request_fields import NonNegativeInt32, PositiveInt64, RequestBody
+from ..request_fields import NonNegativeInt32, NonNegativeInt64, PositiveInt64, RequestBody
 from ..responses import OrjsonResponse
 from ..settings import GatewaySettings
 from ..shapes.curation import (
+    event_object,
     import_object,
     schema_object,
     snapshot_object,
@@ -213,6 +215,24 @@ def curation_router(
                 "last_id": resp.next_page_token or None,
             }
         )
+
+    @router.get("/events", summary="The curation feed: annotations, gold stars, snapshots")
+    async def list_events(
+        request: Request,
+        after: Annotated[NonNegativeInt64, Query()] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        wait_seconds: Annotated[int, Query(ge=0, le=30)] = 0,
+    ) -> Response:
+        resp = await curation.events.ListEvents(
+            curation_pb2.ListEventsRequest(
+                after_sequence=after, page_size=limit, wait_seconds=wait_seconds
+            ),
+            metadata=caller_of(request).metadata,
+            timeout=timeout + wait_seconds,
+        )
+        events = [event_object(e) for e in resp.events]
+        # Ask again with `after` = last_id: a full page may have more behind it.
+        return OrjsonResponse(page(events, len(events) == limit, key="sequence"))
 
     async def _gold(request: Request, task_ids: list[int], gold: bool) -> Response:
         resp = await curation.tasks.SetTasksGold(

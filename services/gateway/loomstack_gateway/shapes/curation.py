@@ -159,3 +159,15 @@ def snapshot_object(s: curation_pb2.Snapshot) -> dict[str, Any]:
     if s.HasField("filter"):
         body["filter"] = _filter(s.filter)
     return _times(s, body, "create_time")
+
+
+def event_object(e: curation_pb2.CurationEvent) -> dict[str, Any]:
+    """One event of the curation feed; `sequence` is the cursor (`after`)."""
+    body: dict[str, Any] = {
+        "object": "curation.event",
+        "sequence": e.sequence,
+        "type": e.type,
+        "project": e.project,
+        "data": _document(e.data_json),
+    }
+    return _times(e, body, "create_time")
