@@ -260,19 +260,7 @@ def test_a_required_plugin_that_cannot_load_stops_the_services(
 
 def test_the_cli_lists_plugins_and_deliveries(gateway: Gateway) -> None:
     def cli(*args: str, key: str = KEY_ADMIN) -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            "LOOMSTACK_BASE_URL": gateway.base_url,
-            "LOOMSTACK_API_KEY": key,
-            "COLUMNS": "250",
-        }
-        return subprocess.run(
-            [sys.executable, "-m", "loomstack_cli", "plugins", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return gateway.cli("plugins", *args, key=key)
 
     listed = cli("list")
     assert listed.returncode == 0, listed.stderr

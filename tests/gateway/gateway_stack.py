@@ -14,6 +14,7 @@ import os
 import select
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -68,6 +69,22 @@ class Gateway:
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def cli(self, *args: str, key: str = KEY_A) -> subprocess.CompletedProcess[str]:
+        """`loomstack <args>` against this gateway with `key` (wide output, one minute)."""
+        env = {
+            **os.environ,
+            "LOOMSTACK_BASE_URL": self.base_url,
+            "LOOMSTACK_API_KEY": key,
+            "COLUMNS": "250",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "loomstack_cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def client(self, key: str = KEY_A) -> OpenAI:
         """The official openai client, no retries (tests want the first answer)."""

@@ -23,9 +23,7 @@ files, as in production).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -259,13 +257,7 @@ def test_oss_standalone_flow_without_a_plugin(
         later = http.get("/v1/curation/events", params={"after": first["last_id"]}).json()
         assert first["has_more"] and later["data"][0]["sequence"] > first["last_id"]
         assert http.get("/v1/curation/events", params={"after": -1}).status_code == 400
-    cli = subprocess.run(
-        [sys.executable, "-m", "loomstack_cli", "curation", "events", "--limit", "1000", "--json"],
-        env={**os.environ, "LOOMSTACK_BASE_URL": site.gateway.base_url, "LOOMSTACK_API_KEY": KEY_A},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = site.gateway.cli("curation", "events", "--limit", "1000", "--json")
     assert cli.returncode == 0, cli.stderr
     assert len(json.loads(cli.stdout)["data"]) >= len(events)
     with site.http() as http:
@@ -506,19 +498,7 @@ def test_the_plugins_cli_commands_speak_to_its_routes(sites: dict[str, Any]) -> 
     site: Site = sites["aris"]
 
     def aris(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            "LOOMSTACK_BASE_URL": site.gateway.base_url,
-            "LOOMSTACK_API_KEY": KEY_A,
-            "COLUMNS": "250",
-        }
-        return subprocess.run(
-            [sys.executable, "-m", "loomstack_cli", "aris", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return site.gateway.cli("aris", *args)
 
     made = aris("create", "--type", "candidate", "--title", "From the CLI", "--user", "cli@x.org")
     assert made.returncode == 0, made.stderr
